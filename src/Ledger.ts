@@ -1,0 +1,518 @@
+/**
+ * The mount ledger: which job holds which backup target on which host (`backup_target_mount_ledger`),
+ * and a fenced lease per (target, host) (`backup_target_mount_lock`) under which it is changed.
+ *
+ * Backends: MySQL/MariaDB (`layerMysql`, shared by every client process and machine, Galera-safe),
+ * SQLite (`layerSqlite`, the embedded ledger, for one host only), and memory (`layerMemory`, for unit
+ * tests; one process).
+ *
+ * @since 0.1.0
+ */
+import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
+import * as Schedule from "effect/Schedule"
+import * as Schema from "effect/Schema"
+import * as Either from "effect/Either"
+import * as Cause from "effect/Cause"
+import * as MysqlClient from "@effect/sql-mysql2/MysqlClient"
+import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
+import * as fs from "node:fs"
+import * as path from "node:path"
+import { randomUUID } from "node:crypto"
+import * as DmsError from "./DmsError.js"
+import * as Protocol from "./Protocol.js"
+import * as KeyedMutex from "./internal/keyedMutex.js"
+import * as MemoryStore from "./internal/memoryStore.js"
+import * as SqlStore from "./internal/sqlStore.js"
+import { lockKey, type Store } from "./internal/store.js"
+import * as Urls from "./internal/urls.js"
+
+/**
+ * A row of `backup_target_mount_ledger`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface LedgerEntry {
+  readonly id: number
+  readonly jobId: number
+  readonly backupTargetId: string
+  readonly host: string
+  readonly mounted: boolean
+  readonly deleted: boolean
+  /** The trilio-dms version that last wrote the row. */
+  readonly version: string | null
+  readonly createdAt: Date
+  readonly updatedAt: Date
+  readonly deletedAt: Date | null
+}
+
+/**
+ * An operation whose outcome is not known yet: a request was (or may have been) sent to the server and
+ * its result not recorded. After `deadline` no stale request can still run.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface PendingOperation {
+  readonly op: Protocol.Action
+  readonly deadline: Date
+}
+
+/**
+ * What the ledger says about one (target, host), read under its lease.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface TargetState {
+  /** Rows with `mounted = 1 AND deleted = 0`, oldest first. */
+  readonly holders: ReadonlyArray<LedgerEntry>
+  /** The job's own newest non-deleted row, when a job id was given. */
+  readonly job: Option.Option<LedgerEntry>
+  /** The path the target is mounted at on the host, as last recorded. */
+  readonly mountPath: Option.Option<string>
+  readonly pending: Option.Option<PendingOperation>
+}
+
+/**
+ * Changes written in one fenced transaction under a lease. Absent fields are left as they are.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface LeaseWrite {
+  /** Sets `mounted` on the job's non-deleted row; a missing row is created only for `mounted: true`. */
+  readonly job?: { readonly jobId: number; readonly mounted: boolean } | undefined
+  readonly mountPath?: string | null | undefined
+  readonly pending?: PendingOperation | null | undefined
+  /** Releases the lease in the same transaction (the operation is done). */
+  readonly release?: boolean | undefined
+}
+
+/**
+ * The lease on one (target, host), handed to the body of {@link Service.withTargetLock}. Every write is
+ * fenced: it fails with a `DatabaseError`, writing nothing, if the lease was lost.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Lease {
+  readonly backupTargetId: string
+  readonly host: string
+  /** Reads the holders, the lock row's mount path and pending operation, and the job's row. */
+  readonly read: (jobId?: number) => Effect.Effect<TargetState, DmsError.DatabaseError>
+  readonly write: (changes: LeaseWrite) => Effect.Effect<void, DmsError.DatabaseError>
+  /** Marks a row deleted if it is not mounted; false otherwise. */
+  readonly softDelete: (entryId: number) => Effect.Effect<boolean, DmsError.DatabaseError>
+}
+
+/**
+ * Filters of {@link Service.getActiveMounts}.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface ActiveMountsFilter {
+  readonly host?: string | undefined
+  readonly backupTargetId?: string | undefined
+}
+
+/**
+ * The Ledger service.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Service {
+  /**
+   * Runs `body` holding the lease on (target, host). Fibers of this process queue in order; other
+   * processes are waited for by polling with jittered backoff, holding no database connection. Fails
+   * with `TimeoutError { phase: "lock" }` if the lease is not taken within `timeout`.
+   */
+  readonly withTargetLock: <A, E, R>(
+    backupTargetId: string,
+    host: string,
+    body: (lease: Lease) => Effect.Effect<A, E, R>,
+    options?: { readonly timeout?: Duration.DurationInput | undefined }
+  ) => Effect.Effect<A, E | DmsError.TimeoutError | DmsError.DatabaseError | DmsError.ValidationError, R>
+  /** The newest non-deleted row for (job, target[, host]). */
+  readonly getMountStatus: (
+    jobId: number,
+    backupTargetId: string,
+    host?: string
+  ) => Effect.Effect<Option.Option<LedgerEntry>, DmsError.DatabaseError | DmsError.ValidationError>
+  /** Rows with `mounted = 1 AND deleted = 0`, optionally for one host and/or target. */
+  readonly getActiveMounts: (
+    filter?: ActiveMountsFilter
+  ) => Effect.Effect<ReadonlyArray<LedgerEntry>, DmsError.DatabaseError | DmsError.ValidationError>
+  /** Every row of a target (deleted ones too), newest first. */
+  readonly getLedgerHistory: (
+    backupTargetId: string,
+    limit?: number
+  ) => Effect.Effect<ReadonlyArray<LedgerEntry>, DmsError.DatabaseError | DmsError.ValidationError>
+  /**
+   * Marks the job's newest row for the target deleted, under the lease, only if it is not mounted.
+   * Returns false when there is no such row or it is mounted. (`force`, which unmounts first, is
+   * `Mount.softDeleteEntry`.)
+   */
+  readonly softDeleteEntry: (
+    jobId: number,
+    backupTargetId: string,
+    options?: { readonly host?: string | undefined; readonly timeout?: Duration.DurationInput | undefined }
+  ) => Effect.Effect<boolean, DmsError.DatabaseError | DmsError.TimeoutError | DmsError.ValidationError>
+}
+
+/**
+ * The Ledger tag.
+ *
+ * @since 0.1.0
+ * @category tags
+ */
+export class Ledger extends Context.Tag("trilio-dms/Ledger")<Ledger, Service>() {}
+
+/**
+ * Lease settings shared by every backend.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface LeaseOptions {
+  /** How long a lease lasts without renewal; a crashed holder is taken over after it. Default 30 s. */
+  readonly leaseDuration?: Duration.DurationInput | undefined
+  /** How often a held lease is renewed. Default a third of the lease duration. */
+  readonly renewInterval?: Duration.DurationInput | undefined
+  /** Default time to wait for a lock, when a call gives none. Default 330 s (request timeout + 30 s). */
+  readonly lockTimeout?: Duration.DurationInput | undefined
+}
+
+const DEFAULT_LEASE = Duration.seconds(30)
+const DEFAULT_LOCK_TIMEOUT = Duration.seconds(330)
+
+/**
+ * The largest `limit` accepted by `getLedgerHistory`.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const MAX_HISTORY_LIMIT = 10_000
+
+const validate = <A, I>(schema: Schema.Schema<A, I>, subject: string, path: string, value: unknown) =>
+  Either.mapLeft(
+    Schema.decodeUnknownEither(schema)(value),
+    (e) => {
+      const v = DmsError.fromParseError(subject, e)
+      return new DmsError.ValidationError({
+        subject,
+        issues: v.issues.map((i) => new DmsError.Issue({ path: i.path === "" ? path : `${path}.${i.path}`, message: i.message }))
+      })
+    }
+  )
+
+const HistoryLimit = Schema.Int.pipe(Schema.between(1, MAX_HISTORY_LIMIT))
+
+/**
+ * Builds the Ledger over a backend store.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = (store: Store, options: LeaseOptions = {}): Service => {
+  const leaseMs = Math.max(1, Math.round(Duration.toMillis(options.leaseDuration ?? DEFAULT_LEASE)))
+  const renewEvery = Duration.decode(options.renewInterval ?? Duration.millis(Math.max(1, Math.floor(leaseMs / 3))))
+  const defaultLockTimeout = Duration.decode(options.lockTimeout ?? DEFAULT_LOCK_TIMEOUT)
+  const mutex = KeyedMutex.make()
+
+  const lockTimeoutError = (backupTargetId: string, host: string, timeout: Duration.Duration) =>
+    new DmsError.TimeoutError({
+      phase: "lock",
+      operation: "lock",
+      backupTargetId,
+      host,
+      timeoutMs: Duration.toMillis(timeout)
+    })
+
+  class NotYet {
+    readonly _tag = "NotYet"
+  }
+
+  const withTargetLock: Service["withTargetLock"] = (backupTargetId, host, body, callOptions) =>
+    Effect.gen(function*() {
+      yield* validate(Protocol.BackupTargetId, "lock", "backupTargetId", backupTargetId)
+      yield* validate(Protocol.Host, "lock", "host", host)
+      const timeout = Duration.decode(callOptions?.timeout ?? defaultLockTimeout)
+      const key = lockKey(backupTargetId, host)
+      const start = yield* Clock.currentTimeMillis
+      const remaining = Effect.map(Clock.currentTimeMillis, (now) => Duration.millis(Math.max(0, start + Duration.toMillis(timeout) - now)))
+
+      const run = Effect.gen(function*() {
+        const owner = randomUUID()
+        // "held" errs on the side of releasing: a failed acquire statement may still have committed.
+        const state = { held: false }
+        yield* Effect.addFinalizer(() =>
+          state.held
+            ? store.release(key, owner).pipe(
+              Effect.catchAll((e) => Effect.logWarning("could not release the target lock; it will expire", e.message)),
+              Effect.annotateLogs({ backupTargetId, host })
+            )
+            : Effect.void
+        )
+        const attempt = Effect.suspend(() => {
+          state.held = true
+          return store.tryAcquire(key, owner, leaseMs)
+        }).pipe(
+          Effect.tap((got) => Effect.sync(() => void (state.held = got))),
+          Effect.uninterruptible,
+          Effect.flatMap((got) => (got ? Effect.void : Effect.fail(new NotYet())))
+        )
+        const budget = yield* remaining
+        yield* attempt.pipe(
+          Effect.retry({
+            schedule: Schedule.exponential(Duration.millis(5), 1.6).pipe(
+              Schedule.union(Schedule.spaced(Duration.millis(250))),
+              Schedule.jittered,
+              Schedule.upTo(budget)
+            ),
+            while: (e) => e instanceof NotYet
+          }),
+          Effect.catchIf(
+            (e): e is NotYet => e instanceof NotYet,
+            () => Effect.fail(lockTimeoutError(backupTargetId, host, timeout))
+          )
+        )
+        yield* renewLoop(key, owner, state).pipe(Effect.forkScoped)
+
+        const whileHeld = <A>(operation: string, effect: () => Effect.Effect<A, DmsError.DatabaseError>) =>
+          Effect.suspend(() =>
+            state.held
+              ? effect()
+              : Effect.fail(new DmsError.DatabaseError({ operation, reason: "the lease was already released" }))
+          )
+        const lease: Lease = {
+          backupTargetId,
+          host,
+          read: (jobId) => store.read(key, jobId),
+          write: (changes) =>
+            whileHeld("ledger write", () =>
+              store.write(key, owner, leaseMs, changes).pipe(
+                Effect.tap(() => Effect.sync(() => void (changes.release === true && (state.held = false))))
+              )),
+          softDelete: (entryId) => whileHeld("softDeleteEntry", () => store.softDelete(key, owner, leaseMs, entryId))
+        }
+        return yield* body(lease)
+      }).pipe(Effect.scoped)
+
+      const wait = yield* remaining
+      return yield* mutex.withLock(key.key, wait, () => lockTimeoutError(backupTargetId, host, timeout), run)
+    }).pipe(Effect.withSpan("Ledger.withTargetLock", { attributes: { backupTargetId, host } }))
+
+  const renewLoop = (key: ReturnType<typeof lockKey>, owner: string, state: { held: boolean }) =>
+    Effect.gen(function*() {
+      while (state.held) {
+        yield* Effect.sleep(renewEvery)
+        if (!state.held) return
+        const still = yield* store.renew(key, owner, leaseMs).pipe(
+          Effect.catchAll((e) => Effect.as(Effect.logWarning("could not renew the target lock", e.message), true))
+        )
+        if (!still) {
+          yield* Effect.logError("the target lock's lease was lost; writes under it will be refused")
+          return
+        }
+      }
+    }).pipe(Effect.annotateLogs({ backupTargetId: key.backupTargetId, host: key.host }))
+
+  const checkJob = (jobId: unknown) => validate(Protocol.JobId, "query", "jobId", jobId)
+  const checkTarget = (id: unknown) => validate(Protocol.BackupTargetId, "query", "backupTargetId", id)
+  const checkHost = (host: unknown) => (host === undefined ? Either.right(undefined) : validate(Protocol.Host, "query", "host", host))
+
+  return {
+    withTargetLock,
+    getMountStatus: (jobId, backupTargetId, host) =>
+      Effect.gen(function*() {
+        yield* checkJob(jobId)
+        yield* checkTarget(backupTargetId)
+        yield* checkHost(host)
+        return yield* store.getMountStatus(jobId, backupTargetId, host)
+      }),
+    getActiveMounts: (filter = {}) =>
+      Effect.gen(function*() {
+        yield* checkHost(filter.host)
+        if (filter.backupTargetId !== undefined) yield* checkTarget(filter.backupTargetId)
+        return yield* store.getActiveMounts(filter.host, filter.backupTargetId)
+      }),
+    getLedgerHistory: (backupTargetId, limit = 100) =>
+      Effect.gen(function*() {
+        yield* checkTarget(backupTargetId)
+        yield* validate(HistoryLimit, "query", "limit", limit)
+        return yield* store.getLedgerHistory(backupTargetId, limit)
+      }),
+    softDeleteEntry: (jobId, backupTargetId, opts = {}) =>
+      Effect.gen(function*() {
+        yield* checkJob(jobId)
+        yield* checkTarget(backupTargetId)
+        yield* checkHost(opts.host)
+        const entry = yield* store.getMountStatus(jobId, backupTargetId, opts.host)
+        if (Option.isNone(entry)) return false
+        const row = entry.value
+        return yield* withTargetLock(backupTargetId, row.host, (lease) => lease.softDelete(row.id), {
+          timeout: opts.timeout
+        })
+      })
+  }
+}
+
+const buildError = (operation: string) => (cause: Cause.Cause<unknown>): DmsError.DatabaseError | DmsError.ValidationError => {
+  const e = Cause.squash(cause)
+  if (e instanceof DmsError.DatabaseError || e instanceof DmsError.ValidationError) return e
+  const inner = (e as { _tag?: string; cause?: unknown })._tag === "SqlError" ? (e as { cause?: unknown }).cause : e
+  return new DmsError.DatabaseError({ operation, cause: inner })
+}
+
+const fromStore = <E, R>(
+  store: Effect.Effect<Store, E, R>,
+  options: LeaseOptions
+): Layer.Layer<Ledger, E, R> => Layer.effect(Ledger, Effect.map(store, (s) => make(s, options)))
+
+/**
+ * Options of {@link layerMysql}.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface MysqlOptions extends LeaseOptions {
+  /** `mysql://user:password@host:3306/database` (or SQLAlchemy's `mysql+pymysql://…`). */
+  readonly url: string | Redacted.Redacted<string>
+  /** Pool size. Default 10. */
+  readonly maxConnections?: number | undefined
+}
+
+/**
+ * The ledger on MySQL or MariaDB (Galera-safe: a lease table, no `GET_LOCK`). Creates the tables if
+ * missing and refuses a ledger table of another shape.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerMysql = (
+  options: MysqlOptions
+): Layer.Layer<Ledger, DmsError.DatabaseError | DmsError.ValidationError> => {
+  const raw = Redacted.isRedacted(options.url) ? Redacted.value(options.url as Redacted.Redacted<string>) : String(options.url)
+  const location = Urls.parseLedgerUrl(raw)
+  if (typeof location === "string" || location.kind !== "mysql") {
+    return Layer.fail(
+      DmsError.invalid("config", "db_url", typeof location === "string" ? location : "expected a mysql:// URL")
+    )
+  }
+  const client = MysqlClient.layer({
+    host: location.host,
+    port: location.port,
+    database: location.database,
+    username: location.user,
+    password: location.password,
+    maxConnections: options.maxConnections ?? 10,
+    // DATETIME values are UTC (every write uses UTC_TIMESTAMP()), so read them as UTC.
+    poolConfig: { timezone: "Z", connectTimeout: 10_000 }
+  })
+  return fromStore(SqlStore.make("mysql"), options).pipe(
+    Layer.provide(client),
+    Layer.catchAllCause((cause) => Layer.fail(buildError(`connect to ${Urls.redactUrl(raw)}`)(cause)))
+  )
+}
+
+/**
+ * Options of {@link layerSqlite}.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface SqliteOptions extends LeaseOptions {
+  /** The database file (created with its directory if missing), or `:memory:`. */
+  readonly filename: string
+}
+
+/**
+ * The embedded ledger on SQLite. Several processes of one host may share the file; it is not for
+ * several hosts (a lock on a network file system is not reliable).
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerSqlite = (
+  options: SqliteOptions
+): Layer.Layer<Ledger, DmsError.DatabaseError | DmsError.ValidationError> =>
+  Layer.unwrapEffect(
+    Effect.try({
+      try: () => {
+        if (options.filename !== ":memory:") fs.mkdirSync(path.dirname(path.resolve(options.filename)), { recursive: true })
+        return fromStore(SqlStore.make("sqlite"), options).pipe(
+          Layer.provide(SqliteClient.layer({ filename: options.filename }))
+        )
+      },
+      catch: (cause) => new DmsError.DatabaseError({ operation: `open ${options.filename}`, cause })
+    })
+  ).pipe(Layer.catchAllCause((cause) => Layer.fail(buildError(`open ${options.filename}`)(cause))))
+
+/**
+ * Options of {@link layerMemory}.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface MemoryOptions extends LeaseOptions {
+  /** Tables to use; share one {@link makeMemoryState} between two layers to model two processes. */
+  readonly state?: MemoryStore.MemoryState | undefined
+}
+
+/**
+ * The tables of a memory ledger.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type MemoryState = MemoryStore.MemoryState
+
+/**
+ * Fresh tables for {@link layerMemory}.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const makeMemoryState: () => MemoryState = MemoryStore.makeState
+
+/**
+ * The ledger in memory, for unit tests: the same semantics in one process, lease expiry on Effect's
+ * `Clock` (so `TestClock` drives it).
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerMemory = (options: MemoryOptions = {}): Layer.Layer<Ledger> =>
+  Layer.sync(Ledger, () => make(MemoryStore.make(options.state), options))
+
+/**
+ * The ledger named by a URL: `mysql://…` / `mysql+pymysql://…`, `sqlite:…`, or `memory:`.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerFromUrl = (
+  url: string | Redacted.Redacted<string>,
+  options: LeaseOptions & { readonly maxConnections?: number | undefined } = {}
+): Layer.Layer<Ledger, DmsError.DatabaseError | DmsError.ValidationError> => {
+  const raw = Redacted.isRedacted(url) ? Redacted.value(url as Redacted.Redacted<string>) : String(url)
+  const location = Urls.parseLedgerUrl(raw)
+  if (typeof location === "string") return Layer.fail(DmsError.invalid("config", "db_url", location))
+  switch (location.kind) {
+    case "mysql":
+      return layerMysql({ ...options, url: raw })
+    case "sqlite":
+      return layerSqlite({ ...options, filename: location.filename })
+    case "memory":
+      return layerMemory(options)
+  }
+}

@@ -1,0 +1,151 @@
+/**
+ * The ledger in memory, for unit tests and the in-process demo. Same semantics as the SQL stores,
+ * within one process; time comes from Effect's `Clock`, so `TestClock` drives lease expiry.
+ */
+import * as Clock from "effect/Clock"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import { DatabaseError } from "../DmsError.js"
+import type { LedgerEntry, PendingOperation } from "../Ledger.js"
+import type { Store } from "./store.js"
+import { leaseLostReason } from "./store.js"
+import { VERSION } from "./version.js"
+
+interface LockRow {
+  owner: string | null
+  expiresAt: number
+  mountPath: string | null
+  pending: PendingOperation | null
+}
+
+type MutableEntry = { -readonly [K in keyof LedgerEntry]: LedgerEntry[K] }
+
+/** The tables of a memory ledger; share one between two layers to model two client processes. */
+export interface MemoryState {
+  readonly locks: Map<string, LockRow>
+  readonly rows: Array<MutableEntry>
+  nextId: number
+}
+
+export const makeState = (): MemoryState => ({ locks: new Map(), rows: [], nextId: 1 })
+
+const copy = (e: MutableEntry): LedgerEntry => ({ ...e })
+const seconds = (ms: number) => new Date(Math.floor(ms / 1000) * 1000)
+
+export const make = (state: MemoryState = makeState()): Store => {
+  const withNow = <A>(f: (now: number) => A): Effect.Effect<A> => Effect.map(Clock.currentTimeMillis, f)
+  const owned = (key: string, owner: string) => state.locks.get(key)?.owner === owner
+  const lost = (operation: string) => Effect.fail(new DatabaseError({ operation, reason: leaseLostReason }))
+  const newestFirst = (a: LedgerEntry, b: LedgerEntry) => b.id - a.id
+
+  return {
+    dialect: "memory",
+    tryAcquire: (key, owner, leaseMs) =>
+      withNow((now) => {
+        const row = state.locks.get(key.key)
+        if (row === undefined) {
+          state.locks.set(key.key, { owner, expiresAt: now + leaseMs, mountPath: null, pending: null })
+          return true
+        }
+        if (row.owner !== null && row.expiresAt >= now) return false
+        row.owner = owner
+        row.expiresAt = now + leaseMs
+        return true
+      }),
+    renew: (key, owner, leaseMs) =>
+      withNow((now) => {
+        const row = state.locks.get(key.key)
+        if (row?.owner !== owner) return false
+        row.expiresAt = now + leaseMs
+        return true
+      }),
+    release: (key, owner) =>
+      Effect.sync(() => {
+        const row = state.locks.get(key.key)
+        if (row?.owner === owner) row.owner = null
+      }),
+    read: (key, jobId) =>
+      Effect.sync(() => {
+        const lock = state.locks.get(key.key)
+        const rows = state.rows.filter((r) =>
+          r.backupTargetId === key.backupTargetId && r.host === key.host && !r.deleted
+        )
+        const own = rows.filter((r) => r.jobId === jobId)
+        return {
+          holders: rows.filter((r) => r.mounted).map(copy),
+          job: Option.map(Option.fromNullable(own[own.length - 1]), copy),
+          mountPath: Option.fromNullable(lock?.mountPath ?? null),
+          pending: Option.fromNullable(lock?.pending ?? null)
+        }
+      }),
+    write: (key, owner, leaseMs, w) =>
+      Effect.flatMap(Clock.currentTimeMillis, (now) => {
+        const lock = state.locks.get(key.key)
+        if (lock === undefined || lock.owner !== owner) return lost("ledger write")
+        lock.expiresAt = now + leaseMs
+        if (w.mountPath !== undefined) lock.mountPath = w.mountPath
+        if (w.pending !== undefined) lock.pending = w.pending
+        if (w.release === true) lock.owner = null
+        const job = w.job
+        if (job !== undefined) {
+          const mine = state.rows.filter((r) =>
+            r.jobId === job.jobId && r.backupTargetId === key.backupTargetId && r.host === key.host && !r.deleted
+          )
+          for (const r of mine) {
+            r.mounted = job.mounted
+            r.updatedAt = seconds(now)
+            r.version = VERSION
+          }
+          if (mine.length === 0 && job.mounted) {
+            state.rows.push({
+              id: state.nextId++,
+              jobId: job.jobId,
+              backupTargetId: key.backupTargetId,
+              host: key.host,
+              mounted: true,
+              deleted: false,
+              version: VERSION,
+              createdAt: seconds(now),
+              updatedAt: seconds(now),
+              deletedAt: null
+            })
+          }
+        }
+        return Effect.void
+      }),
+    softDelete: (key, owner, leaseMs, entryId) =>
+      Effect.flatMap(Clock.currentTimeMillis, (now) => {
+        if (!owned(key.key, owner)) return lost("softDeleteEntry")
+        state.locks.get(key.key)!.expiresAt = now + leaseMs
+        const row = state.rows.find((r) => r.id === entryId)
+        if (row === undefined || row.mounted || row.deleted) return Effect.succeed(false)
+        row.deleted = true
+        row.deletedAt = seconds(now)
+        row.updatedAt = seconds(now)
+        row.version = VERSION
+        return Effect.succeed(true)
+      }),
+    getMountStatus: (jobId, backupTargetId, host) =>
+      Effect.sync(() => {
+        const rows = state.rows
+          .filter((r) =>
+            r.jobId === jobId && r.backupTargetId === backupTargetId && !r.deleted && (host === undefined || r.host === host)
+          )
+          .sort(newestFirst)
+        return Option.map(Option.fromNullable(rows[0]), copy)
+      }),
+    getActiveMounts: (host, backupTargetId) =>
+      Effect.sync(() =>
+        state.rows
+          .filter((r) =>
+            r.mounted && !r.deleted && (host === undefined || r.host === host) &&
+            (backupTargetId === undefined || r.backupTargetId === backupTargetId)
+          )
+          .map(copy)
+      ),
+    getLedgerHistory: (backupTargetId, limit) =>
+      Effect.sync(() =>
+        state.rows.filter((r) => r.backupTargetId === backupTargetId).sort(newestFirst).slice(0, limit).map(copy)
+      )
+  }
+}

@@ -1,0 +1,377 @@
+/**
+ * The ledger on SQL: MySQL/MariaDB and SQLite, through @effect/sql. Times come from the database's own
+ * UTC clock, so clients on machines with skewed clocks agree on lease expiry.
+ */
+import * as SqlClient from "@effect/sql/SqlClient"
+import type { SqlError } from "@effect/sql/SqlError"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import { DatabaseError } from "../DmsError.js"
+import type { LeaseWrite, LedgerEntry, PendingOperation, TargetState } from "../Ledger.js"
+import type { LockKey, Store } from "./store.js"
+import { leaseLostReason } from "./store.js"
+import { VERSION } from "./version.js"
+
+export const LEDGER_TABLE = "backup_target_mount_ledger"
+export const LOCK_TABLE = "backup_target_mount_lock"
+
+/** The guide's ledger table, exactly as written there, plus our lock table (also in schema.sql). */
+export const mysqlDdl: ReadonlyArray<string> = [
+  `CREATE TABLE IF NOT EXISTS backup_target_mount_ledger (
+    id INT AUTO_INCREMENT PRIMARY KEY,
+    created_at DATETIME NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    updated_at DATETIME NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP,
+    deleted_at DATETIME NULL,
+    deleted BOOLEAN NOT NULL DEFAULT FALSE,
+    version VARCHAR(32),
+    backup_target_id VARCHAR(255) NOT NULL,
+    jobid INT NOT NULL,
+    host VARCHAR(255) NOT NULL,
+    mounted BOOLEAN NOT NULL DEFAULT FALSE,
+
+    INDEX idx_backup_target_id (backup_target_id),
+    INDEX idx_jobid (jobid),
+    INDEX idx_host (host),
+    INDEX idx_job_target (jobid, backup_target_id),
+    INDEX idx_mounted_host (mounted, host),
+    INDEX idx_deleted (deleted)
+)`,
+  `CREATE TABLE IF NOT EXISTS backup_target_mount_lock (
+    lock_key CHAR(40) NOT NULL PRIMARY KEY,
+    backup_target_id VARCHAR(255) NOT NULL,
+    host VARCHAR(255) NOT NULL,
+    mount_path VARCHAR(4096) NULL,
+    owner CHAR(36) NULL,
+    expires_at DATETIME(3) NULL,
+    pending_op VARCHAR(16) NULL,
+    pending_deadline DATETIME(3) NULL,
+    updated_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3)
+)`
+]
+
+const sqliteNow = `strftime('%Y-%m-%d %H:%M:%f','now')`
+const sqliteNowSeconds = `strftime('%Y-%m-%d %H:%M:%S','now')`
+
+export const sqliteDdl: ReadonlyArray<string> = [
+  `CREATE TABLE IF NOT EXISTS backup_target_mount_ledger (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at TEXT NOT NULL DEFAULT (${sqliteNowSeconds}),
+    updated_at TEXT NOT NULL DEFAULT (${sqliteNowSeconds}),
+    deleted_at TEXT NULL,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    version VARCHAR(32),
+    backup_target_id VARCHAR(255) NOT NULL,
+    jobid INTEGER NOT NULL,
+    host VARCHAR(255) NOT NULL,
+    mounted INTEGER NOT NULL DEFAULT 0
+  )`,
+  `CREATE INDEX IF NOT EXISTS idx_backup_target_id ON backup_target_mount_ledger (backup_target_id)`,
+  `CREATE INDEX IF NOT EXISTS idx_jobid ON backup_target_mount_ledger (jobid)`,
+  `CREATE INDEX IF NOT EXISTS idx_host ON backup_target_mount_ledger (host)`,
+  `CREATE INDEX IF NOT EXISTS idx_job_target ON backup_target_mount_ledger (jobid, backup_target_id)`,
+  `CREATE INDEX IF NOT EXISTS idx_mounted_host ON backup_target_mount_ledger (mounted, host)`,
+  `CREATE INDEX IF NOT EXISTS idx_deleted ON backup_target_mount_ledger (deleted)`,
+  `CREATE TABLE IF NOT EXISTS backup_target_mount_lock (
+    lock_key TEXT NOT NULL PRIMARY KEY,
+    backup_target_id VARCHAR(255) NOT NULL,
+    host VARCHAR(255) NOT NULL,
+    mount_path TEXT NULL,
+    owner TEXT NULL,
+    expires_at TEXT NULL,
+    pending_op TEXT NULL,
+    pending_deadline TEXT NULL,
+    updated_at TEXT NOT NULL DEFAULT (${sqliteNow})
+  )`
+]
+
+const ledgerColumns = [
+  "id",
+  "created_at",
+  "updated_at",
+  "deleted_at",
+  "deleted",
+  "version",
+  "backup_target_id",
+  "jobid",
+  "host",
+  "mounted"
+] as const
+const lockColumns = [
+  "lock_key",
+  "backup_target_id",
+  "host",
+  "mount_path",
+  "owner",
+  "expires_at",
+  "pending_op",
+  "pending_deadline"
+] as const
+
+interface Dialect {
+  readonly name: "mysql" | "sqlite"
+  /** Current UTC time with milliseconds. */
+  readonly now: string
+  /** Current UTC time, whole seconds (the ledger's DATETIME columns). */
+  readonly nowSeconds: string
+  /** Current UTC time plus `ms` milliseconds. */
+  readonly nowPlus: (ms: number) => string
+  readonly affected: (raw: unknown) => number
+  readonly isDuplicateKey: (e: SqlError) => boolean
+  readonly toDate: (v: unknown) => Date | null
+  readonly fromDate: (d: Date) => unknown
+}
+
+const errorCode = (e: SqlError): string | undefined => {
+  const cause = e.cause as { code?: unknown } | undefined
+  return typeof cause?.code === "string" ? cause.code : undefined
+}
+
+const mysqlDialect: Dialect = {
+  name: "mysql",
+  now: "UTC_TIMESTAMP(3)",
+  nowSeconds: "UTC_TIMESTAMP()",
+  nowPlus: (ms) => `(UTC_TIMESTAMP(3) + INTERVAL ${Math.round(ms) * 1000} MICROSECOND)`,
+  // mysql2 sets CLIENT_FOUND_ROWS: affectedRows counts matched rows, so a fence that rewrites an
+  // unchanged value still counts.
+  affected: (raw) => Number((raw as { affectedRows?: number }).affectedRows ?? 0),
+  isDuplicateKey: (e) => errorCode(e) === "ER_DUP_ENTRY",
+  toDate: (v) => (v === null || v === undefined ? null : v instanceof Date ? v : new Date(`${String(v).replace(" ", "T")}Z`)),
+  fromDate: (d) => d
+}
+
+const sqliteDialect: Dialect = {
+  name: "sqlite",
+  now: sqliteNow,
+  nowSeconds: sqliteNowSeconds,
+  nowPlus: (ms) => `strftime('%Y-%m-%d %H:%M:%f','now','+${(Math.round(ms) / 1000).toFixed(3)} seconds')`,
+  affected: (raw) => Number((raw as { changes?: number }).changes ?? 0),
+  isDuplicateKey: (e) => /^SQLITE_CONSTRAINT/.test(errorCode(e) ?? ""),
+  toDate: (v) => (v === null || v === undefined ? null : new Date(`${String(v).replace(" ", "T")}Z`)),
+  fromDate: (d) => d.toISOString().replace("T", " ").replace("Z", "")
+}
+
+interface LedgerRow {
+  readonly id: number
+  readonly created_at: unknown
+  readonly updated_at: unknown
+  readonly deleted_at: unknown
+  readonly deleted: unknown
+  readonly version: string | null
+  readonly backup_target_id: string
+  readonly jobid: number
+  readonly host: string
+  readonly mounted: unknown
+}
+
+const truthy = (v: unknown): boolean => v === 1 || v === true || v === "1" || v === 1n
+
+const ledgerSelect = `id, created_at, updated_at, deleted_at, deleted, version, backup_target_id, jobid, host, mounted`
+
+/**
+ * Creates the tables if missing and checks that existing ones have our shape. The Python client's ledger
+ * (keyed by jobid, backup_target_id, host) is refused: it cannot be shared.
+ */
+const migrate = (sql: SqlClient.SqlClient, dialect: Dialect): Effect.Effect<void, DatabaseError> =>
+  Effect.gen(function*() {
+    const ddl = dialect.name === "mysql" ? mysqlDdl : sqliteDdl
+    for (const statement of ddl) yield* sql.unsafe(statement)
+    const columnsOf = (table: string) =>
+      dialect.name === "mysql"
+        ? sql<{ name: string; pk: unknown }>`SELECT COLUMN_NAME AS name, (COLUMN_KEY = 'PRI') AS pk
+            FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ${table}`
+        : sql<{ name: string; pk: unknown }>`SELECT name, pk FROM pragma_table_info(${table})`
+    const check = (table: string, expected: ReadonlyArray<string>, primaryKey: string) =>
+      Effect.gen(function*() {
+        const cols = yield* columnsOf(table)
+        const names = new Set(cols.map((c) => String(c.name).toLowerCase()))
+        const pk = cols.filter((c) => truthy(c.pk) || Number(c.pk) > 0).map((c) => String(c.name).toLowerCase())
+        const missing = expected.filter((c) => !names.has(c))
+        if (pk.length !== 1 || pk[0] !== primaryKey) {
+          const python = table === LEDGER_TABLE && ["jobid", "backup_target_id", "host"].every((c) => pk.includes(c))
+          return yield* Effect.fail(
+            new DatabaseError({
+              operation: "schema check",
+              reason: python
+                ? `table ${table} has the primary key (${pk.join(", ")}): it is the Python trilio-dms client's ledger, ` +
+                  `which this client cannot share (it keys rows by id and keeps history). Point DMS_DB_URL at another ` +
+                  `database, or migrate the rows into the schema of schema.sql`
+                : `table ${table} has the primary key (${pk.join(", ") || "none"}), expected (${primaryKey}); ` +
+                  `create it from schema.sql`
+            })
+          )
+        }
+        if (missing.length > 0) {
+          return yield* Effect.fail(
+            new DatabaseError({
+              operation: "schema check",
+              reason: `table ${table} lacks the column(s) ${missing.join(", ")}; create it from schema.sql`
+            })
+          )
+        }
+      })
+    yield* check(LEDGER_TABLE, ledgerColumns, "id")
+    yield* check(LOCK_TABLE, lockColumns, "lock_key")
+  }).pipe(Effect.mapError((e) => (e instanceof DatabaseError ? e : toDatabaseError("schema check")(e))))
+
+export const toDatabaseError = (operation: string) => (e: SqlError | DatabaseError): DatabaseError =>
+  e instanceof DatabaseError ? e : new DatabaseError({ operation, cause: e.cause ?? e })
+
+/** Builds the SQL store over the current SqlClient (MySQL or SQLite), creating the tables if needed. */
+export const make = (dialectName: "mysql" | "sqlite"): Effect.Effect<Store, DatabaseError, SqlClient.SqlClient> =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const d = dialectName === "mysql" ? mysqlDialect : sqliteDialect
+    yield* migrate(sql, d)
+    const lit = (s: string) => sql.literal(s)
+
+    const toEntry = (r: LedgerRow): LedgerEntry => ({
+      id: Number(r.id),
+      jobId: Number(r.jobid),
+      backupTargetId: r.backup_target_id,
+      host: r.host,
+      mounted: truthy(r.mounted),
+      deleted: truthy(r.deleted),
+      version: r.version ?? null,
+      createdAt: d.toDate(r.created_at)!,
+      updatedAt: d.toDate(r.updated_at)!,
+      deletedAt: d.toDate(r.deleted_at)
+    })
+
+    const lostLease = (operation: string) => new DatabaseError({ operation, reason: leaseLostReason })
+
+    /** The fence: the transaction's first statement renews our lease, or matches nothing if it is gone. */
+    const fence = (key: LockKey, owner: string, leaseMs: number, w: LeaseWrite, operation: string) => {
+      const sets: Array<string> = [`updated_at = ${d.now}`]
+      const params: Array<unknown> = []
+      if (w.mountPath !== undefined) {
+        sets.push("mount_path = ?")
+        params.push(w.mountPath)
+      }
+      if (w.pending !== undefined) {
+        sets.push("pending_op = ?", "pending_deadline = ?")
+        params.push(w.pending?.op ?? null, w.pending === null ? null : d.fromDate(w.pending.deadline))
+      }
+      sets.push(w.release === true ? "owner = NULL, expires_at = NULL" : `expires_at = ${d.nowPlus(leaseMs)}`)
+      const text = `UPDATE ${LOCK_TABLE} SET ${sets.join(", ")} WHERE lock_key = ? AND owner = ?`
+      return sql.unsafe(text, [...params, key.key, owner]).raw.pipe(
+        Effect.flatMap((raw) => (d.affected(raw) === 1 ? Effect.void : Effect.fail(lostLease(operation))))
+      )
+    }
+
+    const setJob = (key: LockKey, job: NonNullable<LeaseWrite["job"]>) =>
+      Effect.gen(function*() {
+        const raw = yield* sql`UPDATE ${lit(LEDGER_TABLE)} SET mounted = ${job.mounted ? 1 : 0},
+            updated_at = ${lit(d.nowSeconds)}, version = ${VERSION}
+          WHERE jobid = ${job.jobId} AND backup_target_id = ${key.backupTargetId} AND host = ${key.host}
+            AND deleted = 0`.raw
+        if (d.affected(raw) === 0 && job.mounted) {
+          yield* sql`INSERT INTO ${lit(LEDGER_TABLE)}
+              (created_at, updated_at, deleted, version, backup_target_id, jobid, host, mounted)
+            VALUES (${lit(d.nowSeconds)}, ${lit(d.nowSeconds)}, 0, ${VERSION}, ${key.backupTargetId}, ${job.jobId},
+              ${key.host}, 1)`
+        }
+      })
+
+    const store: Store = {
+      dialect: d.name,
+      tryAcquire: (key, owner, leaseMs) =>
+        Effect.gen(function*() {
+          const taken = yield* sql`UPDATE ${lit(LOCK_TABLE)} SET owner = ${owner},
+              expires_at = ${lit(d.nowPlus(leaseMs))}, updated_at = ${lit(d.now)}
+            WHERE lock_key = ${key.key} AND (owner IS NULL OR expires_at < ${lit(d.now)})`.raw
+          if (d.affected(taken) === 1) return true
+          // No row yet (first use of this target on this host), or held by someone else.
+          return yield* sql`INSERT INTO ${lit(LOCK_TABLE)}
+              (lock_key, backup_target_id, host, owner, expires_at, updated_at)
+            VALUES (${key.key}, ${key.backupTargetId}, ${key.host}, ${owner}, ${lit(d.nowPlus(leaseMs))}, ${lit(d.now)})`
+            .pipe(
+              Effect.as(true),
+              Effect.catchIf(d.isDuplicateKey, () => Effect.succeed(false))
+            )
+        }).pipe(Effect.mapError(toDatabaseError("acquire lock"))),
+      renew: (key, owner, leaseMs) =>
+        sql`UPDATE ${lit(LOCK_TABLE)} SET expires_at = ${lit(d.nowPlus(leaseMs))}
+          WHERE lock_key = ${key.key} AND owner = ${owner}`.raw.pipe(
+          Effect.map((raw) => d.affected(raw) === 1),
+          Effect.mapError(toDatabaseError("renew lock"))
+        ),
+      release: (key, owner) =>
+        sql`UPDATE ${lit(LOCK_TABLE)} SET owner = NULL, expires_at = NULL, updated_at = ${lit(d.now)}
+          WHERE lock_key = ${key.key} AND owner = ${owner}`.pipe(
+          Effect.asVoid,
+          Effect.mapError(toDatabaseError("release lock"))
+        ),
+      read: (key, jobId) =>
+        Effect.gen(function*() {
+          const rows = yield* sql<
+            LedgerRow & { l_mount_path: string | null; l_pending_op: string | null; l_pending_deadline: unknown }
+          >`SELECT l.mount_path AS l_mount_path, l.pending_op AS l_pending_op, l.pending_deadline AS l_pending_deadline,
+                e.id, e.created_at, e.updated_at, e.deleted_at, e.deleted, e.version, e.backup_target_id, e.jobid,
+                e.host, e.mounted
+              FROM ${lit(LOCK_TABLE)} l LEFT JOIN ${lit(LEDGER_TABLE)} e
+                ON e.backup_target_id = l.backup_target_id AND e.host = l.host AND e.deleted = 0
+                  AND (e.mounted = 1 OR e.jobid = ${jobId ?? -1})
+              WHERE l.lock_key = ${key.key}
+              ORDER BY e.id`
+          const first = rows[0]
+          const entries = rows.filter((r) => r.id !== null && r.id !== undefined).map(toEntry)
+          const pendingOp = first?.l_pending_op
+          const pending: Option.Option<PendingOperation> =
+            pendingOp === "mount" || pendingOp === "unmount"
+              ? Option.some({ op: pendingOp, deadline: d.toDate(first?.l_pending_deadline) ?? new Date(0) })
+              : Option.none()
+          const own = entries.filter((e) => e.jobId === jobId)
+          const state: TargetState = {
+            holders: entries.filter((e) => e.mounted),
+            job: Option.fromNullable(own[own.length - 1]),
+            mountPath: Option.fromNullable(first?.l_mount_path ?? null),
+            pending
+          }
+          return state
+        }).pipe(Effect.mapError(toDatabaseError("read target state"))),
+      write: (key, owner, leaseMs, w) => {
+        const job = w.job
+        const run = fence(key, owner, leaseMs, w, "ledger write")
+        return (job === undefined ? run : sql.withTransaction(Effect.zipRight(run, setJob(key, job)))).pipe(
+          Effect.mapError(toDatabaseError("ledger write"))
+        )
+      },
+      softDelete: (key, owner, leaseMs, entryId) =>
+        sql.withTransaction(
+          Effect.zipRight(
+            fence(key, owner, leaseMs, {}, "softDeleteEntry"),
+            sql`UPDATE ${lit(LEDGER_TABLE)} SET deleted = 1, deleted_at = ${lit(d.nowSeconds)},
+                updated_at = ${lit(d.nowSeconds)}, version = ${VERSION}
+              WHERE id = ${entryId} AND mounted = 0 AND deleted = 0`.raw
+          )
+        ).pipe(
+          Effect.map((raw) => d.affected(raw) === 1),
+          Effect.mapError(toDatabaseError("softDeleteEntry"))
+        ),
+      getMountStatus: (jobId, backupTargetId, host) =>
+        sql<LedgerRow>`SELECT ${lit(ledgerSelect)} FROM ${lit(LEDGER_TABLE)}
+          WHERE jobid = ${jobId} AND backup_target_id = ${backupTargetId} AND deleted = 0
+            ${host === undefined ? lit("") : sql`AND host = ${host}`}
+          ORDER BY id DESC LIMIT 1`.pipe(
+          Effect.map((rows) => Option.map(Option.fromNullable(rows[0]), toEntry)),
+          Effect.mapError(toDatabaseError("getMountStatus"))
+        ),
+      getActiveMounts: (host, backupTargetId) =>
+        sql<LedgerRow>`SELECT ${lit(ledgerSelect)} FROM ${lit(LEDGER_TABLE)}
+          WHERE mounted = 1 AND deleted = 0
+            ${host === undefined ? lit("") : sql`AND host = ${host}`}
+            ${backupTargetId === undefined ? lit("") : sql`AND backup_target_id = ${backupTargetId}`}
+          ORDER BY id`.pipe(
+          Effect.map((rows) => rows.map(toEntry)),
+          Effect.mapError(toDatabaseError("getActiveMounts"))
+        ),
+      getLedgerHistory: (backupTargetId, limit) =>
+        sql<LedgerRow>`SELECT ${lit(ledgerSelect)} FROM ${lit(LEDGER_TABLE)}
+          WHERE backup_target_id = ${backupTargetId}
+          ORDER BY id DESC LIMIT ${lit(String(Math.trunc(limit)))}`.pipe(
+          Effect.map((rows) => rows.map(toEntry)),
+          Effect.mapError(toDatabaseError("getLedgerHistory"))
+        )
+    }
+    return store
+  })

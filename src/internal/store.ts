@@ -1,0 +1,58 @@
+/**
+ * What a ledger backend (MySQL, SQLite, memory) implements. The lease protocol on top of it (queueing,
+ * retries, renewal, release) is written once in `Ledger.make`.
+ */
+import type * as Effect from "effect/Effect"
+import type * as Option from "effect/Option"
+import type { DatabaseError } from "../DmsError.js"
+import type { LeaseWrite, LedgerEntry, TargetState } from "../Ledger.js"
+import { createHash } from "node:crypto"
+
+/** The lock row's identity: hex SHA-1 of target id, NUL, host. */
+export interface LockKey {
+  readonly key: string
+  readonly backupTargetId: string
+  readonly host: string
+}
+
+export const lockKey = (backupTargetId: string, host: string): LockKey => ({
+  key: createHash("sha1").update(backupTargetId).update("\0").update(host).digest("hex"),
+  backupTargetId,
+  host
+})
+
+export interface Store {
+  readonly dialect: "mysql" | "sqlite" | "memory"
+  /** Takes the lease if the row is free or its lease expired; creates the row if missing. */
+  readonly tryAcquire: (key: LockKey, owner: string, leaseMs: number) => Effect.Effect<boolean, DatabaseError>
+  /** Extends the lease; false when it is no longer ours. */
+  readonly renew: (key: LockKey, owner: string, leaseMs: number) => Effect.Effect<boolean, DatabaseError>
+  /** Clears the owner if it is still ours. */
+  readonly release: (key: LockKey, owner: string) => Effect.Effect<void, DatabaseError>
+  readonly read: (key: LockKey, jobId: number | undefined) => Effect.Effect<TargetState, DatabaseError>
+  /** A fenced write: fails with a lease-lost `DatabaseError`, writing nothing, when the lease is not ours. */
+  readonly write: (key: LockKey, owner: string, leaseMs: number, w: LeaseWrite) => Effect.Effect<void, DatabaseError>
+  /** Fenced soft delete of one entry, only if not mounted. */
+  readonly softDelete: (
+    key: LockKey,
+    owner: string,
+    leaseMs: number,
+    entryId: number
+  ) => Effect.Effect<boolean, DatabaseError>
+  readonly getMountStatus: (
+    jobId: number,
+    backupTargetId: string,
+    host: string | undefined
+  ) => Effect.Effect<Option.Option<LedgerEntry>, DatabaseError>
+  readonly getActiveMounts: (
+    host: string | undefined,
+    backupTargetId: string | undefined
+  ) => Effect.Effect<ReadonlyArray<LedgerEntry>, DatabaseError>
+  readonly getLedgerHistory: (
+    backupTargetId: string,
+    limit: number
+  ) => Effect.Effect<ReadonlyArray<LedgerEntry>, DatabaseError>
+}
+
+export const leaseLostReason =
+  "the target lock's lease is no longer held by this operation (it expired and was taken over); nothing was written"
