@@ -6,6 +6,7 @@
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as FiberId from "effect/FiberId"
 
 interface Entry {
   held: boolean
@@ -51,7 +52,7 @@ export const make = (): KeyedMutex => {
         return Effect.succeed(true)
       }
       const e = entry
-      const mine = Deferred.unsafeMake<void>(undefined as never)
+      const mine = Deferred.unsafeMake<void>(FiberId.none)
       e.waiters.push(mine)
       // Decides from the queue, after the wait ended for whatever reason: if we are no longer queued,
       // the releaser handed the mutex to us.

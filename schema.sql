@@ -1,0 +1,41 @@
+-- trilio-dms ledger schema for MySQL 5.7+ / MariaDB 10.3+ (Galera included).
+--   mysql -u dms_user -p trilio_dms < schema.sql
+-- The client also creates these tables when they are missing (SQLite gets the equivalent DDL).
+
+-- The ledger, exactly as in the DMS client guide: one row per (job, target, host) hold; rows are
+-- soft-deleted, never removed, so the table is also the mount history.
+CREATE TABLE IF NOT EXISTS backup_target_mount_ledger (
+    id INT AUTO_INCREMENT PRIMARY KEY,
+    created_at DATETIME NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    updated_at DATETIME NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP,
+    deleted_at DATETIME NULL,
+    deleted BOOLEAN NOT NULL DEFAULT FALSE,
+    version VARCHAR(32),
+    backup_target_id VARCHAR(255) NOT NULL,
+    jobid INT NOT NULL,
+    host VARCHAR(255) NOT NULL,
+    mounted BOOLEAN NOT NULL DEFAULT FALSE,
+
+    INDEX idx_backup_target_id (backup_target_id),
+    INDEX idx_jobid (jobid),
+    INDEX idx_host (host),
+    INDEX idx_job_target (jobid, backup_target_id),
+    INDEX idx_mounted_host (mounted, host),
+    INDEX idx_deleted (deleted)
+);
+
+-- One row per (target, host): a fenced lease (owner + expires_at, UTC) under which the ledger rows of
+-- that pair are changed, the path the target is mounted at on the host, and the operation whose
+-- outcome is not yet known (pending_op, until pending_deadline). lock_key = hex SHA-1 of
+-- backup_target_id, a NUL byte, and host.
+CREATE TABLE IF NOT EXISTS backup_target_mount_lock (
+    lock_key CHAR(40) NOT NULL PRIMARY KEY,
+    backup_target_id VARCHAR(255) NOT NULL,
+    host VARCHAR(255) NOT NULL,
+    mount_path VARCHAR(4096) NULL,
+    owner CHAR(36) NULL,
+    expires_at DATETIME(3) NULL,
+    pending_op VARCHAR(16) NULL,
+    pending_deadline DATETIME(3) NULL,
+    updated_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3)
+);

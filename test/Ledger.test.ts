@@ -1,0 +1,308 @@
+/**
+ * One behavioural suite for the Ledger, run against memory, SQLite and MySQL (the real MariaDB).
+ */
+import { assert, describe, layer } from "@effect/vitest"
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as Option from "effect/Option"
+import { randomBytes } from "node:crypto"
+import { DatabaseError, TimeoutError, ValidationError } from "../src/DmsError.js"
+import type * as Ledger from "../src/Ledger.js"
+import { VERSION } from "../src/internal/version.js"
+import { Backend, backends } from "./support/backends.js"
+
+const target = () => `target-${randomBytes(5).toString("hex")}`
+const HOST = "compute-01"
+
+/** Runs `n` fibers × `rounds` critical sections on one (target, host) and reports the most fibers
+ * that were ever inside at once. Each body does a ledger round trip while "inside", so a broken lock
+ * shows as overlap. */
+const overlap = (ledgers: ReadonlyArray<Ledger.Service>, targetId: string, n: number, rounds: number) =>
+  Effect.gen(function*() {
+    let inside = 0
+    let maxInside = 0
+    let sections = 0
+    const worker = (ledger: Ledger.Service) =>
+      Effect.repeatN(
+        ledger.withTargetLock(targetId, HOST, (lease) =>
+          Effect.gen(function*() {
+            inside++
+            maxInside = Math.max(maxInside, inside)
+            yield* lease.read(1)
+            yield* Effect.yieldNow()
+            sections++
+            inside--
+          }), { timeout: "60 seconds" }),
+        rounds - 1
+      )
+    yield* Effect.forEach(Array.from({ length: n }, (_, i) => ledgers[i % ledgers.length]!), worker, {
+      concurrency: "unbounded",
+      discard: true
+    })
+    return { maxInside, sections }
+  })
+
+for (const [name, backendLayer] of backends) {
+  describe(`Ledger (${name})`, () => {
+    layer(backendLayer, { excludeTestServices: true, timeout: "120 seconds" })((it) => {
+      it.scoped("records a holder, reads it back, and answers the guide's queries", () =>
+        Effect.gen(function*() {
+          const ledger = yield* (yield* Backend).build()
+          const t = target()
+          const before = Date.now()
+          yield* ledger.withTargetLock(t, HOST, (lease) =>
+            Effect.gen(function*() {
+              const empty = yield* lease.read(12345)
+              assert.deepStrictEqual(empty.holders, [])
+              assert.isTrue(Option.isNone(empty.job))
+              assert.isTrue(Option.isNone(empty.pending))
+              yield* lease.write({ job: { jobId: 12345, mounted: true }, mountPath: "/mnt/x" })
+              yield* lease.write({ job: { jobId: 12346, mounted: true } })
+              const state = yield* lease.read(12345)
+              assert.deepStrictEqual(state.holders.map((h) => h.jobId), [12345, 12346])
+              assert.strictEqual(Option.getOrThrow(state.job).jobId, 12345)
+              assert.deepStrictEqual(state.mountPath, Option.some("/mnt/x"))
+            }))
+
+          const status = Option.getOrThrow(yield* ledger.getMountStatus(12345, t))
+          assert.strictEqual(status.jobId, 12345)
+          assert.strictEqual(status.backupTargetId, t)
+          assert.strictEqual(status.host, HOST)
+          assert.isTrue(status.mounted)
+          assert.isFalse(status.deleted)
+          assert.strictEqual(status.version, VERSION)
+          assert.isNull(status.deletedAt)
+          // Stored in UTC and read back as UTC: within a minute of the test's clock, not hours off.
+          assert.isTrue(Math.abs(status.createdAt.getTime() - before) < 60_000, String(status.createdAt))
+          assert.isTrue(Option.isSome(yield* ledger.getMountStatus(12345, t, HOST)))
+          assert.isTrue(Option.isNone(yield* ledger.getMountStatus(12345, t, "compute-02")))
+          assert.isTrue(Option.isNone(yield* ledger.getMountStatus(99, t)))
+
+          const active = yield* ledger.getActiveMounts({ backupTargetId: t })
+          assert.deepStrictEqual(active.map((e) => e.jobId), [12345, 12346])
+          assert.deepStrictEqual(yield* ledger.getActiveMounts({ backupTargetId: t, host: "compute-02" }), [])
+          const onHost = yield* ledger.getActiveMounts({ host: HOST })
+          assert.isTrue(onHost.some((e) => e.backupTargetId === t))
+        }))
+
+      it.scoped("a repeated mount by the same job keeps one row; unmounting a missing row creates none", () =>
+        Effect.gen(function*() {
+          const ledger = yield* (yield* Backend).build()
+          const t = target()
+          yield* ledger.withTargetLock(t, HOST, (lease) =>
+            Effect.gen(function*() {
+              for (let i = 0; i < 3; i++) yield* lease.write({ job: { jobId: 7, mounted: true } })
+              yield* lease.write({ job: { jobId: 8, mounted: false } })
+            }))
+          const history = yield* ledger.getLedgerHistory(t)
+          assert.deepStrictEqual(history.map((e) => [e.jobId, e.mounted]), [[7, true]])
+          yield* ledger.withTargetLock(t, HOST, (lease) => lease.write({ job: { jobId: 7, mounted: false } }))
+          const after = yield* ledger.getLedgerHistory(t)
+          assert.deepStrictEqual(after.map((e) => [e.jobId, e.mounted]), [[7, false]])
+          assert.deepStrictEqual(yield* ledger.getActiveMounts({ backupTargetId: t }), [])
+        }))
+
+      it.scoped("keeps the pending operation and mount path on the lock row until cleared", () =>
+        Effect.gen(function*() {
+          const ledger = yield* (yield* Backend).build()
+          const t = target()
+          const deadline = new Date(Date.now() + 12_345)
+          yield* ledger.withTargetLock(t, HOST, (lease) => lease.write({ pending: { op: "mount", deadline }, mountPath: "/m/p" }))
+          const seen = yield* ledger.withTargetLock(t, HOST, (lease) => lease.read())
+          assert.deepStrictEqual(seen.pending, Option.some({ op: "mount" as const, deadline }))
+          assert.deepStrictEqual(seen.mountPath, Option.some("/m/p"))
+          yield* ledger.withTargetLock(t, HOST, (lease) => lease.write({ pending: null }))
+          const cleared = yield* ledger.withTargetLock(t, HOST, (lease) => lease.read())
+          assert.isTrue(Option.isNone(cleared.pending))
+          assert.deepStrictEqual(cleared.mountPath, Option.some("/m/p"))
+        }))
+
+      it.scoped("history is newest first, includes deleted rows, and honours the limit", () =>
+        Effect.gen(function*() {
+          const ledger = yield* (yield* Backend).build()
+          const t = target()
+          yield* ledger.withTargetLock(t, HOST, (lease) =>
+            Effect.forEach([1, 2, 3, 4], (jobId) => lease.write({ job: { jobId, mounted: true } }), { discard: true }))
+          yield* ledger.withTargetLock(t, HOST, (lease) => lease.write({ job: { jobId: 2, mounted: false } }))
+          assert.isTrue(yield* ledger.softDeleteEntry(2, t))
+          const all = yield* ledger.getLedgerHistory(t)
+          assert.deepStrictEqual(all.map((e) => e.jobId), [4, 3, 2, 1])
+          assert.isTrue(all.find((e) => e.jobId === 2)!.deleted)
+          assert.deepStrictEqual((yield* ledger.getLedgerHistory(t, 2)).map((e) => e.jobId), [4, 3])
+        }))
+
+      it.scoped("soft delete marks only a row that is not mounted", () =>
+        Effect.gen(function*() {
+          const ledger = yield* (yield* Backend).build()
+          const t = target()
+          assert.isFalse(yield* ledger.softDeleteEntry(5, t), "no row")
+          yield* ledger.withTargetLock(t, HOST, (lease) => lease.write({ job: { jobId: 5, mounted: true } }))
+          assert.isFalse(yield* ledger.softDeleteEntry(5, t), "mounted row")
+          assert.isTrue(Option.isSome(yield* ledger.getMountStatus(5, t)))
+          yield* ledger.withTargetLock(t, HOST, (lease) => lease.write({ job: { jobId: 5, mounted: false } }))
+          assert.isFalse(yield* ledger.softDeleteEntry(5, t, { host: "compute-02" }), "other host")
+          assert.isTrue(yield* ledger.softDeleteEntry(5, t, { host: HOST }))
+          assert.isTrue(Option.isNone(yield* ledger.getMountStatus(5, t)))
+          const [row] = yield* ledger.getLedgerHistory(t)
+          assert.isTrue(row!.deleted)
+          assert.instanceOf(row!.deletedAt, Date)
+          // A new mount after the soft delete starts a new row; the deleted one stays as history.
+          yield* ledger.withTargetLock(t, HOST, (lease) => lease.write({ job: { jobId: 5, mounted: true } }))
+          assert.deepStrictEqual((yield* ledger.getLedgerHistory(t)).map((e) => [e.deleted, e.mounted]), [[false, true], [true, false]])
+        }))
+
+      it.scoped("refuses bad arguments before any I/O", () =>
+        Effect.gen(function*() {
+          const ledger = yield* (yield* Backend).build()
+          const bad = [
+            ledger.getMountStatus("12345" as unknown as number, "t"),
+            ledger.getMountStatus(0, "t"),
+            ledger.getMountStatus(2_147_483_648, "t"),
+            ledger.getMountStatus(1, ""),
+            ledger.getActiveMounts({ host: "" }),
+            ledger.getLedgerHistory("t", 0),
+            ledger.getLedgerHistory("t", 1.5),
+            ledger.softDeleteEntry(1, "x".repeat(256)),
+            ledger.withTargetLock("t", "bad host", () => Effect.void)
+          ]
+          for (const effect of bad) {
+            const error = yield* Effect.flip(effect as Effect.Effect<unknown, unknown>)
+            assert.instanceOf(error, ValidationError)
+          }
+        }))
+
+      it.scoped("fibers of one process never hold one (target, host) at once", () =>
+        Effect.gen(function*() {
+          const ledger = yield* (yield* Backend).build()
+          const { maxInside, sections } = yield* overlap([ledger], target(), 6, 5)
+          assert.strictEqual(sections, 30)
+          assert.strictEqual(maxInside, 1)
+        }))
+
+      it.scoped("two client instances over the same tables never hold one (target, host) at once", () =>
+        Effect.gen(function*() {
+          const backend = yield* Backend
+          const a = yield* backend.build()
+          const b = yield* backend.build()
+          const { maxInside, sections } = yield* overlap([a, b], target(), 4, 5)
+          assert.strictEqual(sections, 20)
+          assert.strictEqual(maxInside, 1)
+        }))
+
+      it.scoped("eight different targets are held at the same time; nothing waits", () =>
+        Effect.gen(function*() {
+          const ledger = yield* (yield* Backend).build()
+          const all = yield* Deferred.make<void>()
+          let inside = 0
+          let maxInside = 0
+          yield* Effect.forEach(
+            Array.from({ length: 8 }, target),
+            (t) =>
+              ledger.withTargetLock(t, HOST, () =>
+                Effect.gen(function*() {
+                  inside++
+                  maxInside = Math.max(maxInside, inside)
+                  if (inside === 8) yield* Deferred.succeed(all, undefined)
+                  // Each holder waits until all eight hold their lock: only possible if none waited.
+                  yield* Deferred.await(all)
+                }), { timeout: "20 seconds" }),
+            { concurrency: "unbounded", discard: true }
+          ).pipe(Effect.timeoutFail({ duration: "30 seconds", onTimeout: () => new Error(`only ${maxInside} held at once`) }))
+          assert.strictEqual(maxInside, 8)
+        }))
+
+      it.scoped("waiting past the lock timeout fails with TimeoutError { phase: 'lock' }, in and across processes", () =>
+        Effect.gen(function*() {
+          const backend = yield* Backend
+          const a = yield* backend.build()
+          const other = yield* backend.build()
+          const t = target()
+          const held = yield* Deferred.make<void>()
+          const gate = yield* Deferred.make<void>()
+          const holder = yield* a.withTargetLock(t, HOST, () => Deferred.succeed(held, undefined).pipe(Effect.zipRight(Deferred.await(gate)))).pipe(Effect.fork)
+          yield* Deferred.await(held)
+          for (const ledger of [a, other]) {
+            let ran = false
+            const error = yield* Effect.flip(ledger.withTargetLock(t, HOST, () => Effect.sync(() => (ran = true)), { timeout: "300 millis" }))
+            assert.instanceOf(error, TimeoutError)
+            assert.strictEqual((error as TimeoutError).phase, "lock")
+            assert.isFalse(ran)
+          }
+          yield* Deferred.succeed(gate, undefined)
+          yield* Fiber.join(holder)
+          // Released: the lock is free again at once.
+          yield* other.withTargetLock(t, HOST, () => Effect.void, { timeout: "5 seconds" })
+        }))
+
+      it.scoped("a holder whose lease expired and was taken over cannot write (the fence refuses it)", () =>
+        Effect.gen(function*() {
+          const backend = yield* Backend
+          // A stalled holder: short lease, never renewed.
+          const stalled = yield* backend.build({ leaseDuration: "400 millis", renewInterval: Duration.hours(1) })
+          const other = yield* backend.build()
+          const t = target()
+          const held = yield* Deferred.make<void>()
+          const takenOver = yield* Deferred.make<void>()
+          const stalledFiber = yield* stalled.withTargetLock(t, HOST, (lease) =>
+            Effect.gen(function*() {
+              yield* Deferred.succeed(held, undefined)
+              yield* Deferred.await(takenOver)
+              return yield* Effect.flip(lease.write({ job: { jobId: 1, mounted: true }, pending: null }))
+            })).pipe(Effect.fork)
+          yield* Deferred.await(held)
+          yield* other.withTargetLock(t, HOST, (lease) =>
+            Effect.gen(function*() {
+              yield* lease.write({ job: { jobId: 2, mounted: true } })
+              yield* Deferred.succeed(takenOver, undefined)
+              // Wait for the stalled holder's attempt while still holding the lease.
+              const error = yield* Fiber.join(stalledFiber)
+              assert.instanceOf(error, DatabaseError)
+              assert.match(error.message, /lease/)
+              yield* lease.write({ job: { jobId: 2, mounted: false } })
+            }), { timeout: "20 seconds" })
+          const rows = yield* other.getLedgerHistory(t)
+          assert.deepStrictEqual(rows.map((e) => [e.jobId, e.mounted]), [[2, false]])
+        }))
+
+      it.scoped("releasing in the final write frees the lock and refuses later writes", () =>
+        Effect.gen(function*() {
+          const backend = yield* Backend
+          const ledger = yield* backend.build()
+          const other = yield* backend.build()
+          const t = target()
+          const after = yield* Deferred.make<void>()
+          const first = yield* ledger.withTargetLock(t, HOST, (lease) =>
+            Effect.gen(function*() {
+              yield* lease.write({ job: { jobId: 3, mounted: true }, release: true })
+              yield* Deferred.await(after)
+              return yield* Effect.flip(lease.write({ job: { jobId: 3, mounted: false } }))
+            })).pipe(Effect.fork)
+          // Another process gets the lock while the first body still runs.
+          yield* other.withTargetLock(t, HOST, () => Effect.void, { timeout: "10 seconds" })
+          yield* Deferred.succeed(after, undefined)
+          assert.instanceOf(yield* Fiber.join(first), DatabaseError)
+          assert.isTrue(Option.getOrThrow(yield* ledger.getMountStatus(3, t)).mounted)
+        }))
+
+      it.scoped("a body that fails or is interrupted releases the lock", () =>
+        Effect.gen(function*() {
+          const backend = yield* Backend
+          const ledger = yield* backend.build()
+          const other = yield* backend.build()
+          const t = target()
+          const exit = yield* Effect.exit(ledger.withTargetLock(t, HOST, () => Effect.fail("boom" as const)))
+          assert.deepStrictEqual(exit, Exit.fail("boom" as const))
+          yield* other.withTargetLock(t, HOST, () => Effect.void, { timeout: "5 seconds" })
+          const inside = yield* Deferred.make<void>()
+          const fiber = yield* ledger.withTargetLock(t, HOST, () => Deferred.succeed(inside, undefined).pipe(Effect.zipRight(Effect.never))).pipe(Effect.fork)
+          yield* Deferred.await(inside)
+          yield* Fiber.interrupt(fiber)
+          yield* other.withTargetLock(t, HOST, () => Effect.void, { timeout: "5 seconds" })
+          yield* ledger.withTargetLock(t, HOST, () => Effect.void, { timeout: "5 seconds" })
+        }))
+    })
+  })
+}

@@ -1,0 +1,72 @@
+/**
+ * Child processes for tests: started in their own process group (so a kill takes the whole group,
+ * not only a wrapper), stdout read line by line, always killed when the scope closes.
+ */
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import * as FiberId from "effect/FiberId"
+import { spawn } from "node:child_process"
+import * as path from "node:path"
+import * as readline from "node:readline"
+
+export interface Child {
+  readonly pid: number
+  /** Waits until the child prints `line` (fails if it exits first). */
+  readonly waitFor: (line: string) => Effect.Effect<void, Error>
+  readonly send: (line: string) => Effect.Effect<void>
+  readonly kill: (signal: NodeJS.Signals) => Effect.Effect<void>
+  /** The exit code (or signal name), once it exits. */
+  readonly exited: Effect.Effect<number | string>
+  readonly stderr: () => string
+}
+
+const root = path.resolve(import.meta.dirname, "../..")
+
+/** Runs `node --import tsx <script> <args…>` from the project root. */
+export const spawnTs = (script: string, args: ReadonlyArray<string>) =>
+  Effect.acquireRelease(
+    Effect.gen(function*() {
+      const child = spawn(process.execPath, ["--import", "tsx", script, ...args], {
+        cwd: root,
+        detached: true,
+        stdio: ["pipe", "pipe", "pipe"]
+      })
+      const exited = yield* Deferred.make<number | string>()
+      const lines: Array<string> = []
+      const waiters: Array<{ line: string; done: Deferred.Deferred<void, Error> }> = []
+      let stderr = ""
+      child.stderr!.on("data", (d) => (stderr += String(d)))
+      readline.createInterface({ input: child.stdout! }).on("line", (line) => {
+        lines.push(line)
+        for (const w of waiters.filter((w) => w.line === line)) Deferred.unsafeDone(w.done, Effect.void)
+      })
+      child.on("exit", (code, signal) => {
+        Deferred.unsafeDone(exited, Effect.succeed(code ?? signal ?? "unknown"))
+        for (const w of waiters) {
+          Deferred.unsafeDone(w.done, Effect.fail(new Error(`child exited (${code ?? signal}) before "${w.line}": ${stderr}`)))
+        }
+      })
+      const handle: Child = {
+        pid: child.pid!,
+        waitFor: (line) =>
+          Effect.suspend(() => {
+            if (lines.includes(line)) return Effect.void
+            const done = Deferred.unsafeMake<void, Error>(FiberId.none)
+            waiters.push({ line, done })
+            return Deferred.await(done)
+          }),
+        send: (line) => Effect.sync(() => void child.stdin!.write(`${line}\n`)),
+        kill: (signal) => Effect.sync(() => {
+          try {
+            process.kill(-child.pid!, signal)
+          } catch {
+            // already gone
+          }
+        }),
+        exited: Deferred.await(exited),
+        stderr: () => stderr
+      }
+      return handle
+    }),
+    (child) => Effect.zipRight(child.kill("SIGKILL"), Effect.timeout(child.exited, "5 seconds").pipe(Effect.ignore))
+  )

@@ -1,0 +1,31 @@
+import { defineConfig } from "vitest/config"
+
+// Two projects: "unit" runs in parallel (memory layers and live tests on their own databases and
+// queues); "faults" kills processes and connections, so it runs alone, file by file, after the rest.
+export default defineConfig({
+  test: {
+    testTimeout: 30_000,
+    hookTimeout: 60_000,
+    projects: [
+      {
+        extends: true,
+        test: {
+          name: "unit",
+          include: ["test/**/*.test.ts"],
+          exclude: ["test/faults/**"],
+          sequence: { groupOrder: 0 }
+        }
+      },
+      {
+        extends: true,
+        test: {
+          name: "faults",
+          include: ["test/faults/**/*.test.ts"],
+          pool: "forks",
+          poolOptions: { forks: { singleFork: true } },
+          sequence: { groupOrder: 1 }
+        }
+      }
+    ]
+  }
+})
