@@ -156,10 +156,19 @@ export const fromParseError = (subject: string, error: ParseResult.ParseError): 
   const isAlternative = (i: { path: string; message: string }) =>
     /^Expected (null|undefined), actual /.test(i.message) &&
     all.some((o) => o !== i && !/^Expected (null|undefined), actual /.test(o.message) && o.path.startsWith(i.path))
-  return new ValidationError({
-    subject,
-    issues: all.filter((i) => !isAlternative(i)).map((i) => new Issue(i))
-  })
+  // Alternatives of one union fail one by one ('Expected "mount", actual "x"', 'Expected "unmount", …'):
+  // merge them into one issue per field.
+  const merged: Array<{ path: string; message: string }> = []
+  for (const issue of all.filter((i) => !isAlternative(i))) {
+    const m = /^Expected (.*), actual (.*)$/s.exec(issue.message)
+    const prev = merged.find((o) => o.path === issue.path && m !== null && o.message.endsWith(`, actual ${m[2]}`))
+    if (prev !== undefined && m !== null) {
+      prev.message = prev.message.replace(/, actual .*$/s, ` | ${m[1]}, actual ${m[2]}`)
+    } else if (!merged.some((o) => o.path === issue.path && o.message === issue.message)) {
+      merged.push({ ...issue })
+    }
+  }
+  return new ValidationError({ subject, issues: merged.map((i) => new Issue(i)) })
 }
 
 /**

@@ -173,8 +173,6 @@ const ledgerSelect = `id, created_at, updated_at, deleted_at, deleted, version, 
  */
 const migrate = (sql: SqlClient.SqlClient, dialect: Dialect): Effect.Effect<void, DatabaseError> =>
   Effect.gen(function*() {
-    const ddl = dialect.name === "mysql" ? mysqlDdl : sqliteDdl
-    for (const statement of ddl) yield* sql.unsafe(statement)
     const columnsOf = (table: string) =>
       dialect.name === "mysql"
         ? sql<{ name: string; pk: unknown }>`SELECT COLUMN_NAME AS name, (COLUMN_KEY = 'PRI') AS pk
@@ -183,6 +181,7 @@ const migrate = (sql: SqlClient.SqlClient, dialect: Dialect): Effect.Effect<void
     const check = (table: string, expected: ReadonlyArray<string>, primaryKey: string) =>
       Effect.gen(function*() {
         const cols = yield* columnsOf(table)
+        if (cols.length === 0) return // created below
         const names = new Set(cols.map((c) => String(c.name).toLowerCase()))
         const pk = cols.filter((c) => truthy(c.pk) || Number(c.pk) > 0).map((c) => String(c.name).toLowerCase())
         const missing = expected.filter((c) => !names.has(c))
@@ -209,8 +208,11 @@ const migrate = (sql: SqlClient.SqlClient, dialect: Dialect): Effect.Effect<void
           )
         }
       })
+    // Check existing tables before any DDL: an index on a foreign table's missing column would fail
+    // with a less helpful message.
     yield* check(LEDGER_TABLE, ledgerColumns, "id")
     yield* check(LOCK_TABLE, lockColumns, "lock_key")
+    for (const statement of dialect.name === "mysql" ? mysqlDdl : sqliteDdl) yield* sql.unsafe(statement)
   }).pipe(Effect.mapError((e) => (e instanceof DatabaseError ? e : toDatabaseError("schema check")(e))))
 
 export const toDatabaseError = (operation: string) => (e: SqlError | DatabaseError): DatabaseError =>

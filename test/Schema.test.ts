@@ -1,0 +1,104 @@
+/**
+ * schema.sql: the guide's ledger table exactly, loadable with the mysql client, identical to what the
+ * library creates; a ledger table of another shape (the Python client's) is refused with a clear message.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import { execFileSync } from "node:child_process"
+import * as fs from "node:fs"
+import * as path from "node:path"
+import { DatabaseError } from "../src/DmsError.js"
+import * as Ledger from "../src/Ledger.js"
+import { VERSION } from "../src/internal/version.js"
+import { tempDir } from "./support/backends.js"
+import { MYSQL_HOST, MYSQL_PORT, TestDatabase, TestDatabaseLive } from "./support/mysql.js"
+
+const root = path.resolve(import.meta.dirname, "..")
+const normalize = (sql: string) => sql.replace(/\s+/g, " ").replace(/\( /g, "(").replace(/ \)/g, ")").trim()
+const ledgerDdl = (text: string) => /CREATE TABLE (IF NOT EXISTS )?backup_target_mount_ledger \([\s\S]*?\n\);/.exec(text)?.[0]
+
+const PYTHON_LEDGER = `CREATE TABLE backup_target_mount_ledger (
+  jobid INT NOT NULL, backup_target_id VARCHAR(255) NOT NULL, host VARCHAR(255) NOT NULL,
+  mounted BOOLEAN NOT NULL DEFAULT FALSE, created_at DATETIME, updated_at DATETIME,
+  PRIMARY KEY (jobid, backup_target_id, host))`
+
+const build = (layer: Layer.Layer<Ledger.Ledger, unknown>) =>
+  Layer.build(layer).pipe(Effect.map(Context.get(Ledger.Ledger)))
+
+describe("schema.sql", () => {
+  it("declares the guide's ledger table exactly as written there", () => {
+    const guide = fs.readFileSync(path.resolve(root, "../shared/seeds/DMS_CLIENT_README.md"), "utf8")
+    const ours = ledgerDdl(fs.readFileSync(path.join(root, "schema.sql"), "utf8"))
+    const theirs = ledgerDdl(guide)
+    assert.isDefined(ours)
+    assert.isDefined(theirs)
+    assert.strictEqual(normalize(ours!.replace("IF NOT EXISTS ", "")), normalize(theirs!))
+  })
+
+  it.scoped("loads with the mysql client and matches what the library creates", () =>
+    Effect.gen(function*() {
+      const loaded = Context.get(yield* Layer.build(TestDatabaseLive), TestDatabase)
+      const created = Context.get(yield* Layer.build(TestDatabaseLive), TestDatabase)
+      execFileSync("mysql", ["-h", MYSQL_HOST, "-P", String(MYSQL_PORT), "-u", "root", loaded.name], {
+        input: fs.readFileSync(path.join(root, "schema.sql"))
+      })
+      // The library accepts the tables schema.sql made, and writes to them.
+      const ledger = yield* build(Ledger.layerMysql({ url: loaded.url }))
+      yield* ledger.withTargetLock("t1", "h1", (lease) => lease.write({ job: { jobId: 1, mounted: true } }))
+      const [row] = yield* loaded.query<Array<{ version: string; mounted: number }>>("SELECT version, mounted FROM backup_target_mount_ledger")
+      assert.deepStrictEqual({ ...row }, { version: VERSION, mounted: 1 })
+
+      yield* build(Ledger.layerMysql({ url: created.url }))
+      const shape = (db: string) =>
+        loaded.query<Array<unknown>>(
+          `SELECT TABLE_NAME, COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE, COLUMN_DEFAULT, EXTRA, COLUMN_KEY
+             FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? ORDER BY TABLE_NAME, ORDINAL_POSITION`,
+          [db]
+        ).pipe(Effect.zip(loaded.query<Array<unknown>>(
+          `SELECT TABLE_NAME, INDEX_NAME, SEQ_IN_INDEX, COLUMN_NAME, NON_UNIQUE
+             FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = ? ORDER BY TABLE_NAME, INDEX_NAME, SEQ_IN_INDEX`,
+          [db]
+        )))
+      const [a, b] = [yield* shape(loaded.name), yield* shape(created.name)]
+      assert.deepStrictEqual(JSON.parse(JSON.stringify(a)), JSON.parse(JSON.stringify(b)))
+      assert.strictEqual(new Set((a[1] as Array<{ INDEX_NAME: string }>).map((i) => i.INDEX_NAME).filter((n) => n.startsWith("idx_"))).size, 6)
+    }))
+
+  it.scoped("refuses the Python client's ledger table on MySQL, naming it", () =>
+    Effect.gen(function*() {
+      const db = Context.get(yield* Layer.build(TestDatabaseLive), TestDatabase)
+      yield* db.query(PYTHON_LEDGER)
+      const error = yield* Effect.flip(build(Ledger.layerMysql({ url: db.url })))
+      assert.instanceOf(error, DatabaseError)
+      assert.include(error.message, "Python")
+      assert.include(error.message, "(jobid, backup_target_id, host)")
+    }))
+
+  it.scoped("refuses the Python client's ledger table and a table missing columns on SQLite", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const { default: Database } = yield* Effect.promise(() => import("better-sqlite3"))
+      const python = path.join(dir, "python.db")
+      const db = new Database(python)
+      db.exec(PYTHON_LEDGER)
+      db.close()
+      const e1: unknown = yield* Effect.flip(build(Ledger.layerSqlite({ filename: python })))
+      assert.include(String((e1 as Error).message), "Python")
+      const partial = path.join(dir, "partial.db")
+      const db2 = new Database(partial)
+      db2.exec("CREATE TABLE backup_target_mount_ledger (id INTEGER PRIMARY KEY, jobid INT, host TEXT)")
+      db2.close()
+      const e2: unknown = yield* Effect.flip(build(Ledger.layerSqlite({ filename: partial })))
+      assert.match(String((e2 as Error).message), /lacks the column\(s\) created_at, .*mounted/)
+    }))
+
+  it.scoped("fails with a DatabaseError naming the server when MySQL cannot be reached", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(build(Ledger.layerMysql({ url: "mysql://root:pw@127.0.0.1:1/x" })))
+      assert.instanceOf(error, DatabaseError)
+      assert.include(error.message, "mysql://root:***@127.0.0.1:1/x")
+      assert.notInclude(error.message, ":pw@")
+    }))
+})
