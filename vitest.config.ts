@@ -4,6 +4,8 @@ import { defineConfig } from "vitest/config"
 // queues); "faults" kills processes and connections, so it runs alone, file by file, after the rest.
 export default defineConfig({
   test: {
+    // Under CI, also write machine-readable results: .ci/run prints "N passed, N failed" from them.
+    reporters: process.env.CI ? ["default", ["json", { outputFile: ".ci-results/vitest.json" }]] : ["default"],
     testTimeout: 30_000,
     hookTimeout: 60_000,
     projects: [

@@ -37,6 +37,12 @@ describe("schema.sql", () => {
     assert.strictEqual(normalize(ours!.replace("IF NOT EXISTS ", "")), normalize(theirs!))
   })
 
+  it("stamps rows with the package's own version", () => {
+    const pkg = JSON.parse(fs.readFileSync(path.join(root, "package.json"), "utf8")) as { version: string }
+    assert.strictEqual(VERSION, pkg.version)
+    assert.isAtMost(VERSION.length, 32, "fits the version column")
+  })
+
   it.scoped("loads with the mysql client and matches what the library creates", () =>
     Effect.gen(function*() {
       const loaded = Context.get(yield* Layer.build(TestDatabaseLive), TestDatabase)

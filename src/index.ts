@@ -1,0 +1,34 @@
+/**
+ * trilio-dms: the Dynamic Mount Service client for backup targets (NFS exports, S3 buckets), as Effect
+ * services. Import a module as a namespace: `import { Ledger, DmsConfig } from "trilio-dms"`.
+ *
+ * @since 0.1.0
+ */
+
+/**
+ * Configuration: options > environment > `~/.trilio-dms/client.conf` > defaults.
+ *
+ * @since 0.1.0
+ */
+export * as DmsConfig from "./DmsConfig.js"
+
+/**
+ * The typed errors: ValidationError, TimeoutError, DatabaseError, BrokerError, MountError.
+ *
+ * @since 0.1.0
+ */
+export * as DmsError from "./DmsError.js"
+
+/**
+ * The mount ledger and its fenced per-(target, host) lease: MySQL, SQLite and memory layers.
+ *
+ * @since 0.1.0
+ */
+export * as Ledger from "./Ledger.js"
+
+/**
+ * The wire schemas: MountRequest and Reply.
+ *
+ * @since 0.1.0
+ */
+export * as Protocol from "./Protocol.js"
