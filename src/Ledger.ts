@@ -24,6 +24,7 @@ import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { randomUUID } from "node:crypto"
+import * as DmsConfig from "./DmsConfig.js"
 import * as DmsError from "./DmsError.js"
 import * as Protocol from "./Protocol.js"
 import * as KeyedMutex from "./internal/keyedMutex.js"
@@ -516,3 +517,16 @@ export const layerFromUrl = (
       return layerMemory(options)
   }
 }
+
+/**
+ * The ledger named by the `DmsConfig` in context (`dbUrl`), waiting for locks up to its `lockTimeout`.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerConfig = (
+  options: Omit<LeaseOptions, "lockTimeout"> & { readonly maxConnections?: number | undefined } = {}
+): Layer.Layer<Ledger, DmsError.DatabaseError | DmsError.ValidationError, DmsConfig.DmsConfig> =>
+  Layer.unwrapEffect(
+    Effect.map(DmsConfig.DmsConfig, (config) => layerFromUrl(config.dbUrl, { ...options, lockTimeout: config.lockTimeout }))
+  )

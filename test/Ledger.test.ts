@@ -1,7 +1,7 @@
 /**
  * One behavioural suite for the Ledger, run against memory, SQLite and MySQL (the real MariaDB).
  */
-import { assert, describe, layer } from "@effect/vitest"
+import { assert, describe, it, layer } from "@effect/vitest"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -10,7 +10,10 @@ import * as Fiber from "effect/Fiber"
 import * as Option from "effect/Option"
 import { randomBytes } from "node:crypto"
 import { DatabaseError, TimeoutError, ValidationError } from "../src/DmsError.js"
+import * as DmsConfig from "../src/DmsConfig.js"
 import type * as Ledger from "../src/Ledger.js"
+import * as LedgerModule from "../src/Ledger.js"
+import * as Layer from "effect/Layer"
 import { VERSION } from "../src/internal/version.js"
 import { Backend, backends } from "./support/backends.js"
 
@@ -306,3 +309,19 @@ for (const [name, backendLayer] of backends) {
     })
   })
 }
+
+describe("Ledger.layerConfig", () => {
+  it.live("takes the ledger URL and the lock timeout from DmsConfig", () =>
+    Effect.gen(function*() {
+      const config = DmsConfig.layer({ dbUrl: "memory:", rabbitmqUrl: "memory:", lockTimeout: 0.25 })
+      const ledger = yield* Effect.provide(LedgerModule.Ledger, LedgerModule.layerConfig().pipe(Layer.provide(config)))
+      const t = target()
+      const held = yield* Deferred.make<void>()
+      const holder = yield* ledger.withTargetLock(t, HOST, () => Effect.zipRight(Deferred.succeed(held, undefined), Effect.never)).pipe(Effect.fork)
+      yield* Deferred.await(held)
+      const error = yield* Effect.flip(ledger.withTargetLock(t, HOST, () => Effect.void))
+      assert.instanceOf(error, TimeoutError)
+      assert.strictEqual((error as TimeoutError).timeoutMs, 250)
+      yield* Fiber.interrupt(holder)
+    }))
+})

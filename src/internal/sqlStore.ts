@@ -331,6 +331,8 @@ export const make = (dialectName: "mysql" | "sqlite"): Effect.Effect<Store, Data
           }
           return state
         }).pipe(Effect.mapError(toDatabaseError("read target state"))),
+      // On SQLite the transaction is a deferred BEGIN whose first statement is the fence's UPDATE, so it
+      // takes the write lock at once (as BEGIN IMMEDIATE would) and never upgrades from a read snapshot.
       write: (key, owner, leaseMs, w) => {
         const job = w.job
         const run = fence(key, owner, leaseMs, w, "ledger write")
