@@ -310,7 +310,7 @@ export const make = (store: Store, options: LeaseOptions = {}): Service => {
 
       const wait = yield* remaining
       return yield* mutex.withLock(key.key, wait, () => lockTimeoutError(backupTargetId, host, timeout), run)
-    }).pipe(Effect.withSpan("Ledger.withTargetLock", { attributes: { backupTargetId, host } }))
+    }).pipe(Effect.withSpan("Ledger.withTargetLock", { attributes: { backupTargetId, host }, captureStackTrace: false }))
 
   const renewLoop = (key: ReturnType<typeof lockKey>, owner: string, state: { held: boolean }) =>
     Effect.gen(function*() {

@@ -7,7 +7,7 @@ import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import { DatabaseError } from "../DmsError.js"
 import type { LedgerEntry, PendingOperation } from "../Ledger.js"
-import type { Store } from "./store.js"
+import type { LockKey, Store } from "./store.js"
 import { leaseLostReason } from "./store.js"
 import { VERSION } from "./version.js"
 
@@ -24,10 +24,12 @@ type MutableEntry = { -readonly [K in keyof LedgerEntry]: LedgerEntry[K] }
 export interface MemoryState {
   readonly locks: Map<string, LockRow>
   readonly rows: Array<MutableEntry>
+  /** The rows of each (target, host), so operations under a lease do not scan the whole ledger. */
+  readonly byPair: Map<string, Array<MutableEntry>>
   nextId: number
 }
 
-export const makeState = (): MemoryState => ({ locks: new Map(), rows: [], nextId: 1 })
+export const makeState = (): MemoryState => ({ locks: new Map(), rows: [], byPair: new Map(), nextId: 1 })
 
 const copy = (e: MutableEntry): LedgerEntry => ({ ...e })
 const seconds = (ms: number) => new Date(Math.floor(ms / 1000) * 1000)
@@ -37,6 +39,7 @@ export const make = (state: MemoryState = makeState()): Store => {
   const owned = (key: string, owner: string) => state.locks.get(key)?.owner === owner
   const lost = (operation: string) => Effect.fail(new DatabaseError({ operation, reason: leaseLostReason }))
   const newestFirst = (a: LedgerEntry, b: LedgerEntry) => b.id - a.id
+  const pairRows = (key: LockKey) => state.byPair.get(key.key) ?? []
 
   return {
     dialect: "memory",
@@ -67,9 +70,7 @@ export const make = (state: MemoryState = makeState()): Store => {
     read: (key, jobId) =>
       Effect.sync(() => {
         const lock = state.locks.get(key.key)
-        const rows = state.rows.filter((r) =>
-          r.backupTargetId === key.backupTargetId && r.host === key.host && !r.deleted
-        )
+        const rows = pairRows(key).filter((r) => !r.deleted)
         const own = rows.filter((r) => r.jobId === jobId)
         return {
           holders: rows.filter((r) => r.mounted).map(copy),
@@ -88,16 +89,14 @@ export const make = (state: MemoryState = makeState()): Store => {
         if (w.release === true) lock.owner = null
         const job = w.job
         if (job !== undefined) {
-          const mine = state.rows.filter((r) =>
-            r.jobId === job.jobId && r.backupTargetId === key.backupTargetId && r.host === key.host && !r.deleted
-          )
+          const mine = pairRows(key).filter((r) => r.jobId === job.jobId && !r.deleted)
           for (const r of mine) {
             r.mounted = job.mounted
             r.updatedAt = seconds(now)
             r.version = VERSION
           }
           if (mine.length === 0 && job.mounted) {
-            state.rows.push({
+            const row: MutableEntry = {
               id: state.nextId++,
               jobId: job.jobId,
               backupTargetId: key.backupTargetId,
@@ -108,7 +107,11 @@ export const make = (state: MemoryState = makeState()): Store => {
               createdAt: seconds(now),
               updatedAt: seconds(now),
               deletedAt: null
-            })
+            }
+            state.rows.push(row)
+            const pair = state.byPair.get(key.key)
+            if (pair === undefined) state.byPair.set(key.key, [row])
+            else pair.push(row)
           }
         }
         return Effect.void

@@ -305,18 +305,25 @@ export const make = (dialectName: "mysql" | "sqlite"): Effect.Effect<Store, Data
         ),
       read: (key, jobId) =>
         Effect.gen(function*() {
+          // One round trip, three index lookups: the lock row (primary key), the holders (mounted rows of
+          // the host: idx_mounted_host), and the job's own unmounted row (idx_job_target). An OR in one
+          // join would scan every history row of the target instead.
+          const cols = `id, created_at, updated_at, deleted_at, deleted, version, backup_target_id, jobid, host, mounted`
           const rows = yield* sql<
             LedgerRow & { l_mount_path: string | null; l_pending_op: string | null; l_pending_deadline: unknown }
-          >`SELECT l.mount_path AS l_mount_path, l.pending_op AS l_pending_op, l.pending_deadline AS l_pending_deadline,
-                e.id, e.created_at, e.updated_at, e.deleted_at, e.deleted, e.version, e.backup_target_id, e.jobid,
-                e.host, e.mounted
-              FROM ${lit(LOCK_TABLE)} l LEFT JOIN ${lit(LEDGER_TABLE)} e
-                ON e.backup_target_id = l.backup_target_id AND e.host = l.host AND e.deleted = 0
-                  AND (e.mounted = 1 OR e.jobid = ${jobId ?? -1})
-              WHERE l.lock_key = ${key.key}
-              ORDER BY e.id`
-          const first = rows[0]
-          const entries = rows.filter((r) => r.id !== null && r.id !== undefined).map(toEntry)
+          >`SELECT NULL AS id, NULL AS created_at, NULL AS updated_at, NULL AS deleted_at, NULL AS deleted,
+                NULL AS version, NULL AS backup_target_id, NULL AS jobid, NULL AS host, NULL AS mounted,
+                mount_path AS l_mount_path, pending_op AS l_pending_op, pending_deadline AS l_pending_deadline
+              FROM ${lit(LOCK_TABLE)} WHERE lock_key = ${key.key}
+            UNION ALL
+            SELECT ${lit(cols)}, NULL, NULL, NULL FROM ${lit(LEDGER_TABLE)}
+              WHERE mounted = 1 AND deleted = 0 AND host = ${key.host} AND backup_target_id = ${key.backupTargetId}
+            UNION ALL
+            SELECT ${lit(cols)}, NULL, NULL, NULL FROM ${lit(LEDGER_TABLE)}
+              WHERE jobid = ${jobId ?? -1} AND backup_target_id = ${key.backupTargetId} AND host = ${key.host}
+                AND deleted = 0 AND mounted = 0`
+          const first = rows.find((r) => r.id === null || r.id === undefined)
+          const entries = rows.filter((r) => r.id !== null && r.id !== undefined).map(toEntry).sort((x, y) => x.id - y.id)
           const pendingOp = first?.l_pending_op
           const pending: Option.Option<PendingOperation> =
             pendingOp === "mount" || pendingOp === "unmount"
