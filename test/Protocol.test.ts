@@ -9,7 +9,8 @@ import * as fs from "node:fs"
 import * as path from "node:path"
 import * as Protocol from "../src/Protocol.js"
 
-const fixtures = path.resolve(import.meta.dirname, "../../shared/fixtures")
+// Recorded from the existing Python DMS (copied from shared/fixtures; see fixtures/python/README.md).
+const fixtures = path.resolve(import.meta.dirname, "fixtures/python")
 const fixture = (name: string) => JSON.parse(fs.readFileSync(path.join(fixtures, name), "utf8"))
 
 /** The guide's "Mount a Backup Target" request (S3), with Python's None as null. */

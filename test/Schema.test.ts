@@ -29,7 +29,7 @@ const build = (layer: Layer.Layer<Ledger.Ledger, unknown>) =>
 
 describe("schema.sql", () => {
   it("declares the guide's ledger table exactly as written there", () => {
-    const guide = fs.readFileSync(path.resolve(root, "../shared/seeds/DMS_CLIENT_README.md"), "utf8")
+    const guide = fs.readFileSync(path.join(root, "test/fixtures/guide-ledger-ddl.sql"), "utf8")
     const ours = ledgerDdl(fs.readFileSync(path.join(root, "schema.sql"), "utf8"))
     const theirs = ledgerDdl(guide)
     assert.isDefined(ours)
