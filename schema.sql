@@ -25,7 +25,8 @@ CREATE TABLE IF NOT EXISTS backup_target_mount_ledger (
 );
 
 -- One row per (target, host): a fenced lease (owner + expires_at, UTC) under which the ledger rows of
--- that pair are changed, the path the target is mounted at on the host, and the operation whose
+-- that pair are changed, the path and type (nfs | s3) the target is mounted with on the host, and the
+-- operation whose
 -- outcome is not yet known (pending_op, until pending_deadline). lock_key = hex SHA-1 of
 -- backup_target_id, a NUL byte, and host.
 CREATE TABLE IF NOT EXISTS backup_target_mount_lock (
@@ -33,6 +34,7 @@ CREATE TABLE IF NOT EXISTS backup_target_mount_lock (
     backup_target_id VARCHAR(255) NOT NULL,
     host VARCHAR(255) NOT NULL,
     mount_path VARCHAR(4096) NULL,
+    target_type VARCHAR(8) NULL,
     owner CHAR(36) NULL,
     expires_at DATETIME(3) NULL,
     pending_op VARCHAR(16) NULL,

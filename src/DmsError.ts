@@ -91,6 +91,11 @@ export class BrokerError extends Schema.TaggedError<BrokerError>()("BrokerError"
   host: Schema.optional(Schema.String),
   queue: Schema.optional(Schema.String),
   reason: Schema.String,
+  /**
+   * True when the request certainly reached no server (no server for the host, publish refused, not
+   * connected): nothing happened. Absent when it may have been delivered.
+   */
+  notDelivered: Schema.optional(Schema.Boolean),
   cause: Schema.optional(Schema.Defect)
 }) {
   override get message(): string {

@@ -78,6 +78,8 @@ export interface TargetState {
   readonly job: Option.Option<LedgerEntry>
   /** The path the target is mounted at on the host, as last recorded. */
   readonly mountPath: Option.Option<string>
+  /** The target's type, as last recorded (so it can be unmounted without its request). */
+  readonly targetType: Option.Option<"nfs" | "s3">
   readonly pending: Option.Option<PendingOperation>
 }
 
@@ -91,6 +93,7 @@ export interface LeaseWrite {
   /** Sets `mounted` on the job's non-deleted row; a missing row is created only for `mounted: true`. */
   readonly job?: { readonly jobId: number; readonly mounted: boolean } | undefined
   readonly mountPath?: string | null | undefined
+  readonly targetType?: "nfs" | "s3" | null | undefined
   readonly pending?: PendingOperation | null | undefined
   /** Releases the lease in the same transaction (the operation is done). */
   readonly release?: boolean | undefined

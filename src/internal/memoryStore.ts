@@ -15,6 +15,7 @@ interface LockRow {
   owner: string | null
   expiresAt: number
   mountPath: string | null
+  targetType: "nfs" | "s3" | null
   pending: PendingOperation | null
 }
 
@@ -47,7 +48,7 @@ export const make = (state: MemoryState = makeState()): Store => {
       withNow((now) => {
         const row = state.locks.get(key.key)
         if (row === undefined) {
-          state.locks.set(key.key, { owner, expiresAt: now + leaseMs, mountPath: null, pending: null })
+          state.locks.set(key.key, { owner, expiresAt: now + leaseMs, mountPath: null, targetType: null, pending: null })
           return true
         }
         if (row.owner !== null && row.expiresAt >= now) return false
@@ -76,6 +77,7 @@ export const make = (state: MemoryState = makeState()): Store => {
           holders: rows.filter((r) => r.mounted).map(copy),
           job: Option.map(Option.fromNullable(own[own.length - 1]), copy),
           mountPath: Option.fromNullable(lock?.mountPath ?? null),
+          targetType: Option.fromNullable(lock?.targetType ?? null),
           pending: Option.fromNullable(lock?.pending ?? null)
         }
       }),
@@ -85,6 +87,7 @@ export const make = (state: MemoryState = makeState()): Store => {
         if (lock === undefined || lock.owner !== owner) return lost("ledger write")
         lock.expiresAt = now + leaseMs
         if (w.mountPath !== undefined) lock.mountPath = w.mountPath
+        if (w.targetType !== undefined) lock.targetType = w.targetType
         if (w.pending !== undefined) lock.pending = w.pending
         if (w.release === true) lock.owner = null
         const job = w.job

@@ -41,6 +41,7 @@ export const mysqlDdl: ReadonlyArray<string> = [
     backup_target_id VARCHAR(255) NOT NULL,
     host VARCHAR(255) NOT NULL,
     mount_path VARCHAR(4096) NULL,
+    target_type VARCHAR(8) NULL,
     owner CHAR(36) NULL,
     expires_at DATETIME(3) NULL,
     pending_op VARCHAR(16) NULL,
@@ -76,6 +77,7 @@ export const sqliteDdl: ReadonlyArray<string> = [
     backup_target_id VARCHAR(255) NOT NULL,
     host VARCHAR(255) NOT NULL,
     mount_path TEXT NULL,
+    target_type TEXT NULL,
     owner TEXT NULL,
     expires_at TEXT NULL,
     pending_op TEXT NULL,
@@ -101,6 +103,7 @@ const lockColumns = [
   "backup_target_id",
   "host",
   "mount_path",
+  "target_type",
   "owner",
   "expires_at",
   "pending_op",
@@ -162,6 +165,8 @@ interface LedgerRow {
   readonly host: string
   readonly mounted: unknown
 }
+
+const targetTypeOf = (v: unknown): Option.Option<"nfs" | "s3"> => (v === "nfs" || v === "s3" ? Option.some(v) : Option.none())
 
 const truthy = (v: unknown): boolean => v === 1 || v === true || v === "1" || v === 1n
 
@@ -249,6 +254,10 @@ export const make = (dialectName: "mysql" | "sqlite"): Effect.Effect<Store, Data
         sets.push("mount_path = ?")
         params.push(w.mountPath)
       }
+      if (w.targetType !== undefined) {
+        sets.push("target_type = ?")
+        params.push(w.targetType)
+      }
       if (w.pending !== undefined) {
         sets.push("pending_op = ?", "pending_deadline = ?")
         params.push(w.pending?.op ?? null, w.pending === null ? null : d.fromDate(w.pending.deadline))
@@ -310,16 +319,22 @@ export const make = (dialectName: "mysql" | "sqlite"): Effect.Effect<Store, Data
           // join would scan every history row of the target instead.
           const cols = `id, created_at, updated_at, deleted_at, deleted, version, backup_target_id, jobid, host, mounted`
           const rows = yield* sql<
-            LedgerRow & { l_mount_path: string | null; l_pending_op: string | null; l_pending_deadline: unknown }
+            LedgerRow & {
+              l_mount_path: string | null
+              l_target_type: string | null
+              l_pending_op: string | null
+              l_pending_deadline: unknown
+            }
           >`SELECT NULL AS id, NULL AS created_at, NULL AS updated_at, NULL AS deleted_at, NULL AS deleted,
                 NULL AS version, NULL AS backup_target_id, NULL AS jobid, NULL AS host, NULL AS mounted,
-                mount_path AS l_mount_path, pending_op AS l_pending_op, pending_deadline AS l_pending_deadline
+                mount_path AS l_mount_path, target_type AS l_target_type, pending_op AS l_pending_op,
+                pending_deadline AS l_pending_deadline
               FROM ${lit(LOCK_TABLE)} WHERE lock_key = ${key.key}
             UNION ALL
-            SELECT ${lit(cols)}, NULL, NULL, NULL FROM ${lit(LEDGER_TABLE)}
+            SELECT ${lit(cols)}, NULL, NULL, NULL, NULL FROM ${lit(LEDGER_TABLE)}
               WHERE mounted = 1 AND deleted = 0 AND host = ${key.host} AND backup_target_id = ${key.backupTargetId}
             UNION ALL
-            SELECT ${lit(cols)}, NULL, NULL, NULL FROM ${lit(LEDGER_TABLE)}
+            SELECT ${lit(cols)}, NULL, NULL, NULL, NULL FROM ${lit(LEDGER_TABLE)}
               WHERE jobid = ${jobId ?? -1} AND backup_target_id = ${key.backupTargetId} AND host = ${key.host}
                 AND deleted = 0 AND mounted = 0`
           const first = rows.find((r) => r.id === null || r.id === undefined)
@@ -334,6 +349,7 @@ export const make = (dialectName: "mysql" | "sqlite"): Effect.Effect<Store, Data
             holders: entries.filter((e) => e.mounted),
             job: Option.fromNullable(own[own.length - 1]),
             mountPath: Option.fromNullable(first?.l_mount_path ?? null),
+            targetType: targetTypeOf(first?.l_target_type),
             pending
           }
           return state
