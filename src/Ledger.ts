@@ -275,6 +275,8 @@ export const make = (store: Store, options: LeaseOptions = {}): Service => {
           Effect.flatMap((got) => (got ? Effect.void : Effect.fail(new NotYet())))
         )
         const budget = yield* remaining
+        // Each attempt is uninterruptible (we must know whether we hold the lease); the waits between
+        // them are interruptible even when the caller's region is not, so the lock timeout always fires.
         yield* attempt.pipe(
           Effect.retry({
             schedule: Schedule.exponential(Duration.millis(5), 1.6).pipe(
@@ -287,9 +289,10 @@ export const make = (store: Store, options: LeaseOptions = {}): Service => {
           Effect.catchIf(
             (e): e is NotYet => e instanceof NotYet,
             () => Effect.fail(lockTimeoutError(backupTargetId, host, timeout))
-          )
+          ),
+          Effect.interruptible
         )
-        yield* renewLoop(key, owner, state).pipe(Effect.forkScoped)
+        yield* renewLoop(key, owner, state).pipe(Effect.interruptible, Effect.forkScoped)
 
         const whileHeld = <A>(operation: string, effect: () => Effect.Effect<A, DmsError.DatabaseError>) =>
           Effect.suspend(() =>

@@ -81,8 +81,10 @@ export const make = (): KeyedMutex => {
       onTimeout: () => E2,
       use: Effect.Effect<A, E, R>
     ) =>
+      // Waiting is interruptible even inside an uninterruptible region (e.g. the acquire of an
+      // acquireRelease): otherwise its timeout could not fire. acquire() cleans up on interruption.
       Effect.uninterruptibleMask((restore) =>
-        Effect.flatMap(restore(acquire(key, timeout)), (got): Effect.Effect<A, E | E2, R> =>
+        Effect.flatMap(Effect.interruptible(acquire(key, timeout)), (got): Effect.Effect<A, E | E2, R> =>
           got
             ? Effect.ensuring(
               restore(use),

@@ -1,0 +1,328 @@
+/**
+ * mount / unmount / mountScoped over the memory ledger and the memory broker with a model server:
+ * shared mounts, pending outcomes, idempotency, and releases. Interleavings are forced with Deferreds.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Broker from "../src/Broker.js"
+import * as DmsConfig from "../src/DmsConfig.js"
+import { MountError, TimeoutError, ValidationError } from "../src/DmsError.js"
+import * as Ledger from "../src/Ledger.js"
+import * as Mount from "../src/Mount.js"
+import * as FakeServer from "./support/fakeServer.js"
+
+const HOST = "compute-01"
+const PATH = "/var/lib/trilio/triliovault-mounts/t1"
+
+const nfs = (jobid: number, overrides: { target?: string; host?: string; path?: string } = {}) => ({
+  context: { user_id: "user-123", request_id: `req-${jobid}` },
+  keystone_token: "token",
+  job: { jobid, status: "running", action: "backup" },
+  host: overrides.host ?? HOST,
+  backup_target: {
+    id: overrides.target ?? "t1",
+    type: "nfs",
+    filesystem_export: "192.168.1.100:/backups",
+    filesystem_export_mount_path: overrides.path ?? PATH,
+    nfs_mount_opts: "rw,sync,hard"
+  }
+})
+
+/** A fresh model server, memory ledger and memory broker per test. */
+const setup = (config: DmsConfig.Options = {}) => {
+  const server = FakeServer.make()
+  const state = Ledger.makeMemoryState()
+  const layer = Layer.mergeAll(
+    DmsConfig.layer({ dbUrl: "memory:", rabbitmqUrl: "memory:", timeout: 5, lockTimeout: 30, ...config }),
+    Ledger.layerMemory({ state }),
+    Broker.layerMemory(server.handler)
+  )
+  return { server, layer, state }
+}
+
+const holders = (host = HOST, target = "t1") =>
+  Effect.map(Mount.getActiveMounts({ host, backupTargetId: target }), (rows) => rows.map((r) => r.jobId).sort((a, b) => a - b))
+
+describe("Mount", () => {
+  it.live("N jobs mounting one target concurrently cause one physical mount; the last unmount one unmount message", () => {
+    const { server, layer } = setup()
+    return Effect.gen(function*() {
+      const jobs = Array.from({ length: 8 }, (_, i) => 100 + i)
+      const results = yield* Effect.forEach(jobs, (j) => Mount.mount(nfs(j)), { concurrency: "unbounded" })
+      assert.strictEqual(results.filter((r) => r.physicallyMounted).length, 1)
+      assert.strictEqual(results.filter((r) => r.reusedExisting).length, 7)
+      assert.isTrue(results.every((r) => r.mountPath === PATH))
+      assert.deepStrictEqual(yield* holders(), jobs)
+      // Every mount asked the server (to verify), but the host changed state once.
+      assert.strictEqual(server.received.filter((r) => r.action === "mount").length, 8)
+      assert.deepStrictEqual(server.transitions, [{ host: HOST, path: PATH, to: "mounted" }])
+
+      const unmounts = yield* Effect.forEach(jobs, (j) => Mount.unmount(nfs(j)), { concurrency: "unbounded" })
+      assert.strictEqual(unmounts.filter((u) => u.unmounted).length, 1)
+      assert.deepStrictEqual(unmounts.map((u) => u.activeMountsRemaining).sort(), [0, 1, 2, 3, 4, 5, 6, 7])
+      assert.strictEqual(server.received.filter((r) => r.action === "unmount").length, 1)
+      assert.deepStrictEqual(server.transitions.map((t) => t.to), ["mounted", "unmounted"])
+      assert.deepStrictEqual(yield* holders(), [])
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.live("a mount racing the last unmount waits for it and remounts; never unmounted under a holder", () => {
+    const { server, layer } = setup()
+    return Effect.gen(function*() {
+      yield* Mount.mount(nfs(1))
+      const atServer = yield* Deferred.make<void>()
+      const gate = yield* Deferred.make<void>()
+      server.gate = (r) => r.action === "unmount" ? Deferred.succeed(atServer, undefined).pipe(Effect.zipRight(Deferred.await(gate))) : Effect.void
+      const last = yield* Mount.unmount(nfs(1)).pipe(Effect.fork)
+      yield* Deferred.await(atServer)
+      const racer = yield* Mount.mount(nfs(2)).pipe(Effect.fork)
+      yield* Deferred.succeed(gate, undefined)
+      const u = yield* Fiber.join(last)
+      const m = yield* Fiber.join(racer)
+      assert.isTrue(u.unmounted)
+      assert.isTrue(m.physicallyMounted)
+      assert.isTrue(server.isMounted(HOST, PATH), "the racing job's mount is really there")
+      assert.deepStrictEqual(server.transitions.map((t) => t.to), ["mounted", "unmounted", "mounted"])
+      assert.deepStrictEqual(yield* holders(), [2])
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.live("a host that lost the mount (reboot) is remounted by the next mount, not reported reused", () => {
+    const { server, layer } = setup()
+    return Effect.gen(function*() {
+      yield* Mount.mount(nfs(1))
+      server.reboot(HOST)
+      const second = yield* Mount.mount(nfs(2))
+      assert.isTrue(second.physicallyMounted)
+      assert.isFalse(second.reusedExisting)
+      assert.isTrue(server.isMounted(HOST, PATH))
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.live("a mount whose reply timed out and that completed late is resolved by the next operation", () => {
+    const { server, layer } = setup({ timeout: 0.3 })
+    return Effect.gen(function*() {
+      const late = yield* Deferred.make<void>()
+      server.gate = (r) => (r.body.job as { jobid: number }).jobid === 1 ? Deferred.await(late) : Effect.void
+      const error = yield* Effect.flip(Mount.mount(nfs(1)))
+      assert.instanceOf(error, TimeoutError)
+      assert.strictEqual((error as TimeoutError).phase, "reply")
+      assert.deepStrictEqual(yield* holders(), [], "a mount that timed out records no holder")
+      // The server completes it after the client gave up (it arrived before its deadline).
+      server.gate = () => Effect.void
+      yield* Deferred.succeed(late, undefined)
+      yield* Effect.yieldNow()
+      // The next operation resolves the unknown outcome first: no holders → unmount, then its own mount.
+      const next = yield* Mount.mount(nfs(2))
+      assert.isTrue(next.physicallyMounted)
+      assert.deepStrictEqual(yield* holders(), [2])
+      assert.isTrue(server.isMounted(HOST, PATH))
+      const actions = server.received.map((r) => r.action)
+      assert.deepStrictEqual(actions.slice(-2), ["unmount", "mount"])
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.live("a late unmount never pulls a mount that a newer job holds", () => {
+    const { server, layer } = setup({ timeout: 0.3 })
+    return Effect.gen(function*() {
+      yield* Mount.mount(nfs(1))
+      const late = yield* Deferred.make<void>()
+      server.gate = (r) => (r.action === "unmount" ? Deferred.await(late) : Effect.void)
+      const error = yield* Effect.flip(Mount.unmount(nfs(1)))
+      assert.instanceOf(error, TimeoutError)
+      assert.deepStrictEqual(yield* holders(), [1], "only the unmount's success flips the row")
+      server.gate = () => Effect.void
+      yield* Deferred.succeed(late, undefined) // the late unmount runs now
+      yield* Effect.yieldNow()
+      const next = yield* Mount.mount(nfs(2))
+      assert.isTrue(server.isMounted(HOST, PATH), "job 2 holds a mount that is really there")
+      assert.isTrue(next.physicallyMounted, "remounted during this call")
+      assert.isFalse(next.reusedExisting)
+      assert.deepStrictEqual(yield* holders(), [1, 2])
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.live("a mount of target A blocked in the server does not delay target B", () => {
+    const { server, layer } = setup()
+    return Effect.gen(function*() {
+      const gate = yield* Deferred.make<void>()
+      const atServer = yield* Deferred.make<void>()
+      server.gate = (r) => r.targetId === "A" ? Deferred.succeed(atServer, undefined).pipe(Effect.zipRight(Deferred.await(gate))) : Effect.void
+      const a = yield* Mount.mount(nfs(1, { target: "A", path: "/m/a" })).pipe(Effect.fork)
+      yield* Deferred.await(atServer)
+      const b = yield* Mount.mount(nfs(2, { target: "B", path: "/m/b" }))
+      assert.isTrue(b.physicallyMounted)
+      assert.isNull(yield* Fiber.poll(a).pipe(Effect.map(Option.getOrNull)), "A is still waiting")
+      yield* Deferred.succeed(gate, undefined)
+      yield* Fiber.join(a)
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.live("every call repeated 10 times gives the same outcome and ledger", () => {
+    const { server, layer } = setup()
+    return Effect.gen(function*() {
+      for (let i = 0; i < 10; i++) {
+        const r = yield* Mount.mount(nfs(7))
+        assert.strictEqual(r.mountPath, PATH)
+      }
+      assert.strictEqual((yield* Mount.getLedgerHistory("t1")).length, 1)
+      assert.deepStrictEqual(yield* holders(), [7])
+      // Ten holds of job 7 in this process: nine releases keep it, the tenth unmounts.
+      for (let i = 0; i < 9; i++) assert.isFalse((yield* Mount.unmount(nfs(7))).unmounted)
+      assert.isTrue((yield* Mount.unmount(nfs(7))).unmounted)
+      for (let i = 0; i < 10; i++) {
+        const e = yield* Effect.flip(Mount.unmount(nfs(7)))
+        assert.instanceOf(e, MountError)
+        assert.strictEqual((e as MountError).reason, "no-active-mount")
+        assert.strictEqual(e.message, "No active mount found for this job")
+      }
+      assert.deepStrictEqual(server.transitions.map((t) => t.to), ["mounted", "unmounted"])
+      const history = yield* Mount.getLedgerHistory("t1")
+      assert.deepStrictEqual(history.map((h) => [h.jobId, h.mounted]), [[7, false]])
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.live("a server error leaves the ledger true: no row on mount, still mounted on the last unmount", () => {
+    const { server, layer } = setup()
+    return Effect.gen(function*() {
+      server.failNext = { action: "mount", message: "Mount failed: Permission denied" }
+      const e1 = yield* Effect.flip(Mount.mount(nfs(1)))
+      assert.instanceOf(e1, MountError)
+      assert.deepInclude(e1 as MountError, { reason: "server", errorMsg: "Mount failed: Permission denied" })
+      assert.deepStrictEqual(yield* holders(), [])
+      yield* Mount.mount(nfs(1))
+      server.failNext = { action: "unmount", message: "umount: target is busy" }
+      const e2 = yield* Effect.flip(Mount.unmount(nfs(1)))
+      assert.strictEqual(e2.message, "umount: target is busy")
+      assert.deepStrictEqual(yield* holders(), [1])
+      assert.isTrue((yield* Mount.unmount(nfs(1))).unmounted, "a retry succeeds")
+      assert.deepStrictEqual(yield* holders(), [])
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.live("bad input fails before any I/O: nothing sent, nothing written", () => {
+    const { server, layer, state } = setup()
+    return Effect.gen(function*() {
+      const bad: Array<unknown> = [
+        { ...nfs(1), job: { jobid: "job-12345" } },
+        { ...nfs(1), backup_target: { ...nfs(1).backup_target, filesystem_export: null } },
+        null
+      ]
+      const isValidationError = (e: unknown) => assert.isTrue(e instanceof ValidationError, String(e))
+      for (const request of bad) {
+        isValidationError(yield* Effect.flip(Mount.mount(request)))
+        isValidationError(yield* Effect.flip(Mount.unmount(request)))
+      }
+      // An S3 mount needs a token (unmounting does not): without one in the request or the config.
+      const s3 = { ...nfs(1), keystone_token: null, backup_target: { id: "s3t", type: "s3", secret_ref: "http://barbican/s", filesystem_export_mount_path: "/m/s3" } }
+      const noToken = yield* Effect.flip(Mount.mount(s3))
+      isValidationError(noToken)
+      assert.include(noToken.message, "keystone_token")
+      assert.deepStrictEqual(server.received, [])
+      assert.strictEqual(state.locks.size, 0)
+      assert.strictEqual(state.rows.length, 0)
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.live("an S3 request without a token uses KEYSTONE_TOKEN from the configuration", () => {
+    const { server, layer } = setup({ keystoneToken: "from-config" })
+    return Effect.gen(function*() {
+      const s3 = { job: { jobid: 1 }, host: HOST, backup_target: { id: "s3t", type: "s3", secret_ref: "http://barbican/s", filesystem_export_mount_path: "/m/s3" } }
+      yield* Mount.mount(s3)
+      assert.strictEqual(server.received[0]!.body.keystone_token, "from-config")
+      assert.strictEqual(server.received[0]!.body.action, "mount")
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.live("a target has one mount path per host while it is held", () => {
+    const { layer } = setup()
+    return Effect.gen(function*() {
+      yield* Mount.mount(nfs(1))
+      const e = yield* Effect.flip(Mount.mount(nfs(2, { path: "/elsewhere" })))
+      assert.instanceOf(e, ValidationError)
+      assert.deepStrictEqual(yield* holders(), [1])
+      yield* Mount.unmount(nfs(1))
+      assert.strictEqual((yield* Mount.mount(nfs(2, { path: "/elsewhere" }))).mountPath, "/elsewhere")
+    }).pipe(Effect.provide(layer))
+  })
+})
+
+describe("Mount.mountScoped", () => {
+  it.live("releases on success, on failure and on interruption", () => {
+    const { server, layer } = setup()
+    return Effect.gen(function*() {
+      const path = yield* Mount.withMount(nfs(1), (m) => Effect.succeed(m.mountPath))
+      assert.strictEqual(path, PATH)
+      assert.isFalse(server.isMounted(HOST, PATH))
+
+      const failed = yield* Effect.exit(Mount.withMount(nfs(2), () => Effect.fail("backup failed" as const)))
+      assert.deepStrictEqual(failed, Exit.fail("backup failed" as const))
+      assert.isFalse(server.isMounted(HOST, PATH))
+
+      const inside = yield* Deferred.make<void>()
+      const fiber = yield* Mount.withMount(nfs(3), () => Deferred.succeed(inside, undefined).pipe(Effect.zipRight(Effect.never))).pipe(Effect.fork)
+      yield* Deferred.await(inside)
+      assert.isTrue(server.isMounted(HOST, PATH))
+      yield* Fiber.interrupt(fiber)
+      assert.isFalse(server.isMounted(HOST, PATH))
+      assert.deepStrictEqual(yield* holders(), [])
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.live("a failing release is retried, and never masks the body's error", () => {
+    const { server, layer } = setup()
+    return Effect.gen(function*() {
+      const exit = yield* Effect.exit(
+        Mount.withMount(nfs(1), () =>
+          Effect.sync(() => (server.failNext = { action: "unmount", message: "umount: target is busy" })).pipe(
+            Effect.zipRight(Effect.fail("body error" as const))
+          ))
+      )
+      assert.deepStrictEqual(exit, Exit.fail("body error" as const))
+      assert.strictEqual(server.received.filter((r) => r.action === "unmount").length, 2, "failed once, retried once")
+      assert.isFalse(server.isMounted(HOST, PATH))
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.live("two holds of one job in one process: only the last release unmounts", () => {
+    const { server, layer } = setup()
+    return Effect.gen(function*() {
+      const firstDone = yield* Deferred.make<void>()
+      const secondIn = yield* Deferred.make<void>()
+      const vm1 = yield* Mount.withMount(nfs(5), () => Deferred.await(secondIn)).pipe(
+        Effect.zipRight(Deferred.succeed(firstDone, undefined)),
+        Effect.fork
+      )
+      yield* Mount.withMount(nfs(5), () =>
+        Effect.gen(function*() {
+          yield* Deferred.succeed(secondIn, undefined)
+          yield* Deferred.await(firstDone)
+          assert.isTrue(server.isMounted(HOST, PATH), "still mounted after the first VM's release")
+        }))
+      yield* Fiber.join(vm1)
+      assert.isFalse(server.isMounted(HOST, PATH))
+      assert.deepStrictEqual(server.transitions.map((t) => t.to), ["mounted", "unmounted"])
+    }).pipe(Effect.provide(layer))
+  })
+})
+
+describe("Mount.softDeleteEntry", () => {
+  it.live("refuses a mounted row without force; with force unmounts it first (as the last holder)", () => {
+    const { server, layer } = setup()
+    return Effect.gen(function*() {
+      yield* Mount.mount(nfs(1))
+      assert.isFalse(yield* Mount.softDeleteEntry(1, "t1"))
+      assert.isTrue(server.isMounted(HOST, PATH))
+      assert.isTrue(yield* Mount.softDeleteEntry(1, "t1", { force: true }))
+      assert.isFalse(server.isMounted(HOST, PATH))
+      assert.isTrue(Option.isNone(yield* Mount.getMountStatus(1, "t1")))
+      const [row] = yield* Mount.getLedgerHistory("t1")
+      assert.deepInclude(row!, { mounted: false, deleted: true })
+    }).pipe(Effect.provide(layer))
+  })
+})
