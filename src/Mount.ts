@@ -443,8 +443,11 @@ const retryable = (e: DmsError.DmsError) =>
  * The release of a scoped mount: unmount, retried with backoff for a bounded time; a job that holds
  * nothing any more counts as released. It never fails: what it cannot release is logged, and stays
  * recorded (as a holder, or as a pending operation) for the next operation or a reconcile.
+ *
+ * @since 0.1.0
+ * @category operations
  */
-const release = (request: unknown, options: ScopedOptions) =>
+export const release = (request: unknown, options: ScopedOptions = {}): Effect.Effect<void, never, Services> =>
   unmount(request).pipe(
     Effect.asVoid,
     Effect.catchIf((e) => e._tag === "MountError" && e.reason === "no-active-mount", () => Effect.void),
