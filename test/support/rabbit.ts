@@ -1,0 +1,159 @@
+/**
+ * Helpers for tests against the real RabbitMQ (amqp://guest:guest@127.0.0.1:5672, or
+ * DMS_TEST_RABBITMQ_URL): unique host names per run, an admin connection, queues deleted after the
+ * test, and closing one of our own connections from the broker side by its name.
+ */
+import amqp from "amqplib"
+import type { Channel, ChannelModel } from "amqplib"
+import * as Effect from "effect/Effect"
+import type * as Scope from "effect/Scope"
+import { execFile } from "node:child_process"
+import { randomBytes } from "node:crypto"
+import * as Broker from "../../src/Broker.js"
+
+export const RABBIT_URL = process.env.DMS_TEST_RABBITMQ_URL ?? "amqp://guest:guest@127.0.0.1:5672"
+
+/** Every queue a test of this process created, for a last sweep. */
+const created = new Set<string>()
+
+/** A host name no other test (or test run) uses: `dms-test-<pid>-<random>-<label>`. */
+export const uniqueHost = (label: string): string =>
+  `dms-test-${process.pid}-${randomBytes(4).toString("hex")}-${label}`
+
+/** A connection name no other test uses, to close it by name. */
+export const uniqueConnectionName = (label: string): string =>
+  `dms-test-${process.pid}-${randomBytes(4).toString("hex")}-${label}`
+
+export interface Admin {
+  readonly model: ChannelModel
+  /** A channel for RPCs that cannot fail (declare, delete, purge). */
+  readonly channel: Channel
+}
+
+const quiet = (emitter: NodeJS.EventEmitter) => {
+  emitter.on("error", () => {})
+  emitter.on("close", () => {})
+}
+
+/** A connection of the test's own (fails loudly if RabbitMQ is down), closed with the scope. */
+export const admin: Effect.Effect<Admin, Error, Scope.Scope> = Effect.acquireRelease(
+  Effect.tryPromise({
+    try: async () => {
+      const model = await amqp.connect(RABBIT_URL, { noDelay: true })
+      quiet(model)
+      const channel = await model.createChannel()
+      quiet(channel)
+      return { model, channel }
+    },
+    catch: (e) => new Error(`RabbitMQ is not reachable at ${RABBIT_URL}: ${String(e)}`)
+  }),
+  ({ model }) => Effect.promise(() => model.close().catch(() => undefined))
+)
+
+/** Registers a queue for deletion when the scope closes (and in the file's final sweep). */
+export const deleteOnClose = (queue: string): Effect.Effect<void, never, Scope.Scope> =>
+  Effect.sync(() => void created.add(queue)).pipe(
+    Effect.zipRight(Effect.addFinalizer(() => deleteQueues([queue])))
+  )
+
+/** Declares a host's queue as the DMS server does (durable, no arguments), deleted with the scope. */
+export const declareHostQueue = (host: string): Effect.Effect<string, Error, Scope.Scope> =>
+  Effect.gen(function*() {
+    const queue = Broker.queueName(host)
+    yield* deleteOnClose(queue)
+    const { channel } = yield* admin
+    yield* Effect.tryPromise({ try: () => channel.assertQueue(queue, { durable: true }), catch: (e) => new Error(String(e)) })
+    return queue
+  })
+
+/** Deletes queues (missing ones are fine), on a connection of its own. */
+export const deleteQueues = (queues: Iterable<string>): Effect.Effect<void> =>
+  Effect.promise(async () => {
+    const names = [...queues]
+    if (names.length === 0) return
+    const model = await amqp.connect(RABBIT_URL, { noDelay: true }).catch(() => undefined)
+    if (model === undefined) return
+    quiet(model)
+    try {
+      const channel = await model.createChannel()
+      quiet(channel)
+      for (const q of names) {
+        await channel.deleteQueue(q).catch(() => undefined)
+        created.delete(q)
+      }
+    } finally {
+      await model.close().catch(() => undefined)
+    }
+  }).pipe(Effect.ignore)
+
+/** Deletes every queue this process registered and did not delete yet (for `afterAll`). */
+export const sweepQueues = (): Promise<void> => Effect.runPromise(deleteQueues([...created]))
+
+/** Whether a queue exists, and its consumer and message counts. */
+export const queueInfo = (
+  queue: string
+): Effect.Effect<{ readonly consumerCount: number; readonly messageCount: number } | undefined, Error> =>
+  Effect.promise(async () => {
+    const model = await amqp.connect(RABBIT_URL, { noDelay: true })
+    quiet(model)
+    try {
+      const channel = await model.createChannel()
+      quiet(channel)
+      return await channel.checkQueue(queue).then(
+        (r) => ({ consumerCount: r.consumerCount, messageCount: r.messageCount }),
+        () => undefined
+      )
+    } finally {
+      await model.close().catch(() => undefined)
+    }
+  })
+
+const rabbitmqctl = (args: ReadonlyArray<string>): Effect.Effect<string, Error> =>
+  Effect.async<string, Error>((resume) => {
+    const child = execFile("rabbitmqctl", [...args], { timeout: 60_000 }, (error, stdout, stderr) => {
+      if (error !== null) resume(Effect.fail(new Error(`rabbitmqctl ${args.join(" ")} failed: ${String(error)} ${stderr}`)))
+      else resume(Effect.succeed(stdout))
+    })
+    return Effect.sync(() => void child.kill())
+  })
+
+export interface ConnectionInfo {
+  readonly pid: string
+  readonly name: string | undefined
+}
+
+/**
+ * The broker's connections with their `connection_name` client property. The table output is used
+ * because its pids (`<rabbit@host.123.456.0>`) are the form `close_connection` accepts.
+ */
+export const listConnections: Effect.Effect<ReadonlyArray<ConnectionInfo>, Error> = rabbitmqctl([
+  "list_connections",
+  "pid",
+  "client_properties",
+  "-q",
+  "--no-table-headers"
+]).pipe(
+  Effect.map((out) =>
+    out.split("\n").filter((line) => line.startsWith("<")).map((line) => {
+      const pid = line.slice(0, line.indexOf("\t"))
+      const name = /\{"connection_name","([^"]*)"\}/.exec(line)?.[1]
+      return { pid, name }
+    })
+  )
+)
+
+/** The pids of the connections named `name` (only our own: names are unique per test). */
+export const connectionsNamed = (name: string): Effect.Effect<ReadonlyArray<string>, Error> =>
+  Effect.map(listConnections, (all) => all.filter((c) => c.name === name).map((c) => c.pid))
+
+/**
+ * Closes, from the broker side, the connections named `name` (as `rabbitmqctl close_connection` does
+ * on a broker restart or `close_all_connections`). Fails if there is none.
+ */
+export const closeConnectionNamed = (name: string, reason = "test: closed by the broker"): Effect.Effect<number, Error> =>
+  Effect.gen(function*() {
+    const pids = yield* connectionsNamed(name)
+    if (pids.length === 0) return yield* Effect.fail(new Error(`no connection named ${name}`))
+    for (const pid of pids) yield* rabbitmqctl(["close_connection", pid, reason])
+    return pids.length
+  })
