@@ -23,6 +23,8 @@ export interface Received {
 
 export interface FakeServer {
   readonly handler: Broker.MemoryHandler
+  /** Executes one request body for a host, as the server would (used by the memory and AMQP fronts). */
+  readonly respond: (host: string, body: Readonly<Record<string, unknown>>, deadline: number) => Effect.Effect<Protocol.Reply>
   /** host → path → target id */
   readonly mounts: Map<string, Map<string, string>>
   readonly transitions: Array<Transition>
@@ -54,9 +56,10 @@ export const make = (): FakeServer => {
     failNext: undefined,
     isMounted: (host, path) => hostMounts(host).has(path),
     reboot: (host) => mounts.delete(host),
-    handler: (request) =>
+    handler: (request) => server.respond(request.host, request.body, request.deadline),
+    respond: (host, body, deadline) =>
       Effect.gen(function*() {
-        const body = request.body
+        const request = { host, deadline }
         const target = (body.backup_target ?? {}) as Record<string, unknown>
         const received: Received = {
           host: request.host,
