@@ -6,6 +6,20 @@
  */
 
 /**
+ * Request/reply with the DMS server of a host over RabbitMQ, and an in-process broker for tests.
+ *
+ * @since 0.1.0
+ */
+export * as Broker from "./Broker.js"
+
+/**
+ * One layer for DmsConfig + Ledger + Broker, from URLs.
+ *
+ * @since 0.1.0
+ */
+export * as Dms from "./Dms.js"
+
+/**
  * Configuration: options > environment > `~/.trilio-dms/client.conf` > defaults.
  *
  * @since 0.1.0
@@ -25,6 +39,13 @@ export * as DmsError from "./DmsError.js"
  * @since 0.1.0
  */
 export * as Ledger from "./Ledger.js"
+
+/**
+ * mount, unmount, mountScoped, withMount, softDeleteEntry and the ledger queries.
+ *
+ * @since 0.1.0
+ */
+export * as Mount from "./Mount.js"
 
 /**
  * The wire schemas: MountRequest and Reply.

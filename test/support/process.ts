@@ -13,6 +13,8 @@ export interface Child {
   readonly pid: number
   /** Waits until the child prints `line` (fails if it exits first). */
   readonly waitFor: (line: string) => Effect.Effect<void, Error>
+  /** Waits for the first line starting with `prefix` that was not taken yet, and takes it. */
+  readonly take: (prefix: string) => Effect.Effect<string, Error>
   readonly send: (line: string) => Effect.Effect<void>
   readonly kill: (signal: NodeJS.Signals) => Effect.Effect<void>
   /** The exit code (or signal name), once it exits. */
@@ -34,13 +36,17 @@ export const spawnTs = (script: string, args: ReadonlyArray<string>) =>
       const exited = yield* Deferred.make<number | string>()
       const lines: Array<string> = []
       const waiters: Array<{ line: string; done: Deferred.Deferred<void, Error> }> = []
+      const taken = new Set<number>()
+      const takers: Array<() => void> = []
       let stderr = ""
       child.stderr!.on("data", (d) => (stderr += String(d)))
       readline.createInterface({ input: child.stdout! }).on("line", (line) => {
         lines.push(line)
         for (const w of waiters.filter((w) => w.line === line)) Deferred.unsafeDone(w.done, Effect.void)
+        for (const t of takers.splice(0)) t()
       })
       child.on("exit", (code, signal) => {
+        for (const t of takers.splice(0)) t()
         Deferred.unsafeDone(exited, Effect.succeed(code ?? signal ?? "unknown"))
         for (const w of waiters) {
           Deferred.unsafeDone(w.done, Effect.fail(new Error(`child exited (${code ?? signal}) before "${w.line}": ${stderr}`)))
@@ -54,6 +60,21 @@ export const spawnTs = (script: string, args: ReadonlyArray<string>) =>
             const done = Deferred.unsafeMake<void, Error>(FiberId.none)
             waiters.push({ line, done })
             return Deferred.await(done)
+          }),
+        take: (prefix) =>
+          Effect.async<string, Error>((resume) => {
+            const attempt = () => {
+              const i = lines.findIndex((l, n) => !taken.has(n) && l.startsWith(prefix))
+              if (i >= 0) {
+                taken.add(i)
+                resume(Effect.succeed(lines[i]!))
+              } else if (child.exitCode !== null || child.signalCode !== null) {
+                resume(Effect.fail(new Error(`child exited before printing "${prefix}…": ${stderr}`)))
+              } else {
+                takers.push(attempt)
+              }
+            }
+            attempt()
           }),
         send: (line) => Effect.sync(() => void child.stdin!.write(`${line}\n`)),
         kill: (signal) => Effect.sync(() => {
