@@ -90,8 +90,12 @@ export interface TargetState {
  * @category models
  */
 export interface LeaseWrite {
-  /** Sets `mounted` on the job's non-deleted row; a missing row is created only for `mounted: true`. */
-  readonly job?: { readonly jobId: number; readonly mounted: boolean } | undefined
+  /**
+   * Sets `mounted` on the job's non-deleted row; a missing row is created only for `mounted: true`.
+   * `entryId` (the row's id, or `null` for none) saves a statement; it must come from a read under the
+   * same lease (nothing else writes the pair's rows meanwhile). Omit it when unknown.
+   */
+  readonly job?: { readonly jobId: number; readonly mounted: boolean; readonly entryId?: number | null | undefined } | undefined
   readonly mountPath?: string | null | undefined
   readonly targetType?: "nfs" | "s3" | null | undefined
   readonly pending?: PendingOperation | null | undefined

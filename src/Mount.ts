@@ -303,7 +303,8 @@ const mountUnderLease = (e: Env, target: Target) => (lease: Ledger.Lease) =>
     }
     // Remounted while resolving an earlier operation (the host had lost it): this call mounted it.
     const reused = alreadyMounted(reply, hadHolders) && !remounted
-    yield* lease.write({ job: { jobId: target.jobId, mounted: true }, pending: null, release: true })
+    const entryId = Option.match(state.job, { onNone: () => null, onSome: (j) => j.id })
+    yield* lease.write({ job: { jobId: target.jobId, mounted: true, entryId }, pending: null, release: true })
     const holds = holdsOf(e.ledger)
     const key = holdKey(target.jobId, target.id, target.host)
     holds.set(key, (holds.get(key) ?? 0) + 1)
@@ -349,7 +350,7 @@ const unmountUnderLease = (e: Env, target: Target, options: { readonly release: 
     }
     const others = state.holders.filter((h) => h.jobId !== target.jobId)
     if (others.length > 0) {
-      yield* lease.write({ job: { jobId: target.jobId, mounted: false }, release: options.release })
+      yield* lease.write({ job: { jobId: target.jobId, mounted: false, entryId: mine.value.id }, release: options.release })
       holds.delete(key)
       const result: UnmountResult = {
         unmounted: false,
@@ -364,7 +365,11 @@ const unmountUnderLease = (e: Env, target: Target, options: { readonly release: 
       yield* lease.write({ pending: null, release: options.release })
       return yield* Effect.fail(serverError(target, reply))
     }
-    yield* lease.write({ job: { jobId: target.jobId, mounted: false }, pending: null, release: options.release })
+    yield* lease.write({
+      job: { jobId: target.jobId, mounted: false, entryId: mine.value.id },
+      pending: null,
+      release: options.release
+    })
     holds.delete(key)
     const result: UnmountResult = {
       unmounted: true,

@@ -247,40 +247,80 @@ export const make = (dialectName: "mysql" | "sqlite"): Effect.Effect<Store, Data
     const lostLease = (operation: string) => new DatabaseError({ operation, reason: leaseLostReason })
 
     /** The fence: the transaction's first statement renews our lease, or matches nothing if it is gone. */
-    const fence = (key: LockKey, owner: string, leaseMs: number, w: LeaseWrite, operation: string) => {
-      const sets: Array<string> = [`updated_at = ${d.now}`]
+    /** The lock row's assignments of a fenced write (renewing the lease, or releasing it). */
+    const lockSets = (w: LeaseWrite, leaseMs: number, prefix: string) => {
+      const sets: Array<string> = [`${prefix}updated_at = ${d.now}`]
       const params: Array<unknown> = []
       if (w.mountPath !== undefined) {
-        sets.push("mount_path = ?")
+        sets.push(`${prefix}mount_path = ?`)
         params.push(w.mountPath)
       }
       if (w.targetType !== undefined) {
-        sets.push("target_type = ?")
+        sets.push(`${prefix}target_type = ?`)
         params.push(w.targetType)
       }
       if (w.pending !== undefined) {
-        sets.push("pending_op = ?", "pending_deadline = ?")
+        sets.push(`${prefix}pending_op = ?`, `${prefix}pending_deadline = ?`)
         params.push(w.pending?.op ?? null, w.pending === null ? null : d.fromDate(w.pending.deadline))
       }
-      sets.push(w.release === true ? "owner = NULL, expires_at = NULL" : `expires_at = ${d.nowPlus(leaseMs)}`)
-      const text = `UPDATE ${LOCK_TABLE} SET ${sets.join(", ")} WHERE lock_key = ? AND owner = ?`
-      return sql.unsafe(text, [...params, key.key, owner]).raw.pipe(
-        Effect.flatMap((raw) => (d.affected(raw) === 1 ? Effect.void : Effect.fail(lostLease(operation))))
+      sets.push(
+        w.release === true ? `${prefix}owner = NULL, ${prefix}expires_at = NULL` : `${prefix}expires_at = ${d.nowPlus(leaseMs)}`
       )
+      return { text: sets.join(", "), params }
     }
 
-    const setJob = (key: LockKey, job: NonNullable<LeaseWrite["job"]>) =>
-      Effect.gen(function*() {
+    /** The fence: one UPDATE of our lock row, matching nothing if the lease is no longer ours. */
+    const fence = (key: LockKey, owner: string, leaseMs: number, w: LeaseWrite, operation: string) => {
+      const sets = lockSets(w, leaseMs, "")
+      return sql.unsafe(`UPDATE ${LOCK_TABLE} SET ${sets.text} WHERE lock_key = ? AND owner = ?`, [
+        ...sets.params,
+        key.key,
+        owner
+      ]).raw.pipe(Effect.flatMap((raw) => (d.affected(raw) === 1 ? Effect.void : Effect.fail(lostLease(operation)))))
+    }
+
+    const insertEntry = (key: LockKey, jobId: number) =>
+      sql`INSERT INTO ${lit(LEDGER_TABLE)}
+          (created_at, updated_at, deleted, version, backup_target_id, jobid, host, mounted)
+        VALUES (${lit(d.nowSeconds)}, ${lit(d.nowSeconds)}, 0, ${VERSION}, ${key.backupTargetId}, ${jobId}, ${key.host}, 1)`
+
+    // SQLite: a local transaction (no round trips): fence, then the job's row.
+    const writeInTransaction = (key: LockKey, owner: string, leaseMs: number, w: LeaseWrite, job: NonNullable<LeaseWrite["job"]>) =>
+      sql.withTransaction(Effect.gen(function*() {
+        yield* fence(key, owner, leaseMs, w, "ledger write")
         const raw = yield* sql`UPDATE ${lit(LEDGER_TABLE)} SET mounted = ${job.mounted ? 1 : 0},
             updated_at = ${lit(d.nowSeconds)}, version = ${VERSION}
           WHERE jobid = ${job.jobId} AND backup_target_id = ${key.backupTargetId} AND host = ${key.host}
             AND deleted = 0`.raw
-        if (d.affected(raw) === 0 && job.mounted) {
-          yield* sql`INSERT INTO ${lit(LEDGER_TABLE)}
-              (created_at, updated_at, deleted, version, backup_target_id, jobid, host, mounted)
-            VALUES (${lit(d.nowSeconds)}, ${lit(d.nowSeconds)}, 0, ${VERSION}, ${key.backupTargetId}, ${job.jobId},
-              ${key.host}, 1)`
+        if (d.affected(raw) === 0 && job.mounted) yield* insertEntry(key, job.jobId)
+      }))
+
+    // MySQL: every statement is fenced by itself, so no BEGIN/COMMIT round trips. An existing row is
+    // updated together with the lock row in one multi-table UPDATE that joins on our ownership; a new
+    // row is inserted by an INSERT … SELECT from our lock row, then the lock row is updated. A crash
+    // between those two leaves the pending mark set, which the next operation resolves.
+    const writeFenced = (key: LockKey, owner: string, leaseMs: number, w: LeaseWrite, job: NonNullable<LeaseWrite["job"]>) =>
+      Effect.gen(function*() {
+        if (job.entryId !== null) {
+          const sets = lockSets(w, leaseMs, "l.")
+          const raw = yield* sql.unsafe(
+            `UPDATE ${LEDGER_TABLE} e JOIN ${LOCK_TABLE} l ON l.lock_key = ? AND l.owner = ?
+              SET e.mounted = ?, e.updated_at = ${d.nowSeconds}, e.version = ?, ${sets.text}
+              WHERE e.jobid = ? AND e.backup_target_id = ? AND e.host = ? AND e.deleted = 0`,
+            [key.key, owner, job.mounted ? 1 : 0, VERSION, ...sets.params, job.jobId, key.backupTargetId, key.host]
+          ).raw
+          if (d.affected(raw) > 0) return
         }
+        // No row for the job (or the lease is gone: the fence below tells).
+        if (job.mounted) {
+          const inserted = yield* sql`INSERT INTO ${lit(LEDGER_TABLE)}
+              (created_at, updated_at, deleted, version, backup_target_id, jobid, host, mounted)
+            SELECT ${lit(d.nowSeconds)}, ${lit(d.nowSeconds)}, 0, ${VERSION}, ${key.backupTargetId}, ${job.jobId},
+              ${key.host}, 1
+            FROM ${lit(LOCK_TABLE)} WHERE lock_key = ${key.key} AND owner = ${owner}`.raw
+          if (d.affected(inserted) !== 1) return yield* Effect.fail(lostLease("ledger write"))
+        }
+        yield* fence(key, owner, leaseMs, w, "ledger write")
       })
 
     const store: Store = {
@@ -358,10 +398,12 @@ export const make = (dialectName: "mysql" | "sqlite"): Effect.Effect<Store, Data
       // takes the write lock at once (as BEGIN IMMEDIATE would) and never upgrades from a read snapshot.
       write: (key, owner, leaseMs, w) => {
         const job = w.job
-        const run = fence(key, owner, leaseMs, w, "ledger write")
-        return (job === undefined ? run : sql.withTransaction(Effect.zipRight(run, setJob(key, job)))).pipe(
-          Effect.mapError(toDatabaseError("ledger write"))
-        )
+        const run = job === undefined
+          ? fence(key, owner, leaseMs, w, "ledger write")
+          : d.name === "mysql"
+          ? writeFenced(key, owner, leaseMs, w, job)
+          : writeInTransaction(key, owner, leaseMs, w, job)
+        return run.pipe(Effect.mapError(toDatabaseError("ledger write")))
       },
       softDelete: (key, owner, leaseMs, entryId) =>
         sql.withTransaction(
