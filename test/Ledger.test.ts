@@ -248,12 +248,16 @@ for (const [name, backendLayer] of backends) {
           const stalled = yield* backend.build({ leaseDuration: "400 millis", renewInterval: Duration.hours(1) })
           const other = yield* backend.build()
           const t = target()
+          // Job 9 already holds the target: the stalled holder will try to update its row too.
+          yield* other.withTargetLock(t, HOST, (lease) => lease.write({ job: { jobId: 9, mounted: true } }))
           const held = yield* Deferred.make<void>()
           const takenOver = yield* Deferred.make<void>()
           const stalledFiber = yield* stalled.withTargetLock(t, HOST, (lease) =>
             Effect.gen(function*() {
               yield* Deferred.succeed(held, undefined)
               yield* Deferred.await(takenOver)
+              const update = yield* Effect.flip(lease.write({ job: { jobId: 9, mounted: false }, pending: null }))
+              assert.instanceOf(update, DatabaseError)
               return yield* Effect.flip(lease.write({ job: { jobId: 1, mounted: true }, pending: null }))
             })).pipe(Effect.fork)
           yield* Deferred.await(held)
@@ -268,7 +272,7 @@ for (const [name, backendLayer] of backends) {
               yield* lease.write({ job: { jobId: 2, mounted: false } })
             }), { timeout: "20 seconds" })
           const rows = yield* other.getLedgerHistory(t)
-          assert.deepStrictEqual(rows.map((e) => [e.jobId, e.mounted]), [[2, false]])
+          assert.deepStrictEqual(rows.map((e) => [e.jobId, e.mounted]), [[2, false], [9, true]])
         }))
 
       it.scoped("releasing in the final write frees the lock and refuses later writes", () =>
