@@ -8,6 +8,7 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Broker from "../src/Broker.js"
 import * as DmsConfig from "../src/DmsConfig.js"
@@ -323,6 +324,26 @@ describe("Mount.softDeleteEntry", () => {
       assert.isTrue(Option.isNone(yield* Mount.getMountStatus(1, "t1")))
       const [row] = yield* Mount.getLedgerHistory("t1")
       assert.deepInclude(row!, { mounted: false, deleted: true })
+    }).pipe(Effect.provide(layer))
+  })
+})
+
+describe("Mount metrics", () => {
+  it.live("count calls by operation and outcome, and record their duration", () => {
+    const { server, layer } = setup()
+    const count = (operation: string, outcome: string) =>
+      Metric.value(Mount.operationsTotal.pipe(Metric.tagged("operation", operation), Metric.tagged("outcome", outcome))).pipe(
+        Effect.map((s) => s.count)
+      )
+    const durations = Metric.value(Mount.operationDuration.pipe(Metric.tagged("operation", "mount"))).pipe(Effect.map((s) => s.count))
+    return Effect.gen(function*() {
+      const before = yield* Effect.all([count("mount", "success"), count("mount", "ValidationError"), count("unmount", "MountError"), durations])
+      yield* Mount.mount(nfs(1))
+      yield* Effect.flip(Mount.mount({ job: { jobid: "x" } }))
+      server.failNext = { action: "unmount", message: "busy" }
+      yield* Effect.flip(Mount.unmount(nfs(1)))
+      const after = yield* Effect.all([count("mount", "success"), count("mount", "ValidationError"), count("unmount", "MountError"), durations])
+      assert.deepStrictEqual(after.map((a, i) => a - before[i]!), [1, 1, 1, 2])
     }).pipe(Effect.provide(layer))
   })
 })
