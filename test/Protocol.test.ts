@@ -8,6 +8,7 @@ import * as Redacted from "effect/Redacted"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import * as Protocol from "../src/Protocol.js"
+import * as GuideRequests from "./support/requests.js"
 
 // Recorded from the existing Python DMS (copied from shared/fixtures; see fixtures/python/README.md).
 const fixtures = path.resolve(import.meta.dirname, "fixtures/python")
@@ -40,24 +41,7 @@ const guideRequest = () => ({
   }
 })
 
-/** The guide's "NFS Backup Target Example". */
-const guideNfs = () => ({
-  context: { user_id: "user-123", tenant_id: "tenant-456" },
-  keystone_token: "gAAAAABxxx...",
-  job: { jobid: 12346, progress: 0, status: "running", action: "backup", job_details: [] },
-  host: "compute-01",
-  action: "mount",
-  backup_target: {
-    id: "target-nfs-prod",
-    type: "nfs",
-    deleted: false,
-    status: "available",
-    filesystem_export: "192.168.1.100:/backups",
-    filesystem_export_mount_path: "/var/lib/trilio/triliovault-mounts/nfs-prod",
-    secret_ref: null,
-    nfs_mount_opts: "rw,sync,hard,intr,nfsvers=4"
-  }
-})
+const guideNfs = () => GuideRequests.guideNfs()
 
 const decode = Protocol.decodeMountRequestEither
 const issuesOf = (input: unknown) => {

@@ -16,25 +16,10 @@ import {
   withMount
 } from "../src/promise.js"
 import * as FakeServer from "./support/fakeServer.js"
+import { guideNfs } from "./support/requests.js"
 import { MYSQL_HOST, MYSQL_PORT, uniqueName } from "./support/mysql.js"
 
-const request = (jobid = 12345) => ({
-  context: { user_id: "user-123", tenant_id: "tenant-456" },
-  keystone_token: "your-keystone-token",
-  job: { jobid, progress: 0, status: "running", action: "backup", job_details: [] },
-  host: "compute-01",
-  action: "mount",
-  backup_target: {
-    id: "target-nfs-prod",
-    type: "nfs",
-    deleted: false,
-    status: "available",
-    filesystem_export: "192.168.1.100:/backups",
-    filesystem_export_mount_path: "/var/lib/trilio/triliovault-mounts/nfs-prod",
-    secret_ref: null,
-    nfs_mount_opts: "rw,sync,hard,intr,nfsvers=4"
-  }
-})
+const request = (jobid = 12345) => guideNfs({ jobid })
 
 const clients: Array<DMSClient> = []
 afterEach(async () => {

@@ -6,6 +6,7 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
+import * as fs from "node:fs"
 import { DatabaseError } from "../DmsError.js"
 import type { LeaseWrite, LedgerEntry, PendingOperation, TargetState } from "../Ledger.js"
 import type { LockKey, Store } from "./store.js"
@@ -15,40 +16,18 @@ import { VERSION } from "./version.js"
 export const LEDGER_TABLE = "backup_target_mount_ledger"
 export const LOCK_TABLE = "backup_target_mount_lock"
 
-/** The guide's ledger table, exactly as written there, plus our lock table (also in schema.sql). */
-export const mysqlDdl: ReadonlyArray<string> = [
-  `CREATE TABLE IF NOT EXISTS backup_target_mount_ledger (
-    id INT AUTO_INCREMENT PRIMARY KEY,
-    created_at DATETIME NOT NULL DEFAULT CURRENT_TIMESTAMP,
-    updated_at DATETIME NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP,
-    deleted_at DATETIME NULL,
-    deleted BOOLEAN NOT NULL DEFAULT FALSE,
-    version VARCHAR(32),
-    backup_target_id VARCHAR(255) NOT NULL,
-    jobid INT NOT NULL,
-    host VARCHAR(255) NOT NULL,
-    mounted BOOLEAN NOT NULL DEFAULT FALSE,
-
-    INDEX idx_backup_target_id (backup_target_id),
-    INDEX idx_jobid (jobid),
-    INDEX idx_host (host),
-    INDEX idx_job_target (jobid, backup_target_id),
-    INDEX idx_mounted_host (mounted, host),
-    INDEX idx_deleted (deleted)
-)`,
-  `CREATE TABLE IF NOT EXISTS backup_target_mount_lock (
-    lock_key CHAR(40) NOT NULL PRIMARY KEY,
-    backup_target_id VARCHAR(255) NOT NULL,
-    host VARCHAR(255) NOT NULL,
-    mount_path VARCHAR(4096) NULL,
-    target_type VARCHAR(8) NULL,
-    owner CHAR(36) NULL,
-    expires_at DATETIME(3) NULL,
-    pending_op VARCHAR(16) NULL,
-    pending_deadline DATETIME(3) NULL,
-    updated_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3)
-)`
-]
+/**
+ * The MySQL DDL: the statements of schema.sql (shipped with the package, two levels above this module
+ * in src/ and in dist/): the guide's ledger table exactly as written there, and our lock table.
+ */
+export const mysqlDdl: ReadonlyArray<string> = fs
+  .readFileSync(new URL("../../schema.sql", import.meta.url), "utf8")
+  .split("\n")
+  .filter((line) => !line.trimStart().startsWith("--"))
+  .join("\n")
+  .split(";")
+  .map((statement) => statement.trim())
+  .filter((statement) => statement !== "")
 
 const sqliteNow = `strftime('%Y-%m-%d %H:%M:%f','now')`
 const sqliteNowSeconds = `strftime('%Y-%m-%d %H:%M:%S','now')`

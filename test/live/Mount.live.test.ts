@@ -15,6 +15,7 @@ import { Backend, mysqlBackend, sqliteBackend, tempDir } from "../support/backen
 import * as FakeServer from "../support/fakeServer.js"
 import { spawnTs } from "../support/process.js"
 import { RABBIT_URL, uniqueHost } from "../support/rabbit.js"
+import { guideNfs } from "../support/requests.js"
 import { reply, startResponder } from "../support/responder.js"
 
 /** A model DMS server consuming the host's real queue. */
@@ -31,23 +32,7 @@ const modelServer = (host: string) =>
     return server
   })
 
-const request = (jobid: number, host: string, mountPath: string) => ({
-  context: { user_id: "user-123", tenant_id: "tenant-456", request_id: `req-${jobid}` },
-  keystone_token: "gAAAAABxxx...",
-  job: { jobid, progress: 0, status: "running", action: "backup", job_details: [] },
-  host,
-  action: "mount",
-  backup_target: {
-    id: "target-nfs-prod",
-    type: "nfs",
-    deleted: false,
-    status: "available",
-    filesystem_export: "192.168.1.100:/backups",
-    filesystem_export_mount_path: mountPath,
-    secret_ref: null,
-    nfs_mount_opts: "rw,sync,hard,intr,nfsvers=4"
-  }
-})
+const request = (jobid: number, host: string, mountPath: string) => guideNfs({ jobid, host, mountPath })
 
 const client = (dbUrl: string) =>
   Effect.acquireRelease(
