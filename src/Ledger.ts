@@ -147,7 +147,11 @@ export interface Service {
     backupTargetId: string,
     host: string,
     body: (lease: Lease) => Effect.Effect<A, E, R>,
-    options?: { readonly timeout?: Duration.DurationInput | undefined }
+    options?: {
+      readonly timeout?: Duration.DurationInput | undefined
+      /** The job whose state the body reads first: the backend may read it with the lease, in one round trip. */
+      readonly readJobId?: number | undefined
+    }
   ) => Effect.Effect<A, E | DmsError.TimeoutError | DmsError.DatabaseError | DmsError.ValidationError, R>
   /** The newest non-deleted row for (job, target[, host]). */
   readonly getMountStatus: (
@@ -270,13 +274,22 @@ export const make = (store: Store, options: LeaseOptions = {}): Service => {
             )
             : Effect.void
         )
+        const readJobId = callOptions?.readJobId
+        // The target's state, when the backend read it with the lease (one round trip less); handed to
+        // the body's first read of the same job if nothing was written before it.
+        let prefetched: TargetState | undefined
         const attempt = Effect.suspend(() => {
           state.held = true
-          return store.tryAcquire(key, owner, leaseMs)
+          return store.tryAcquire(key, owner, leaseMs, readJobId)
         }).pipe(
-          Effect.tap((got) => Effect.sync(() => void (state.held = got))),
+          Effect.tap((got) =>
+            Effect.sync(() => {
+              state.held = got !== false
+              if (typeof got === "object") prefetched = got
+            })
+          ),
           Effect.uninterruptible,
-          Effect.flatMap((got) => (got ? Effect.void : Effect.fail(new NotYet())))
+          Effect.flatMap((got) => (got !== false ? Effect.void : Effect.fail(new NotYet())))
         )
         const budget = yield* remaining
         // Each attempt is uninterruptible (we must know whether we hold the lease); the waits between
@@ -307,13 +320,26 @@ export const make = (store: Store, options: LeaseOptions = {}): Service => {
         const lease: Lease = {
           backupTargetId,
           host,
-          read: (jobId) => store.read(key, jobId),
+          read: (jobId) =>
+            Effect.suspend(() => {
+              const state = prefetched
+              prefetched = undefined
+              return state !== undefined && jobId === readJobId ? Effect.succeed(state) : store.read(key, jobId)
+            }),
           write: (changes) =>
             whileHeld("ledger write", () =>
-              store.write(key, owner, leaseMs, changes).pipe(
+              Effect.suspend(() => {
+                prefetched = undefined
+                return store.write(key, owner, leaseMs, changes)
+              }).pipe(
                 Effect.tap(() => Effect.sync(() => void (changes.release === true && (state.held = false))))
               )),
-          softDelete: (entryId) => whileHeld("softDeleteEntry", () => store.softDelete(key, owner, leaseMs, entryId))
+          softDelete: (entryId) =>
+            whileHeld("softDeleteEntry", () =>
+              Effect.suspend(() => {
+                prefetched = undefined
+                return store.softDelete(key, owner, leaseMs, entryId)
+              }))
         }
         return yield* body(lease)
       }).pipe(Effect.scoped)

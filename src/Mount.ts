@@ -402,7 +402,8 @@ export const mount = (
     const e = yield* env
     const target = fromRequest(valid, e.config)
     return yield* e.ledger.withTargetLock(target.id, target.host, mountUnderLease(e, target), {
-      timeout: e.config.lockTimeout
+      timeout: e.config.lockTimeout,
+      readJobId: target.jobId
     }).pipe(Effect.withSpan("dms.mount", { attributes: spanAttributes(valid), captureStackTrace: false }))
   }).pipe(measured("mount"))
 
@@ -425,7 +426,7 @@ export const unmount = (
       target.id,
       target.host,
       unmountUnderLease(e, target, { release: true, force: false }),
-      { timeout: e.config.lockTimeout }
+      { timeout: e.config.lockTimeout, readJobId: target.jobId }
     ).pipe(Effect.withSpan("dms.unmount", { attributes: spanAttributes(valid), captureStackTrace: false }))
   }).pipe(measured("unmount"))
 

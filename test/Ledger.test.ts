@@ -91,6 +91,28 @@ for (const [name, backendLayer] of backends) {
           assert.isTrue(onHost.some((e) => e.backupTargetId === t))
         }))
 
+      it.scoped("a state read together with the lease is the same as a read after it, and never stale", () =>
+        Effect.gen(function*() {
+          const ledger = yield* (yield* Backend).build()
+          const t = target()
+          yield* ledger.withTargetLock(t, HOST, (lease) => lease.write({ job: { jobId: 1, mounted: true }, mountPath: "/p" }))
+          const [withLease, after] = yield* ledger.withTargetLock(t, HOST, (lease) =>
+            Effect.gen(function*() {
+              const first = yield* lease.read(1)
+              const second = yield* lease.read(1)
+              return [first, second] as const
+            }), { readJobId: 1 })
+          assert.deepStrictEqual(withLease, after)
+          assert.deepStrictEqual(withLease.holders.map((h) => h.jobId), [1])
+          const fresh = yield* ledger.withTargetLock(t, HOST, (lease) =>
+            Effect.gen(function*() {
+              yield* lease.write({ job: { jobId: 2, mounted: true } })
+              return yield* lease.read(2)
+            }), { readJobId: 2 })
+          assert.deepStrictEqual(fresh.holders.map((h) => h.jobId), [1, 2], "read after a write sees the write")
+          assert.strictEqual(Option.getOrThrow(fresh.job).jobId, 2)
+        }))
+
       it.scoped("a repeated mount by the same job keeps one row; unmounting a missing row creates none", () =>
         Effect.gen(function*() {
           const ledger = yield* (yield* Backend).build()

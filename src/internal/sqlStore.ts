@@ -290,26 +290,82 @@ export const make = (dialectName: "mysql" | "sqlite"): Effect.Effect<Store, Data
           ).raw
           if (d.affected(raw) > 0) return
         }
-        // No row for the job (or the lease is gone: the fence below tells).
-        if (job.mounted) {
-          const inserted = yield* sql`INSERT INTO ${lit(LEDGER_TABLE)}
-              (created_at, updated_at, deleted, version, backup_target_id, jobid, host, mounted)
-            SELECT ${lit(d.nowSeconds)}, ${lit(d.nowSeconds)}, 0, ${VERSION}, ${key.backupTargetId}, ${job.jobId},
-              ${key.host}, 1
-            FROM ${lit(LOCK_TABLE)} WHERE lock_key = ${key.key} AND owner = ${owner}`.raw
-          if (d.affected(inserted) !== 1) return yield* Effect.fail(lostLease("ledger write"))
-        }
-        yield* fence(key, owner, leaseMs, w, "ledger write")
+        // No row for the job (or the lease is gone: the fence tells).
+        if (!job.mounted) return yield* fence(key, owner, leaseMs, w, "ledger write")
+        // The fenced insert and the lock row's update, in one round trip (two statements).
+        const sets = lockSets(w, leaseMs, "")
+        const [inserted, fenced] = (yield* sql.unsafe(
+          `INSERT INTO ${LEDGER_TABLE} (created_at, updated_at, deleted, version, backup_target_id, jobid, host, mounted)
+            SELECT ${d.nowSeconds}, ${d.nowSeconds}, 0, ?, ?, ?, ?, 1 FROM ${LOCK_TABLE} WHERE lock_key = ? AND owner = ?;
+          UPDATE ${LOCK_TABLE} SET ${sets.text} WHERE lock_key = ? AND owner = ?`,
+          [VERSION, key.backupTargetId, job.jobId, key.host, key.key, owner, ...sets.params, key.key, owner]
+        ).unprepared) as unknown as [unknown, unknown]
+        if (d.affected(inserted) !== 1 || d.affected(fenced) !== 1) return yield* Effect.fail(lostLease("ledger write"))
       })
+
+    type StateRow = LedgerRow & {
+      l_mount_path: string | null
+      l_target_type: string | null
+      l_pending_op: string | null
+      l_pending_deadline: unknown
+    }
+    // One round trip, three index lookups: the lock row (primary key), the holders (mounted rows of the
+    // host: idx_mounted_host), and the job's own unmounted row (idx_job_target). An OR in one join would
+    // scan every history row of the target instead.
+    const stateColumns = `id, created_at, updated_at, deleted_at, deleted, version, backup_target_id, jobid, host, mounted`
+    const readText = `SELECT NULL AS id, NULL AS created_at, NULL AS updated_at, NULL AS deleted_at, NULL AS deleted,
+          NULL AS version, NULL AS backup_target_id, NULL AS jobid, NULL AS host, NULL AS mounted,
+          mount_path AS l_mount_path, target_type AS l_target_type, pending_op AS l_pending_op,
+          pending_deadline AS l_pending_deadline
+        FROM ${LOCK_TABLE} WHERE lock_key = ?
+      UNION ALL
+      SELECT ${stateColumns}, NULL, NULL, NULL, NULL FROM ${LEDGER_TABLE}
+        WHERE mounted = 1 AND deleted = 0 AND host = ? AND backup_target_id = ?
+      UNION ALL
+      SELECT ${stateColumns}, NULL, NULL, NULL, NULL FROM ${LEDGER_TABLE}
+        WHERE jobid = ? AND backup_target_id = ? AND host = ? AND deleted = 0 AND mounted = 0`
+    const readParams = (key: LockKey, jobId: number | undefined) => [
+      key.key,
+      key.host,
+      key.backupTargetId,
+      jobId ?? -1,
+      key.backupTargetId,
+      key.host
+    ]
+    const toState = (rows: ReadonlyArray<StateRow>, jobId: number | undefined): TargetState => {
+      const first = rows.find((r) => r.id === null || r.id === undefined)
+      const entries = rows.filter((r) => r.id !== null && r.id !== undefined).map(toEntry).sort((x, y) => x.id - y.id)
+      const pendingOp = first?.l_pending_op
+      const pending: Option.Option<PendingOperation> = pendingOp === "mount" || pendingOp === "unmount"
+        ? Option.some({ op: pendingOp, deadline: d.toDate(first?.l_pending_deadline) ?? new Date(0) })
+        : Option.none()
+      const own = entries.filter((e) => e.jobId === jobId)
+      return {
+        holders: entries.filter((e) => e.mounted),
+        job: Option.fromNullable(own[own.length - 1]),
+        mountPath: Option.fromNullable(first?.l_mount_path ?? null),
+        targetType: targetTypeOf(first?.l_target_type),
+        pending
+      }
+    }
+    const takeText = `UPDATE ${LOCK_TABLE} SET owner = ?, expires_at = %EXPIRES%, updated_at = ${d.now}
+      WHERE lock_key = ? AND (owner IS NULL OR expires_at < ${d.now})`
 
     const store: Store = {
       dialect: d.name,
-      tryAcquire: (key, owner, leaseMs) =>
+      tryAcquire: (key, owner, leaseMs, readJobId) =>
         Effect.gen(function*() {
-          const taken = yield* sql`UPDATE ${lit(LOCK_TABLE)} SET owner = ${owner},
-              expires_at = ${lit(d.nowPlus(leaseMs))}, updated_at = ${lit(d.now)}
-            WHERE lock_key = ${key.key} AND (owner IS NULL OR expires_at < ${lit(d.now)})`.raw
-          if (d.affected(taken) === 1) return true
+          const take = takeText.replace("%EXPIRES%", d.nowPlus(leaseMs))
+          if (d.name === "mysql" && readJobId !== undefined) {
+            // Take the lease and read the target's state in one round trip (two statements); the state
+            // is only used when the take succeeded.
+            const [taken, rows] = (yield* sql.unsafe(`${take}; ${readText}`, [owner, key.key, ...readParams(key, readJobId)])
+              .unprepared) as unknown as [unknown, ReadonlyArray<StateRow>]
+            if (d.affected(taken) === 1) return toState(rows, readJobId)
+          } else {
+            const taken = yield* sql.unsafe(take, [owner, key.key]).raw
+            if (d.affected(taken) === 1) return true
+          }
           // No row yet (first use of this target on this host), or held by someone else.
           return yield* sql`INSERT INTO ${lit(LOCK_TABLE)}
               (lock_key, backup_target_id, host, owner, expires_at, updated_at)
@@ -332,47 +388,10 @@ export const make = (dialectName: "mysql" | "sqlite"): Effect.Effect<Store, Data
           Effect.mapError(toDatabaseError("release lock"))
         ),
       read: (key, jobId) =>
-        Effect.gen(function*() {
-          // One round trip, three index lookups: the lock row (primary key), the holders (mounted rows of
-          // the host: idx_mounted_host), and the job's own unmounted row (idx_job_target). An OR in one
-          // join would scan every history row of the target instead.
-          const cols = `id, created_at, updated_at, deleted_at, deleted, version, backup_target_id, jobid, host, mounted`
-          const rows = yield* sql<
-            LedgerRow & {
-              l_mount_path: string | null
-              l_target_type: string | null
-              l_pending_op: string | null
-              l_pending_deadline: unknown
-            }
-          >`SELECT NULL AS id, NULL AS created_at, NULL AS updated_at, NULL AS deleted_at, NULL AS deleted,
-                NULL AS version, NULL AS backup_target_id, NULL AS jobid, NULL AS host, NULL AS mounted,
-                mount_path AS l_mount_path, target_type AS l_target_type, pending_op AS l_pending_op,
-                pending_deadline AS l_pending_deadline
-              FROM ${lit(LOCK_TABLE)} WHERE lock_key = ${key.key}
-            UNION ALL
-            SELECT ${lit(cols)}, NULL, NULL, NULL, NULL FROM ${lit(LEDGER_TABLE)}
-              WHERE mounted = 1 AND deleted = 0 AND host = ${key.host} AND backup_target_id = ${key.backupTargetId}
-            UNION ALL
-            SELECT ${lit(cols)}, NULL, NULL, NULL, NULL FROM ${lit(LEDGER_TABLE)}
-              WHERE jobid = ${jobId ?? -1} AND backup_target_id = ${key.backupTargetId} AND host = ${key.host}
-                AND deleted = 0 AND mounted = 0`
-          const first = rows.find((r) => r.id === null || r.id === undefined)
-          const entries = rows.filter((r) => r.id !== null && r.id !== undefined).map(toEntry).sort((x, y) => x.id - y.id)
-          const pendingOp = first?.l_pending_op
-          const pending: Option.Option<PendingOperation> =
-            pendingOp === "mount" || pendingOp === "unmount"
-              ? Option.some({ op: pendingOp, deadline: d.toDate(first?.l_pending_deadline) ?? new Date(0) })
-              : Option.none()
-          const own = entries.filter((e) => e.jobId === jobId)
-          const state: TargetState = {
-            holders: entries.filter((e) => e.mounted),
-            job: Option.fromNullable(own[own.length - 1]),
-            mountPath: Option.fromNullable(first?.l_mount_path ?? null),
-            targetType: targetTypeOf(first?.l_target_type),
-            pending
-          }
-          return state
-        }).pipe(Effect.mapError(toDatabaseError("read target state"))),
+        sql.unsafe<StateRow>(readText, readParams(key, jobId)).pipe(
+          Effect.map((rows) => toState(rows, jobId)),
+          Effect.mapError(toDatabaseError("read target state"))
+        ),
       // On SQLite the transaction is a deferred BEGIN whose first statement is the fence's UPDATE, so it
       // takes the write lock at once (as BEGIN IMMEDIATE would) and never upgrades from a read snapshot.
       write: (key, owner, leaseMs, w) => {

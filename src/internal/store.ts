@@ -23,8 +23,17 @@ export const lockKey = (backupTargetId: string, host: string): LockKey => ({
 
 export interface Store {
   readonly dialect: "mysql" | "sqlite" | "memory"
-  /** Takes the lease if the row is free or its lease expired; creates the row if missing. */
-  readonly tryAcquire: (key: LockKey, owner: string, leaseMs: number) => Effect.Effect<boolean, DatabaseError>
+  /**
+   * Takes the lease if the row is free or its lease expired; creates the row if missing. With
+   * `readJobId`, a backend may also read the target's state in the same round trip and return it
+   * (`true` = taken, state not read; `false` = not taken).
+   */
+  readonly tryAcquire: (
+    key: LockKey,
+    owner: string,
+    leaseMs: number,
+    readJobId?: number
+  ) => Effect.Effect<boolean | TargetState, DatabaseError>
   /** Extends the lease; false when it is no longer ours. */
   readonly renew: (key: LockKey, owner: string, leaseMs: number) => Effect.Effect<boolean, DatabaseError>
   /** Clears the owner if it is still ours. */
