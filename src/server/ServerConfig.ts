@@ -1,0 +1,404 @@
+/**
+ * The DMS server's configuration.
+ *
+ * Precedence: explicit options (the command line) > environment > `/etc/trilio-dms/server.conf`
+ * (`[server]` section, INI; path overridable with `DMS_SERVER_CONF`) > defaults.
+ *
+ * | setting | environment | server.conf | default |
+ * | --- | --- | --- | --- |
+ * | node id | `DMS_NODE_ID` | `node_id` | required (`--node-id`) |
+ * | broker | `DMS_RABBITMQ_URL` | `rabbitmq_url` | required |
+ * | mount base | `DMS_MOUNT_BASE` | `mount_base` | `/var/lib/trilio/triliovault-mounts` |
+ * | run directory | `DMS_RUN_DIR` | `run_dir` | `/run/dms` |
+ * | S3 driver | `DMS_S3_DRIVER` | `s3_driver` | `s3fs` (or `s3vaultfuse`) |
+ * | S3 driver command | `DMS_S3_COMMAND` | `s3_command` | the driver's name, looked up on `PATH` |
+ * | extra s3fs options | `DMS_S3FS_OPTIONS` | `s3fs_options` | none |
+ * | command timeout (s) | `DMS_COMMAND_TIMEOUT` | `command_timeout` | 120 |
+ * | Barbican endpoint | `DMS_BARBICAN_URL` | `barbican_url` | none (any `secret_ref` URL) |
+ * | prefetch | `DMS_PREFETCH` | `prefetch` | 64 |
+ * | log level | `DMS_LOG_LEVEL` | `log_level` | `INFO` |
+ *
+ * @since 0.1.0
+ */
+import * as Config from "effect/Config"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as LogLevel from "effect/LogLevel"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
+import * as ini from "ini"
+import * as fs from "node:fs"
+import * as path from "node:path"
+import { parseArgs } from "node:util"
+import * as DmsConfig from "../DmsConfig.js"
+import * as DmsError from "../DmsError.js"
+import * as Protocol from "../Protocol.js"
+import * as Urls from "../internal/urls.js"
+
+/**
+ * The default mount base.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const DEFAULT_MOUNT_BASE = "/var/lib/trilio/triliovault-mounts"
+
+/**
+ * The default run directory (PID, state and log files).
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const DEFAULT_RUN_DIR = "/run/dms"
+
+/**
+ * The default configuration file.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const DEFAULT_CONFIG_FILE = "/etc/trilio-dms/server.conf"
+
+/**
+ * The FUSE drivers for S3 targets.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type S3Driver = "s3fs" | "s3vaultfuse"
+
+/**
+ * The configuration keys, with their environment variable and server.conf key.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export const keys = {
+  nodeId: { env: "DMS_NODE_ID", file: "node_id" },
+  rabbitmqUrl: { env: "DMS_RABBITMQ_URL", file: "rabbitmq_url" },
+  mountBase: { env: "DMS_MOUNT_BASE", file: "mount_base" },
+  runDir: { env: "DMS_RUN_DIR", file: "run_dir" },
+  s3Driver: { env: "DMS_S3_DRIVER", file: "s3_driver" },
+  s3Command: { env: "DMS_S3_COMMAND", file: "s3_command" },
+  s3fsOptions: { env: "DMS_S3FS_OPTIONS", file: "s3fs_options" },
+  commandTimeout: { env: "DMS_COMMAND_TIMEOUT", file: "command_timeout" },
+  barbicanUrl: { env: "DMS_BARBICAN_URL", file: "barbican_url" },
+  prefetch: { env: "DMS_PREFETCH", file: "prefetch" },
+  logLevel: { env: "DMS_LOG_LEVEL", file: "log_level" }
+} as const
+
+/**
+ * A configuration key.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Key = keyof typeof keys
+
+/**
+ * The resolved configuration.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Settings {
+  readonly nodeId: string
+  readonly rabbitmqUrl: Redacted.Redacted<string>
+  /** Absolute; every mount path must resolve strictly inside it. */
+  readonly mountBase: string
+  /** Absolute; holds `s3/<target>.pid` and friends and `state/<target>.json`. */
+  readonly runDir: string
+  readonly s3Driver: S3Driver
+  readonly s3Command: string
+  /** Extra `-o` options for s3fs, set by the administrator (e.g. `allow_other`). */
+  readonly s3fsOptions: ReadonlyArray<string>
+  /** The longest any one command (mount, umount, a FUSE daemon's start) may take. */
+  readonly commandTimeout: Duration.Duration
+  /** When set, a `secret_ref` must be under this URL. */
+  readonly barbicanUrl: Option.Option<string>
+  readonly prefetch: number
+  readonly logLevel: LogLevel.LogLevel
+}
+
+/**
+ * Explicit values (the command line), highest precedence.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Options = {
+  readonly [K in Key]?: string | undefined
+} & {
+  /** The configuration file to read instead of `DMS_SERVER_CONF` or the default. */
+  readonly configFile?: string | undefined
+}
+
+/**
+ * The ServerConfig tag.
+ *
+ * @since 0.1.0
+ * @category tags
+ */
+export class ServerConfig extends Context.Tag("trilio-dms/server/ServerConfig")<ServerConfig, Settings>() {}
+
+type Source = string
+
+const S3FS_OPTION = /^[a-z_][a-z0-9_]*(=[A-Za-z0-9._:/@+-]+)?$/
+
+/**
+ * Resolves configuration from raw text values (highest precedence first per key), reporting every bad
+ * or missing value at once.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const resolve = (
+  values: { readonly [K in Key]?: { readonly value: string; readonly source: Source } | undefined },
+  configFile: string
+): Effect.Effect<Settings, DmsError.ValidationError> =>
+  Effect.suspend(() => {
+    const issues: Array<DmsError.Issue> = []
+    const bad = (key: Key, message: string) => {
+      const v = values[key]
+      issues.push(new DmsError.Issue({ path: keys[key].env, message: v ? `${message} (from ${v.source})` : message }))
+    }
+    const text = (key: Key): string | undefined => {
+      const v = values[key]?.value.trim()
+      return v === undefined || v === "" ? undefined : v
+    }
+    const required = (key: Key, flag?: string): string => {
+      const v = text(key)
+      if (v === undefined) {
+        bad(
+          key,
+          `is required: ${flag ? `pass ${flag}, ` : ""}set ${keys[key].env} in the environment or ${
+            keys[key].file
+          } in the [server] section of ${configFile}`
+        )
+        return ""
+      }
+      return v
+    }
+    const nodeId = required("nodeId", "--node-id")
+    if (nodeId !== "" && !/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(nodeId)) {
+      bad("nodeId", `must be a host name (letters, digits, '.', '_', '-'), got ${JSON.stringify(nodeId)}`)
+    } else if (Buffer.byteLength(nodeId) > Protocol.MAX_HOST_BYTES) {
+      bad("nodeId", `must be at most ${Protocol.MAX_HOST_BYTES} bytes`)
+    }
+    const rabbit = required("rabbitmqUrl")
+    if (rabbit !== "") {
+      const parsed = Urls.parseBrokerUrl(rabbit)
+      if (typeof parsed === "string") bad("rabbitmqUrl", parsed)
+      else if (parsed.kind !== "amqp") bad("rabbitmqUrl", "the server needs a RabbitMQ URL (amqp:// or amqps://)")
+    }
+    const absolute = (key: Key, fallback: string): string => {
+      const v = text(key) ?? fallback
+      if (!path.isAbsolute(v)) bad(key, `must be an absolute path, got ${JSON.stringify(v)}`)
+      const normalized = path.resolve(v)
+      if (normalized === "/") bad(key, "must not be the root directory")
+      return normalized
+    }
+    const mountBase = absolute("mountBase", DEFAULT_MOUNT_BASE)
+    const runDir = absolute("runDir", DEFAULT_RUN_DIR)
+    if (runDir === mountBase || runDir.startsWith(`${mountBase}/`)) bad("runDir", "must not be inside the mount base")
+    const driver = text("s3Driver") ?? "s3fs"
+    if (driver !== "s3fs" && driver !== "s3vaultfuse") bad("s3Driver", `must be s3fs or s3vaultfuse, got ${JSON.stringify(driver)}`)
+    const s3Driver: S3Driver = driver === "s3vaultfuse" ? "s3vaultfuse" : "s3fs"
+    const s3Command = text("s3Command") ?? s3Driver
+    const s3fsOptions = (text("s3fsOptions") ?? "").split(",").map((o) => o.trim()).filter((o) => o !== "")
+    for (const o of s3fsOptions) if (!S3FS_OPTION.test(o)) bad("s3fsOptions", `not an s3fs option: ${JSON.stringify(o)}`)
+    const seconds = text("commandTimeout") ?? "120"
+    const n = /^[0-9]+(\.[0-9]+)?$/.test(seconds) ? Number(seconds) : Number.NaN
+    if (!(n > 0)) bad("commandTimeout", `must be a positive number of seconds, got ${JSON.stringify(seconds)}`)
+    const barbican = text("barbicanUrl")
+    if (barbican !== undefined && !/^https?:\/\/[^\s]+$/.test(barbican)) bad("barbicanUrl", "must be an http(s) URL")
+    const prefetchText = text("prefetch") ?? "64"
+    const prefetch = /^[0-9]+$/.test(prefetchText) ? Number(prefetchText) : Number.NaN
+    if (!(prefetch >= 1 && prefetch <= 65535)) bad("prefetch", `must be an integer from 1 to 65535, got ${JSON.stringify(prefetchText)}`)
+    const levelText = text("logLevel") ?? "INFO"
+    const logLevel = DmsConfig.parseLogLevel(levelText)
+    if (Option.isNone(logLevel)) bad("logLevel", `must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got ${JSON.stringify(levelText)}`)
+    if (issues.length > 0) return Effect.fail(new DmsError.ValidationError({ subject: "server config", issues }))
+    return Effect.succeed<Settings>({
+      nodeId,
+      rabbitmqUrl: Redacted.make(rabbit),
+      mountBase,
+      runDir,
+      s3Driver,
+      s3Command,
+      s3fsOptions,
+      commandTimeout: Duration.millis(Math.round(n * 1000)),
+      barbicanUrl: Option.fromNullable(barbican),
+      prefetch,
+      logLevel: Option.getOrElse(logLevel, () => LogLevel.Info)
+    })
+  })
+
+/**
+ * Reads the `[server]` section of a server.conf file; a missing file is an empty section.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const readConfigFile = (file: string): Effect.Effect<Readonly<Record<string, string>>, DmsError.ValidationError> =>
+  Effect.try({
+    try: () => {
+      let content: string
+      try {
+        content = fs.readFileSync(file, "utf8")
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === "ENOENT") return {}
+        throw e
+      }
+      const section = ini.parse(content).server as unknown
+      if (section === undefined) return {}
+      if (typeof section !== "object" || section === null) throw new Error("[server] is not a section")
+      const out: Record<string, string> = {}
+      for (const [k, v] of Object.entries(section)) if (typeof v === "string") out[k.trim().toLowerCase()] = v
+      return out
+    },
+    catch: (e) => DmsError.invalid("server config", file, `cannot read the configuration file: ${(e as Error).message}`)
+  })
+
+/**
+ * Resolves the configuration: options > environment (through Effect's `ConfigProvider`) > server.conf >
+ * defaults.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const fromEnv = (options: Options = {}): Effect.Effect<Settings, DmsError.ValidationError> =>
+  Effect.gen(function*() {
+    const env = (name: string) =>
+      Config.option(Config.string(name)).pipe(
+        Effect.map(Option.filter((s) => s.trim() !== "")),
+        Effect.mapError((e) => DmsError.invalid("server config", name, String(e)))
+      )
+    const file = options.configFile ?? Option.getOrElse(yield* env("DMS_SERVER_CONF"), () => DEFAULT_CONFIG_FILE)
+    const section = yield* readConfigFile(file)
+    const values: { [K in Key]?: { value: string; source: Source } } = {}
+    for (const key of Object.keys(keys) as Array<Key>) {
+      const explicit = options[key]
+      if (explicit !== undefined && explicit.trim() !== "") {
+        values[key] = { value: explicit, source: "the command line" }
+        continue
+      }
+      const fromEnvVar = yield* env(keys[key].env)
+      if (Option.isSome(fromEnvVar)) {
+        values[key] = { value: fromEnvVar.value, source: `${keys[key].env} (environment)` }
+        continue
+      }
+      const fromFile = section[keys[key].file]
+      if (fromFile !== undefined && fromFile.trim() !== "") {
+        values[key] = { value: fromFile, source: `${keys[key].file} in [server] of ${file}` }
+      }
+    }
+    return yield* resolve(values, file)
+  })
+
+/**
+ * Explicit values and defaults only (no environment, no file).
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = (options: Options): Effect.Effect<Settings, DmsError.ValidationError> => {
+  const values: { [K in Key]?: { value: string; source: Source } } = {}
+  for (const key of Object.keys(keys) as Array<Key>) {
+    const v = options[key]
+    if (v !== undefined) values[key] = { value: v, source: "options" }
+  }
+  return resolve(values, options.configFile ?? DEFAULT_CONFIG_FILE)
+}
+
+/**
+ * A layer from options > environment > server.conf > defaults.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerConfig = (options: Options = {}): Layer.Layer<ServerConfig, DmsError.ValidationError> =>
+  Layer.effect(ServerConfig, fromEnv(options))
+
+/**
+ * The configuration as a printable record (the broker password masked).
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const describe = (settings: Settings): Record<string, string> => ({
+  node_id: settings.nodeId,
+  rabbitmq_url: Urls.redactUrl(Redacted.value(settings.rabbitmqUrl)),
+  mount_base: settings.mountBase,
+  run_dir: settings.runDir,
+  s3_driver: settings.s3Driver,
+  s3_command: settings.s3Command,
+  command_timeout: `${Duration.toSeconds(settings.commandTimeout)} s`,
+  barbican_url: Option.getOrElse(settings.barbicanUrl, () => "(any)"),
+  prefetch: String(settings.prefetch),
+  log_level: settings.logLevel.label
+})
+
+/**
+ * The server's command-line help.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const usage = `Usage: trilio-dms server --node-id <host> [options]
+
+Options (each also settable in the environment or /etc/trilio-dms/server.conf [server]):
+  --node-id <host>          this host's node id; consumes dms.<host>        (DMS_NODE_ID)
+  --rabbitmq-url <url>      RabbitMQ URL                                    (DMS_RABBITMQ_URL)
+  --mount-base <dir>        where targets are mounted                        (DMS_MOUNT_BASE)
+  --run-dir <dir>           PID, state and log files                         (DMS_RUN_DIR)
+  --s3-driver <name>        s3fs (default) or s3vaultfuse                    (DMS_S3_DRIVER)
+  --s3-command <path>       the S3 FUSE driver's command                     (DMS_S3_COMMAND)
+  --command-timeout <s>     longest time for one command (default 120)       (DMS_COMMAND_TIMEOUT)
+  --barbican-url <url>      only accept secret_refs under this URL           (DMS_BARBICAN_URL)
+  --log-level <level>       DEBUG, INFO, WARNING, ERROR, CRITICAL            (DMS_LOG_LEVEL)
+  --config <file>           configuration file (default /etc/trilio-dms/server.conf; DMS_SERVER_CONF)
+  -h, --help                this text
+`
+
+/**
+ * Parses the command line into configuration options.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const parseCommandLine = (argv: ReadonlyArray<string>): Options | "help" => {
+  const { values } = parseArgs({
+    args: [...argv],
+    options: {
+      "node-id": { type: "string" },
+      "rabbitmq-url": { type: "string" },
+      "mount-base": { type: "string" },
+      "run-dir": { type: "string" },
+      "s3-driver": { type: "string" },
+      "s3-command": { type: "string" },
+      "command-timeout": { type: "string" },
+      "barbican-url": { type: "string" },
+      "log-level": { type: "string" },
+      config: { type: "string" },
+      help: { type: "boolean", short: "h" }
+    },
+    strict: true,
+    allowPositionals: false
+  })
+  if (values.help === true) return "help"
+  return {
+    nodeId: values["node-id"],
+    rabbitmqUrl: values["rabbitmq-url"],
+    mountBase: values["mount-base"],
+    runDir: values["run-dir"],
+    s3Driver: values["s3-driver"],
+    s3Command: values["s3-command"],
+    commandTimeout: values["command-timeout"],
+    barbicanUrl: values["barbican-url"],
+    logLevel: values["log-level"],
+    configFile: values.config
+  }
+}
