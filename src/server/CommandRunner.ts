@@ -237,10 +237,26 @@ export const run = (cmd: Command): Effect.Effect<Output, CommandError> =>
         killTimer = setTimeout(() => onExit(null, "SIGKILL"), Duration.toMillis(KILL_GRACE))
       }, Duration.toMillis(KILL_GRACE))
     }
+    // 'exit' can come before the last output is read: report once the pipes closed too, or after a
+    // short grace if something outside the group still holds them.
+    let exited: { code: number | null; signal: NodeJS.Signals | null } | undefined
+    let closed = false
+    let closeTimer: ReturnType<typeof setTimeout> | undefined
     const onExit = (code: number | null, signal: NodeJS.Signals | null) => {
       if (killTimer !== undefined) clearTimeout(killTimer)
       // Whatever the leader left in its group goes too (a helper that forked and hung).
       if (child.pid !== undefined) killGroup(child.pid, "SIGKILL")
+      exited ??= { code, signal }
+      if (closed) report()
+      else closeTimer ??= setTimeout(report, 1000)
+    }
+    const onClose = () => {
+      closed = true
+      if (exited !== undefined) report()
+    }
+    const report = () => {
+      if (closeTimer !== undefined) clearTimeout(closeTimer)
+      const { code, signal } = exited!
       if (timedOut) {
         finish(Effect.fail(
           new CommandError({ command: cmd.command, args, reason: "timeout", timeoutMs, stderr: stderr.text })
@@ -268,6 +284,7 @@ export const run = (cmd: Command): Effect.Effect<Output, CommandError> =>
       }
     })
     child.on("exit", onExit)
+    child.on("close", onClose)
     return Effect.sync(() => {
       if (done) return
       timedOut = true
