@@ -1,0 +1,402 @@
+/**
+ * The `trilio-dms` command as a user has it: this checkout packed with `npm pack` and installed from the
+ * tarball into a temporary project; its `trilio-dms` executable spawned as a process, against the real
+ * MariaDB and RabbitMQ and a model DMS server on the host's queue (and, once, the real server via
+ * `trilio-dms server`). Checks the package's contents and entry points, the tables, `--json`, and the
+ * exit code of every outcome.
+ */
+import { assert, describe, layer } from "@effect/vitest"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import { randomBytes } from "node:crypto"
+import * as fs from "node:fs"
+import * as path from "node:path"
+import {
+  cleanEnv,
+  cli,
+  demoHome,
+  exec,
+  InstalledCli,
+  InstalledCliLive,
+  modelServer,
+  mountPointsUnder,
+  parseJson,
+  ROOT,
+  spawnLongRunning,
+  tempDir
+} from "../support/cli.js"
+import type { Result } from "../support/cli.js"
+import { TestDatabase, TestDatabaseLive } from "../support/mysql.js"
+import { deleteOnClose, RABBIT_URL, uniqueHost } from "../support/rabbit.js"
+import { guideNfs } from "../support/requests.js"
+
+const COMMANDS = ["mount", "unmount", "status", "mounts", "history", "soft-delete", "migrate", "server", "doctor", "demo"]
+
+const show = (r: Result) => `exit ${r.code} after ${r.ms} ms\nstdout:\n${r.stdout}\nstderr:\n${r.stderr}`
+
+const expectCode = (r: Result, code: number) => assert.strictEqual(r.code, code, show(r))
+
+const uniqueTarget = (label: string) => `cli-${label}-${randomBytes(4).toString("hex")}`
+
+/** The flags of a mount/unmount of an NFS target. */
+const nfsFlags = (job: number, target: string, host: string) => [
+  "--job-id",
+  String(job),
+  "--target-id",
+  target,
+  "--host",
+  host,
+  "--nfs-export",
+  "10.0.0.5:/backups",
+  "--mount-path",
+  `/var/lib/trilio/triliovault-mounts/${target}`
+]
+
+/** A HOME of its own, and the environment of a user with the real services configured. */
+const liveEnv = Effect.gen(function*() {
+  const db = yield* TestDatabase
+  const home = yield* tempDir("dms-cli-home-")
+  return cleanEnv(home, { DMS_DB_URL: db.url, DMS_RABBITMQ_URL: RABBIT_URL, DMS_REQUEST_TIMEOUT: "30" })
+})
+
+// The tests spawn processes and mostly wait for them: run them side by side.
+describe.concurrent("trilio-dms (packed, installed)", () => {
+  layer(Layer.mergeAll(InstalledCliLive, TestDatabaseLive), { excludeTestServices: true, timeout: "180 seconds" })((it) => {
+    it.scoped("the package: built JavaScript and types, both entry points importable and typed, the demo runs", () =>
+      Effect.gen(function*() {
+        const { app, files } = yield* InstalledCli
+        for (const f of ["dist/index.js", "dist/index.d.ts", "dist/promise.js", "dist/promise.d.ts", "dist/cli/main.js", "schema.sql", "README.md"]) {
+          assert.include(files, `package/${f}`)
+        }
+        assert.isFalse(files.some((f) => f.startsWith("package/test/")), "tests are not shipped")
+        const manifest = JSON.parse(fs.readFileSync(path.join(app, "node_modules", "trilio-dms", "package.json"), "utf8"))
+        assert.deepStrictEqual(manifest.bin, { "trilio-dms": "./dist/cli/main.js" })
+        assert.match(fs.readFileSync(path.join(app, "node_modules", "trilio-dms", "dist", "cli", "main.js"), "utf8"), /^#!\/usr\/bin\/env node\n/)
+
+        // Imports, as a user's ES module does.
+        fs.writeFileSync(
+          path.join(app, "check.mjs"),
+          [
+            `import * as dms from "trilio-dms"`,
+            `import { DMSClient, MountContext, RequestValidationException } from "trilio-dms/promise"`,
+            `const invalid = await new DMSClient({ dbUrl: "memory:", rabbitmqUrl: "memory:" }).mount({}).catch((e) => e)`,
+            `console.log(JSON.stringify({ modules: Object.keys(dms).sort(), client: typeof DMSClient, context: typeof MountContext,`,
+            `  invalid: invalid instanceof RequestValidationException }))`
+          ].join("\n")
+        )
+        const env = cleanEnv(yield* tempDir("dms-cli-home-"))
+        const imported = yield* exec(process.execPath, ["check.mjs"], { cwd: app, env })
+        expectCode(imported, 0)
+        assert.deepStrictEqual(JSON.parse(imported.stdout), {
+          modules: ["Broker", "Dms", "DmsConfig", "DmsError", "Ledger", "Mount", "Protocol"],
+          client: "function",
+          context: "function",
+          invalid: true
+        })
+
+        // Types: the package's .d.ts files serve a TypeScript user (NodeNext resolution through exports).
+        fs.writeFileSync(
+          path.join(app, "check.ts"),
+          [
+            `import { Effect } from "effect"`,
+            `import { Dms, Mount } from "trilio-dms"`,
+            `import { DMSClient, type MountResponse } from "trilio-dms/promise"`,
+            `export const program: Effect.Effect<string, unknown> = Mount.withMount({}, (m) => Effect.succeed(m.mountPath))`,
+            `  .pipe(Effect.provide(Dms.layerConfig()))`,
+            `export const response: Promise<MountResponse> = new DMSClient().mount({})`,
+            `// @ts-expect-error: internal modules are not exported`,
+            `import type * as Urls from "trilio-dms/internal/urls.js"`
+          ].join("\n")
+        )
+        fs.writeFileSync(
+          path.join(app, "tsconfig.json"),
+          JSON.stringify({
+            compilerOptions: { module: "NodeNext", moduleResolution: "NodeNext", target: "ES2022", strict: true, noEmit: true, skipLibCheck: true, types: [] },
+            files: ["check.ts"]
+          })
+        )
+        const typed = yield* exec(process.execPath, [path.join(ROOT, "node_modules", "typescript", "bin", "tsc"), "-p", "."], { cwd: app, env })
+        expectCode(typed, 0)
+
+        // `npx trilio-dms demo` from the installed package.
+        const home = yield* demoHome
+        const demo = yield* cli(["demo"], cleanEnv(home))
+        expectCode(demo, 0)
+        assert.include(demo.stdout, "summary: 3 jobs, 1 physical mount, 1 physical unmount")
+        assert.deepStrictEqual(mountPointsUnder(home), [])
+      }), 120_000)
+
+    it.scoped("--help works for the command and every subcommand with no environment", () =>
+      Effect.gen(function*() {
+        const env = cleanEnv(yield* tempDir("dms-cli-home-"))
+        const results = yield* Effect.forEach(
+          [[], ...COMMANDS.map((c) => [c])],
+          (cmd) => Effect.map(cli([...cmd, "--help"], env), (r) => [cmd, r] as const),
+          { concurrency: 4 }
+        )
+        for (const [cmd, r] of results) {
+          expectCode(r, 0)
+          assert.include(r.stdout, "USAGE", show(r))
+          assert.notMatch(r.stdout, /\x1b\[/, "no colour codes when stdout is not a terminal")
+          if (cmd.length > 0) assert.include(r.stdout, `$ ${cmd[0]}`, show(r))
+        }
+        const root = results[0]![1].stdout
+        for (const c of COMMANDS) assert.include(root, `- ${c}`)
+        assert.include(root, "Exit codes: 0 success")
+        const mountHelp = results[1]![1].stdout
+        for (const flag of ["--job-id", "--target-id", "--target-type", "--host", "--mount-path", "--nfs-export", "--nfs-opts", "--secret-ref", "--token", "--request", "--json"]) {
+          assert.include(mountHelp, flag)
+        }
+      }), 120_000)
+
+    it.scoped("bad input exits 2 and names the field, before any configuration or connection", () =>
+      Effect.gen(function*() {
+        const home = yield* tempDir("dms-cli-home-")
+        const env = cleanEnv(home)
+        const badRequest = path.join(home, "request.json")
+        fs.writeFileSync(badRequest, JSON.stringify({ ...guideNfs(), job: { jobid: "job-12345" } }))
+        const cases: ReadonlyArray<readonly [ReadonlyArray<string>, string]> = [
+          [["mount", "--job-id", "abc"], "--job-id: expected an integer"],
+          [["mount", "--job-id", "7", "--target-id", "t", "--target-type", "smb"], "--target-type: expected s3 or nfs"],
+          [["mount", ...nfsFlags(7, "t", "h").slice(0, -1), "relative/path"], "--mount-path (backup_target.filesystem_export_mount_path): Expected an absolute path"],
+          [["mount", "--job-id", "0", "--target-id", "t", "--mount-path", "/m"], "--target-type (backup_target.type): is missing"],
+          [["unmount", "--request", badRequest], `${badRequest}: job.jobid: Expected number, actual "job-12345"`],
+          [["mounts", "--older-than", "soon"], "--older-than: expected a duration"],
+          [["status", "--target-id", "t"], "--job-id"],
+          [["status", "--job-id", "1", "--target-id", "t"], "DMS_DB_URL"]
+        ]
+        const results = yield* Effect.forEach(cases, ([args]) => cli(args, env), { concurrency: 4 })
+        results.forEach((r, i) => {
+          expectCode(r, 2)
+          assert.include(r.stderr, cases[i]![1], show(r))
+          assert.notInclude(r.stderr, "    at ", "no stack trace")
+        })
+        // --json: the error as JSON on stdout, nothing else.
+        const json = yield* cli(["mount", ...nfsFlags(7, "t", "h").slice(0, -1), "relative", "--json"], env)
+        expectCode(json, 2)
+        assert.deepInclude(parseJson(json), { status: "error", error: "ValidationError", exit_code: 2 })
+        assert.strictEqual(json.stderr, "")
+      }), 120_000)
+
+    it.scoped("mount, status, mounts, history, unmount, soft-delete against MariaDB, RabbitMQ and a server", () =>
+      Effect.gen(function*() {
+        const db = yield* TestDatabase
+        const env = yield* liveEnv
+        const host = uniqueHost("cli")
+        const target = uniqueTarget("flow")
+        const server = yield* modelServer(host)
+
+        const migrated = yield* cli(["migrate"], env)
+        expectCode(migrated, 0)
+        assert.include(migrated.stdout, "ledger ready on mysql://root@127.0.0.1")
+        const tables = yield* db.query<Array<Record<string, string>>>("SHOW TABLES")
+        assert.sameMembers(tables.map((t) => Object.values(t)[0]!), ["backup_target_mount_ledger", "backup_target_mount_lock"])
+
+        const first = yield* cli(["mount", ...nfsFlags(101, target, host)], env)
+        expectCode(first, 0)
+        assert.match(first.stdout, new RegExp(`^mounted ${target} on ${host} at /var/lib/trilio/triliovault-mounts/${target} for job 101 \\(physical mount; `))
+        assert.include(first.stdout, "server: NFS target mounted successfully")
+
+        // The second job from a guide-format request file; a flag overrides the file's host.
+        const file = path.join(env.HOME!, "request.json")
+        const guide = guideNfs({ jobid: 102, host: "not-this-host", mountPath: `/var/lib/trilio/triliovault-mounts/${target}` })
+        fs.writeFileSync(file, JSON.stringify({ ...guide, backup_target: { ...guide.backup_target, id: target } }))
+        const second = yield* cli(["mount", "--request", file, "--host", host, "--json"], env)
+        expectCode(second, 0)
+        assert.deepInclude(parseJson(second), {
+          status: "success",
+          error_msg: null,
+          mount_path: `/var/lib/trilio/triliovault-mounts/${target}`,
+          reused_existing: true,
+          physically_mounted: false,
+          job_id: 102,
+          backup_target_id: target,
+          host
+        })
+        assert.deepStrictEqual(server.transitions.map((t) => t.to), ["mounted"])
+        assert.deepStrictEqual(server.received.map((r) => [r.action, (r.body.job as { jobid: number }).jobid]), [["mount", 101], ["mount", 102]])
+
+        // Read-only queries, run side by side.
+        const [status, statusJson, none, mounts, mountsJson, old, oldJson] = yield* Effect.all([
+          cli(["status", "--job-id", "101", "--target-id", target], env),
+          cli(["status", "--job-id", "101", "--target-id", target, "--host", host, "--json"], env),
+          cli(["status", "--job-id", "999", "--target-id", target, "--json"], env),
+          cli(["mounts", "--host", host], env),
+          cli(["mounts", "--target-id", target, "--json"], env),
+          cli(["mounts", "--host", host, "--older-than", "1h"], env),
+          cli(["mounts", "--host", host, "--older-than", "24h", "--json"], env)
+        ], { concurrency: 3 })
+        expectCode(status, 0)
+        const [header, row] = status.stdout.trimEnd().split("\n")
+        assert.match(header!, /^ID\s+JOB\s+TARGET\s+HOST\s+MOUNTED\s+CREATED \(UTC\)\s+UPDATED \(UTC\)$/)
+        assert.strictEqual(row!.indexOf(host), header!.indexOf("HOST"), "columns are aligned")
+        assert.strictEqual(row!.indexOf("yes"), header!.indexOf("MOUNTED"), "columns are aligned")
+        assert.deepInclude(parseJson(statusJson), { jobid: 101, backup_target_id: target, host, mounted: true, deleted: false })
+        expectCode(none, 0)
+        assert.isNull(parseJson(none))
+        expectCode(mounts, 0)
+        assert.include(mounts.stdout, `2 active mount(s) on ${host}`)
+        assert.match(mounts.stdout, /ID\s+JOB\s+TARGET\s+HOST\s+MOUNTED\s+CREATED \(UTC\)\s+UPDATED \(UTC\)\s+AGE/)
+        assert.deepStrictEqual(parseJson(mountsJson).map((m: any) => m.jobid), [101, 102])
+        expectCode(old, 0)
+        assert.strictEqual(old.stdout, `no active mounts on ${host} older than 1h\n`)
+        assert.deepStrictEqual(parseJson(oldJson), [])
+
+        const released = yield* cli(["unmount", ...nfsFlags(101, target, host), "--json"], env)
+        expectCode(released, 0)
+        assert.deepInclude(parseJson(released), { status: "success", unmounted: false, active_mounts_remaining: 1 })
+        assert.isTrue(server.isMounted(host, `/var/lib/trilio/triliovault-mounts/${target}`))
+        const again = yield* cli(["unmount", ...nfsFlags(101, target, host)], env)
+        expectCode(again, 1)
+        assert.include(again.stderr, "No active mount found for this job")
+
+        const refused = yield* cli(["soft-delete", "--job-id", "102", "--target-id", target], env)
+        expectCode(refused, 1)
+        assert.include(refused.stderr, "pass --force to unmount and delete")
+        const deleted = yield* cli(["soft-delete", "--job-id", "101", "--target-id", target], env)
+        expectCode(deleted, 0)
+        assert.match(deleted.stdout, new RegExp(`^soft-deleted ledger row \\d+ \\(job 101, target ${target}, host ${host}\\)`))
+        const forced = yield* cli(["soft-delete", "--job-id", "102", "--target-id", target, "--force", "--json"], env)
+        expectCode(forced, 0)
+        assert.deepInclude(parseJson(forced), { status: "success", deleted: true, jobid: 102 })
+        assert.deepStrictEqual(server.transitions.map((t) => t.to), ["mounted", "unmounted"])
+
+        const [history, historyJson, limited, badLimit, after] = yield* Effect.all([
+          cli(["history", "--target-id", target], env),
+          cli(["history", "--target-id", target, "--json"], env),
+          cli(["history", "--target-id", target, "--limit", "1", "--json"], env),
+          cli(["history", "--target-id", target, "--limit", "0"], env),
+          cli(["mounts", "--host", host], env)
+        ], { concurrency: 3 })
+        expectCode(history, 0)
+        const lines = history.stdout.trimEnd().split("\n")
+        assert.match(lines[0]!, /^ID\s+JOB\s+TARGET\s+HOST\s+MOUNTED\s+DELETED\s+CREATED \(UTC\)\s+UPDATED \(UTC\)\s+DELETED AT \(UTC\)\s+VERSION$/)
+        assert.lengthOf(lines, 3)
+        for (const line of lines.slice(1)) assert.match(line, new RegExp(`${target}\\s+${host}\\s+no\\s+yes\\s`))
+        assert.deepStrictEqual(parseJson(historyJson).map((h: any) => [h.jobid, h.mounted, h.deleted]), [[102, false, true], [101, false, true]])
+        assert.lengthOf(parseJson(limited), 1)
+        expectCode(badLimit, 2)
+        assert.include(badLimit.stderr, "limit")
+        assert.strictEqual(after.stdout, `no active mounts on ${host}\n`)
+      }), 120_000)
+
+    it.scoped("a server's error exits 1, a reply that never comes exits 3, no server for the host exits 5 fast", () =>
+      Effect.gen(function*() {
+        const env = yield* liveEnv
+        const host = uniqueHost("cli-errors")
+        const server = yield* modelServer(host)
+        const target = uniqueTarget("errors")
+
+        server.failNext = { action: "mount", message: "Mount failed: Permission denied" }
+        const refused = yield* cli(["mount", ...nfsFlags(1, target, host), "--token", "tok-secret-4711", "--verbose"], env)
+        expectCode(refused, 1)
+        assert.strictEqual(refused.stderr, "trilio-dms: the DMS server refused: Mount failed: Permission denied\n")
+        server.failNext = { action: "mount", message: "Mount failed: Permission denied" }
+        const refusedJson = yield* cli(["mount", ...nfsFlags(1, target, host), "--json"], env)
+        expectCode(refusedJson, 1)
+        assert.deepStrictEqual(parseJson(refusedJson), {
+          status: "error",
+          error: "MountError",
+          error_msg: "the DMS server refused: Mount failed: Permission denied",
+          exit_code: 1
+        })
+
+        // The server holds requests for this target and never answers.
+        const held = uniqueTarget("held")
+        server.gate = (r) => (r.targetId === held ? Effect.never : Effect.void)
+        const timedOut = yield* cli(["mount", ...nfsFlags(2, held, host), "--timeout", "1"], env)
+        expectCode(timedOut, 3)
+        assert.match(timedOut.stderr, /^trilio-dms: timeout: mount of cli-held-\w+ on .* got no reply within 1000 ms/)
+
+        const lonely = uniqueHost("cli-no-server")
+        const noServer = yield* cli(["mount", ...nfsFlags(3, target, lonely)], env)
+        expectCode(noServer, 5)
+        assert.include(noServer.stderr, `no DMS server for host ${lonely}`)
+        assert.include(noServer.stderr, `trilio-dms doctor --host ${lonely}`)
+        // Fast: about a second of re-checks, far from the 30 s request timeout (the bound leaves room for
+        // process start-up on a busy machine; the tests run side by side).
+        assert.isBelow(noServer.ms, 10_000, show(noServer))
+
+        for (const r of [refused, refusedJson, timedOut, noServer]) {
+          assert.notInclude(r.stdout + r.stderr, "tok-secret-4711")
+          assert.notInclude(r.stdout + r.stderr, "    at ")
+        }
+      }), 120_000)
+
+    it.scoped("an unreachable database exits 4, an unreachable broker exits 5; --verbose adds the cause", () =>
+      Effect.gen(function*() {
+        const env = yield* liveEnv
+        const database = yield* cli(["status", "--job-id", "1", "--target-id", "t", "--verbose"], {
+          ...env,
+          DMS_DB_URL: "mysql://dms:db-secret-99@127.0.0.1:1/trilio_dms"
+        })
+        expectCode(database, 4)
+        assert.match(database.stderr, /^trilio-dms: database error in connect to mysql:\/\/dms:\*\*\*@127\.0\.0\.1:1\/trilio_dms: .*ECONNREFUSED/)
+        assert.include(database.stderr, "  caused by: ")
+        assert.notInclude(database.stderr, "db-secret-99")
+        const broker = yield* cli(["mount", ...nfsFlags(1, "t", uniqueHost("cli-broker"))], {
+          ...env,
+          DMS_RABBITMQ_URL: "amqp://guest:mq-secret-77@127.0.0.1:1"
+        })
+        expectCode(broker, 5)
+        assert.include(broker.stderr, "amqp://guest:***@127.0.0.1:1")
+        assert.notInclude(broker.stderr, "mq-secret-77")
+      }), 120_000)
+
+    it.scoped("doctor: all checks pass with a server, says what is wrong and how to fix it otherwise", () =>
+      Effect.gen(function*() {
+        const env: NodeJS.ProcessEnv = { ...(yield* liveEnv), KEYSTONE_TOKEN: "ks-secret-123" }
+        const host = uniqueHost("cli-doctor")
+        yield* modelServer(host)
+        yield* Effect.asVoid(cli(["migrate"], env))
+        const ok = yield* cli(["doctor", "--host", host], env)
+        expectCode(ok, 0)
+        assert.match(ok.stdout, /db_url\s+mysql:\/\/root@127\.0\.0\.1:3306\/dms_test_\w+\s+DMS_DB_URL \(environment\)/)
+        assert.match(ok.stdout, /rabbitmq_url\s+amqp:\/\/guest:\*\*\*@127\.0\.0\.1:5672\s+DMS_RABBITMQ_URL \(environment\)/)
+        assert.match(ok.stdout, /timeout\s+30 s\s+DMS_REQUEST_TIMEOUT \(environment\)/)
+        assert.match(ok.stdout, /keystone_token\s+<redacted>\s+KEYSTONE_TOKEN \(environment\)/)
+        assert.match(ok.stdout, new RegExp(`server\\s+OK\\s+queue dms\\.${host}: 1 consumer\\(s\\)`))
+        assert.include(ok.stdout, "all checks passed")
+        assert.notInclude(ok.stdout, "ks-secret-123")
+        assert.notInclude(ok.stdout, "guest:guest")
+
+        const lonely = uniqueHost("cli-doctor-none")
+        const missing = yield* cli(["doctor", "--host", lonely], env)
+        expectCode(missing, 5)
+        assert.include(missing.stdout, `queue dms.${lonely} does not exist`)
+        assert.include(missing.stdout, `trilio-dms server --node-id ${lonely}`)
+
+        const badDb = yield* cli(["doctor", "--host", host, "--json"], { ...env, DMS_DB_URL: `${env.DMS_DB_URL}_absent` })
+        expectCode(badDb, 4)
+        const report = parseJson(badDb)
+        assert.isFalse(report.ok)
+        assert.deepInclude(report.checks.find((c: any) => c.check === "database"), { status: "fail" })
+        assert.include(report.checks.find((c: any) => c.check === "database").fix, "does not exist: CREATE DATABASE")
+
+        const unconfigured = yield* cli(["doctor"], cleanEnv(env.HOME!))
+        expectCode(unconfigured, 2)
+        assert.include(unconfigured.stdout, "DMS_DB_URL")
+        assert.include(unconfigured.stdout, "DMS_RABBITMQ_URL")
+      }), 120_000)
+
+    it.scoped("trilio-dms server consumes the host's queue and stops with exit 0 on SIGTERM", () =>
+      Effect.gen(function*() {
+        const { app, bin } = yield* InstalledCli
+        const dir = yield* tempDir("dms-cli-server-")
+        const host = uniqueHost("cli-server")
+        yield* deleteOnClose(`dms.${host}`)
+        const env = yield* liveEnv
+        const base = path.join(dir, "base")
+        const run = path.join(dir, "run")
+        fs.mkdirSync(base)
+        fs.mkdirSync(run)
+        const server = yield* spawnLongRunning(bin, ["server", "--node-id", host, "--mount-base", base, "--run-dir", run], env, app)
+        yield* server.waitForStderr(`consuming dms.${host}`)
+        const doctor = yield* cli(["doctor", "--host", host], env)
+        expectCode(doctor, 0)
+        assert.match(doctor.stdout, new RegExp(`server\\s+OK\\s+queue dms\\.${host}: 1 consumer\\(s\\)`))
+        yield* server.signal("SIGTERM")
+        assert.strictEqual(yield* server.exited, 0, server.output())
+      }), 120_000)
+  })
+})
