@@ -5,32 +5,15 @@
  */
 import { assert, describe, layer } from "@effect/vitest"
 import * as Effect from "effect/Effect"
-import * as Option from "effect/Option"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { BackupManager } from "../../examples/backup-workflow.js"
-import * as Broker from "../../src/Broker.js"
 import { DMSClient, MountContext } from "../../src/promise.js"
 import { Backend, mysqlBackend, sqliteBackend, tempDir } from "../support/backends.js"
-import * as FakeServer from "../support/fakeServer.js"
 import { spawnTs } from "../support/process.js"
 import { RABBIT_URL, uniqueHost } from "../support/rabbit.js"
 import { guideNfs } from "../support/requests.js"
-import { reply, startResponder } from "../support/responder.js"
-
-/** A model DMS server consuming the host's real queue. */
-const modelServer = (host: string) =>
-  Effect.gen(function*() {
-    const server = FakeServer.make()
-    yield* startResponder({
-      host,
-      handle: (req) =>
-        server.respond(host, req.body ?? {}, Option.getOrElse(Broker.deadlineOf(req.properties.headers), () => Infinity)).pipe(
-          Effect.map(reply)
-        )
-    })
-    return server
-  })
+import { modelServer } from "../support/responder.js"
 
 const request = (jobid: number, host: string, mountPath: string) => guideNfs({ jobid, host, mountPath })
 

@@ -9,16 +9,12 @@ import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as FiberId from "effect/FiberId"
 import * as Layer from "effect/Layer"
-import * as Option from "effect/Option"
 import type * as Scope from "effect/Scope"
 import { execFileSync, spawn } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import * as Broker from "../../src/Broker.js"
 import * as MountInfo from "../../src/server/MountInfo.js"
-import * as FakeServer from "./fakeServer.js"
-import { reply, startResponder } from "./responder.js"
 
 export const ROOT = path.resolve(import.meta.dirname, "../..")
 
@@ -261,16 +257,4 @@ export const spawnLongRunning = (
     (child) => Effect.zipRight(child.signal("SIGKILL"), Effect.ignore(Effect.timeout(child.exited, "10 seconds")))
   )
 
-/** A model DMS server (test/support/fakeServer.ts) consuming the host's real queue. */
-export const modelServer = (host: string) =>
-  Effect.gen(function*() {
-    const server = FakeServer.make()
-    yield* startResponder({
-      host,
-      handle: (req) =>
-        server.respond(host, req.body ?? {}, Option.getOrElse(Broker.deadlineOf(req.properties.headers), () => Infinity)).pipe(
-          Effect.map(reply)
-        )
-    })
-    return server
-  })
+export { modelServer } from "./responder.js"

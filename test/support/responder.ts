@@ -24,6 +24,8 @@ import * as path from "node:path"
 import * as readline from "node:readline"
 import { fileURLToPath, pathToFileURL } from "node:url"
 import * as Broker from "../../src/Broker.js"
+import * as Option from "effect/Option"
+import * as FakeServer from "./fakeServer.js"
 import * as Protocol from "../../src/Protocol.js"
 import { deleteOnClose, RABBIT_URL } from "./rabbit.js"
 
@@ -321,3 +323,17 @@ if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.a
     process.exit(1)
   })
 }
+
+/** A model DMS server (test/support/fakeServer.ts) consuming the host's real queue. */
+export const modelServer = (host: string) =>
+  Effect.gen(function*() {
+    const server = FakeServer.make()
+    yield* startResponder({
+      host,
+      handle: (req) =>
+        server.respond(host, req.body ?? {}, Option.getOrElse(Broker.deadlineOf(req.properties.headers), () => Infinity)).pipe(
+          Effect.map(reply)
+        )
+    })
+    return server
+  })
