@@ -27,7 +27,8 @@ CREATE TABLE IF NOT EXISTS backup_target_mount_ledger (
 -- One row per (target, host): a fenced lease (owner + expires_at, UTC) under which the ledger rows of
 -- that pair are changed, the path and type (nfs | s3) the target is mounted with on the host, and the
 -- operation whose
--- outcome is not yet known (pending_op, until pending_deadline). lock_key = hex SHA-1 of
+-- outcome is not yet known (pending_op, until pending_deadline), and the client process that reserved
+-- the next turn (waiter, refreshed at waiter_at while it polls). lock_key = hex SHA-1 of
 -- backup_target_id, a NUL byte, and host.
 CREATE TABLE IF NOT EXISTS backup_target_mount_lock (
     lock_key CHAR(40) NOT NULL PRIMARY KEY,
@@ -39,5 +40,7 @@ CREATE TABLE IF NOT EXISTS backup_target_mount_lock (
     expires_at DATETIME(3) NULL,
     pending_op VARCHAR(16) NULL,
     pending_deadline DATETIME(3) NULL,
+    waiter CHAR(36) NULL,
+    waiter_at DATETIME(3) NULL,
     updated_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3)
 );

@@ -239,6 +239,8 @@ export const make = (store: Store, options: LeaseOptions = {}): Service => {
   const renewEvery = Duration.decode(options.renewInterval ?? Duration.millis(Math.max(1, Math.floor(leaseMs / 3))))
   const defaultLockTimeout = Duration.decode(options.lockTimeout ?? DEFAULT_LOCK_TIMEOUT)
   const mutex = KeyedMutex.make()
+  // This client (process) among those sharing the ledger: it reserves the next turn of a lease it waits for.
+  const client = randomUUID()
 
   const lockTimeoutError = (backupTargetId: string, host: string, timeout: Duration.Duration) =>
     new DmsError.TimeoutError({
@@ -280,7 +282,7 @@ export const make = (store: Store, options: LeaseOptions = {}): Service => {
         let prefetched: TargetState | undefined
         const attempt = Effect.suspend(() => {
           state.held = true
-          return store.tryAcquire(key, owner, leaseMs, readJobId)
+          return store.tryAcquire(key, owner, leaseMs, client, readJobId)
         }).pipe(
           Effect.tap((got) =>
             Effect.sync(() => {
@@ -296,8 +298,9 @@ export const make = (store: Store, options: LeaseOptions = {}): Service => {
         // them are interruptible even when the caller's region is not, so the lock timeout always fires.
         yield* attempt.pipe(
           Effect.retry({
+            // Polls at most ~60 ms apart, so this client's reservation of the next turn stays fresh.
             schedule: Schedule.exponential(Duration.millis(5), 1.6).pipe(
-              Schedule.union(Schedule.spaced(Duration.millis(250))),
+              Schedule.union(Schedule.spaced(Duration.millis(50))),
               Schedule.jittered,
               Schedule.upTo(budget)
             ),

@@ -352,3 +352,49 @@ describe("Ledger.layerConfig", () => {
       yield* Fiber.interrupt(holder)
     }))
 })
+
+for (const [name, backendLayer] of backends) {
+  describe(`Ledger fairness across processes (${name})`, () => {
+    layer(backendLayer, { excludeTestServices: true, timeout: "120 seconds" })((it) => {
+      it.scoped("two busy client processes take turns: neither holds the lock many times in a row", () =>
+        Effect.gen(function*() {
+          const backend = yield* Backend
+          const a = yield* backend.build()
+          const b = yield* backend.build()
+          const t = target()
+          const order: Array<string> = []
+          const worker = (ledger: Ledger.Service, label: string) =>
+            Effect.repeatN(
+              ledger.withTargetLock(t, HOST, (lease) =>
+                Effect.gen(function*() {
+                  yield* lease.read(1)
+                  order.push(label)
+                  // The work done under the lock (a mount's round trip to the server takes about this).
+                  yield* Effect.sleep("2 millis")
+                }), { timeout: "60 seconds" }),
+              9
+            )
+          // Four fibers per process: each process always has a fiber queued behind its holder.
+          yield* Effect.all(
+            [...Array.from({ length: 4 }, () => worker(a, "a")), ...Array.from({ length: 4 }, () => worker(b, "b"))],
+            { concurrency: "unbounded", discard: true }
+          )
+          assert.strictEqual(order.length, 80)
+          let longest = 0
+          let run = 0
+          for (let i = 0; i < order.length; i++) {
+            run = i > 0 && order[i] === order[i - 1] ? run + 1 : 1
+            longest = Math.max(longest, run)
+          }
+          // Without fairness one process re-takes the lock for its own queued fibers and the other starves.
+          // A waiting process reserves the next turn when it polls (every ≤ 60 ms), so runs stay short and
+          // both processes appear in every stretch of the sequence.
+          assert.isAtMost(longest, 12, order.join(""))
+          for (let i = 0; i + 20 <= order.length; i += 10) {
+            const window = order.slice(i, i + 20)
+            assert.isTrue(window.includes("a") && window.includes("b"), order.join(""))
+          }
+        }))
+    })
+  })
+}

@@ -8,7 +8,7 @@ import * as Option from "effect/Option"
 import { DatabaseError } from "../DmsError.js"
 import type { LedgerEntry, PendingOperation } from "../Ledger.js"
 import type { LockKey, Store } from "./store.js"
-import { leaseLostReason } from "./store.js"
+import { leaseLostReason, RESERVATION_MS } from "./store.js"
 import { VERSION } from "./version.js"
 
 interface LockRow {
@@ -17,6 +17,8 @@ interface LockRow {
   mountPath: string | null
   targetType: "nfs" | "s3" | null
   pending: PendingOperation | null
+  waiter: string | null
+  waiterAt: number
 }
 
 type MutableEntry = { -readonly [K in keyof LedgerEntry]: LedgerEntry[K] }
@@ -44,16 +46,32 @@ export const make = (state: MemoryState = makeState()): Store => {
 
   return {
     dialect: "memory",
-    tryAcquire: (key, owner, leaseMs) =>
+    tryAcquire: (key, owner, leaseMs, client) =>
       withNow((now) => {
         const row = state.locks.get(key.key)
         if (row === undefined) {
-          state.locks.set(key.key, { owner, expiresAt: now + leaseMs, mountPath: null, targetType: null, pending: null })
+          state.locks.set(key.key, {
+            owner,
+            expiresAt: now + leaseMs,
+            mountPath: null,
+            targetType: null,
+            pending: null,
+            waiter: null,
+            waiterAt: 0
+          })
           return true
         }
-        if (row.owner !== null && row.expiresAt >= now) return false
+        const open = row.waiter === null || row.waiter === client || row.waiterAt < now - RESERVATION_MS
+        if ((row.owner !== null && row.expiresAt >= now) || !open) {
+          if (open) {
+            row.waiter = client
+            row.waiterAt = now
+          }
+          return false
+        }
         row.owner = owner
         row.expiresAt = now + leaseMs
+        if (row.waiter === client) row.waiter = null
         return true
       }),
     renew: (key, owner, leaseMs) =>

@@ -10,7 +10,7 @@ import * as fs from "node:fs"
 import { DatabaseError } from "../DmsError.js"
 import type { LeaseWrite, LedgerEntry, PendingOperation, TargetState } from "../Ledger.js"
 import type { LockKey, Store } from "./store.js"
-import { leaseLostReason } from "./store.js"
+import { leaseLostReason, RESERVATION_MS } from "./store.js"
 import { VERSION } from "./version.js"
 
 export const LEDGER_TABLE = "backup_target_mount_ledger"
@@ -61,6 +61,8 @@ export const sqliteDdl: ReadonlyArray<string> = [
     expires_at TEXT NULL,
     pending_op TEXT NULL,
     pending_deadline TEXT NULL,
+    waiter TEXT NULL,
+    waiter_at TEXT NULL,
     updated_at TEXT NOT NULL DEFAULT (${sqliteNow})
   )`
 ]
@@ -86,7 +88,9 @@ const lockColumns = [
   "owner",
   "expires_at",
   "pending_op",
-  "pending_deadline"
+  "pending_deadline",
+  "waiter",
+  "waiter_at"
 ] as const
 
 interface Dialect {
@@ -97,6 +101,8 @@ interface Dialect {
   readonly nowSeconds: string
   /** Current UTC time plus `ms` milliseconds. */
   readonly nowPlus: (ms: number) => string
+  /** Current UTC time minus `ms` milliseconds. */
+  readonly nowMinus: (ms: number) => string
   readonly affected: (raw: unknown) => number
   readonly isDuplicateKey: (e: SqlError) => boolean
   readonly toDate: (v: unknown) => Date | null
@@ -113,6 +119,7 @@ const mysqlDialect: Dialect = {
   now: "UTC_TIMESTAMP(3)",
   nowSeconds: "UTC_TIMESTAMP()",
   nowPlus: (ms) => `(UTC_TIMESTAMP(3) + INTERVAL ${Math.round(ms) * 1000} MICROSECOND)`,
+  nowMinus: (ms) => `(UTC_TIMESTAMP(3) - INTERVAL ${Math.round(ms) * 1000} MICROSECOND)`,
   // mysql2 sets CLIENT_FOUND_ROWS: affectedRows counts matched rows, so a fence that rewrites an
   // unchanged value still counts.
   affected: (raw) => Number((raw as { affectedRows?: number }).affectedRows ?? 0),
@@ -126,6 +133,7 @@ const sqliteDialect: Dialect = {
   now: sqliteNow,
   nowSeconds: sqliteNowSeconds,
   nowPlus: (ms) => `strftime('%Y-%m-%d %H:%M:%f','now','+${(Math.round(ms) / 1000).toFixed(3)} seconds')`,
+  nowMinus: (ms) => `strftime('%Y-%m-%d %H:%M:%f','now','-${(Math.round(ms) / 1000).toFixed(3)} seconds')`,
   affected: (raw) => Number((raw as { changes?: number }).changes ?? 0),
   isDuplicateKey: (e) => /^SQLITE_CONSTRAINT/.test(errorCode(e) ?? ""),
   toDate: (v) => (v === null || v === undefined ? null : new Date(`${String(v).replace(" ", "T")}Z`)),
@@ -348,32 +356,43 @@ export const make = (dialectName: "mysql" | "sqlite"): Effect.Effect<Store, Data
         pending
       }
     }
-    const takeText = `UPDATE ${LOCK_TABLE} SET owner = ?, expires_at = %EXPIRES%, updated_at = ${d.now}
-      WHERE lock_key = ? AND (owner IS NULL OR expires_at < ${d.now})`
+    // Fair hand-over between client processes: a process that finds the lease taken reserves the next
+    // turn (waiter); the lease is then taken only by that waiter, unless its reservation went stale (it
+    // stopped polling). Without it, a process whose fibers queue behind each other re-takes the lease
+    // at once on every release and the other process starves.
+    const reservationOpen = `(waiter IS NULL OR waiter = ? OR waiter_at < ${d.nowMinus(RESERVATION_MS)})`
+    const takeText = `UPDATE ${LOCK_TABLE} SET owner = ?, expires_at = %EXPIRES%, updated_at = ${d.now},
+        waiter = CASE WHEN waiter = ? THEN NULL ELSE waiter END
+      WHERE lock_key = ? AND (owner IS NULL OR expires_at < ${d.now}) AND ${reservationOpen}`
+    const reserveText = `UPDATE ${LOCK_TABLE} SET waiter = ?, waiter_at = ${d.now}
+      WHERE lock_key = ? AND ${reservationOpen}`
 
     const store: Store = {
       dialect: d.name,
-      tryAcquire: (key, owner, leaseMs, readJobId) =>
+      tryAcquire: (key, owner, leaseMs, client, readJobId) =>
         Effect.gen(function*() {
           const take = takeText.replace("%EXPIRES%", d.nowPlus(leaseMs))
+          const takeParams = [owner, client, key.key, client]
           if (d.name === "mysql" && readJobId !== undefined) {
             // Take the lease and read the target's state in one round trip (two statements); the state
             // is only used when the take succeeded.
-            const [taken, rows] = (yield* sql.unsafe(`${take}; ${readText}`, [owner, key.key, ...readParams(key, readJobId)])
+            const [taken, rows] = (yield* sql.unsafe(`${take}; ${readText}`, [...takeParams, ...readParams(key, readJobId)])
               .unprepared) as unknown as [unknown, ReadonlyArray<StateRow>]
             if (d.affected(taken) === 1) return toState(rows, readJobId)
           } else {
-            const taken = yield* sql.unsafe(take, [owner, key.key]).raw
+            const taken = yield* sql.unsafe(take, takeParams).raw
             if (d.affected(taken) === 1) return true
           }
-          // No row yet (first use of this target on this host), or held by someone else.
-          return yield* sql`INSERT INTO ${lit(LOCK_TABLE)}
+          // No row yet (first use of this target on this host), or held (or reserved) by someone else.
+          const inserted = yield* sql`INSERT INTO ${lit(LOCK_TABLE)}
               (lock_key, backup_target_id, host, owner, expires_at, updated_at)
             VALUES (${key.key}, ${key.backupTargetId}, ${key.host}, ${owner}, ${lit(d.nowPlus(leaseMs))}, ${lit(d.now)})`
             .pipe(
               Effect.as(true),
               Effect.catchIf(d.isDuplicateKey, () => Effect.succeed(false))
             )
+          if (!inserted) yield* sql.unsafe(reserveText, [client, key.key, client])
+          return inserted
         }).pipe(Effect.mapError(toDatabaseError("acquire lock"))),
       renew: (key, owner, leaseMs) =>
         sql`UPDATE ${lit(LOCK_TABLE)} SET expires_at = ${lit(d.nowPlus(leaseMs))}

@@ -32,6 +32,8 @@ export interface Store {
     key: LockKey,
     owner: string,
     leaseMs: number,
+    /** The client (Ledger instance = process) asking; one that fails reserves the next turn. */
+    client: string,
     readJobId?: number
   ) => Effect.Effect<boolean | TargetState, DatabaseError>
   /** Extends the lease; false when it is no longer ours. */
@@ -62,6 +64,12 @@ export interface Store {
     limit: number
   ) => Effect.Effect<ReadonlyArray<LedgerEntry>, DatabaseError>
 }
+
+/**
+ * How long a waiting client's reservation of the next turn holds without being refreshed by its polls
+ * (the polls are at most ~60 ms apart).
+ */
+export const RESERVATION_MS = 250
 
 export const leaseLostReason =
   "the target lock's lease is no longer held by this operation (it expired and was taken over); nothing was written"
