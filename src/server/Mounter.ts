@@ -555,6 +555,18 @@ const findDaemon = (mountPoint: string): Effect.Effect<FoundDaemon | undefined> 
  * @since 0.1.0
  * @category constructors
  */
+/** The failure of a mount of `path`; `refused` when nothing was attempted. */
+const mountFailure = (path: string) => (reason: string, refused = false, cause?: unknown) =>
+  Effect.fail(
+    new MounterError({
+      operation: "mount",
+      path,
+      reason,
+      ...(refused ? { refused } : {}),
+      ...(cause === undefined ? {} : { cause })
+    })
+  )
+
 export const make = (
   options: Options
 ): Effect.Effect<Service, MounterError, CommandRunner.CommandRunner | Barbican.Barbican> =>
@@ -792,20 +804,21 @@ export const make = (
     const otherTargetAt = (mountPoint: string, targetId: string) =>
       Effect.map(allStates, (states) => states.find((s) => s.mount_path === mountPoint && s.backup_target_id !== targetId))
 
+    /** A mount path serves one target: refuses `targetId` where another target is mounted. */
+    const refuseOtherTarget = (requested: string, mountPoint: string, targetId: string) =>
+      Effect.flatMap(otherTargetAt(mountPoint, targetId), (other) =>
+        other === undefined
+          ? Effect.void
+          : mountFailure(requested)(
+            `${requested} is already mounted for target ${other.backup_target_id}; refusing to mount ${targetId} there`,
+            true
+          ))
+
     const stateFor = (targetId: string) => readState(files(targetId).state)
 
     const mountNfs = (spec: Extract<MountSpec, { type: "nfs" }>, deadline: number) =>
       Effect.gen(function*() {
-        const fail = (reason: string, refused = false, cause?: unknown) =>
-          Effect.fail(
-            new MounterError({
-              operation: "mount",
-              path: spec.path,
-              reason,
-              ...(refused ? { refused } : {}),
-              ...(cause === undefined ? {} : { cause })
-            })
-          )
+        const fail = mountFailure(spec.path)
         const exp = checkNfsExport(spec.export)
         if (Either.isLeft(exp)) return yield* fail(exp.left, true)
         const opts = checkNfsOptions(spec.options)
@@ -819,13 +832,7 @@ export const make = (
             const expected = normalizeNfsSource(spec.export)
             const current = MountInfo.at(yield* mountTable("mount", spec.path), mountPoint)
             if (current !== undefined) {
-              const other = yield* otherTargetAt(mountPoint, spec.targetId)
-              if (other !== undefined) {
-                return yield* fail(
-                  `${spec.path} is already mounted for target ${other.backup_target_id}; refusing to mount ${spec.targetId} there`,
-                  true
-                )
-              }
+              yield* refuseOtherTarget(spec.path, mountPoint, spec.targetId)
               if (normalizeNfsSource(current.source) === expected && nfsFsTypes.includes(current.fsType)) {
                 yield* recordIfMissing(spec.targetId, "nfs", current, spec.path, mountPoint)
                 return { alreadyMounted: true, mountPoint, message: `Already mounted at ${spec.path}` }
@@ -928,16 +935,7 @@ export const make = (
 
     const mountS3 = (spec: Extract<MountSpec, { type: "s3" }>, deadline: number) =>
       Effect.gen(function*() {
-        const fail = (reason: string, refused = false, cause?: unknown) =>
-          Effect.fail(
-            new MounterError({
-              operation: "mount",
-              path: spec.path,
-              reason,
-              ...(refused ? { refused } : {}),
-              ...(cause === undefined ? {} : { cause })
-            })
-          )
+        const fail = mountFailure(spec.path)
         const table = yield* mountTable("mount", spec.path)
         const mountPoint = yield* confine("mount", spec.path, table)
         return yield* withLocks(
@@ -948,13 +946,7 @@ export const make = (
             const key = fileKey(spec.targetId)
             const current = MountInfo.at(yield* mountTable("mount", spec.path), mountPoint)
             if (current !== undefined) {
-              const other = yield* otherTargetAt(mountPoint, spec.targetId)
-              if (other !== undefined) {
-                return yield* fail(
-                  `${spec.path} is already mounted for target ${other.backup_target_id}; refusing to mount ${spec.targetId} there`,
-                  true
-                )
-              }
+              yield* refuseOtherTarget(spec.path, mountPoint, spec.targetId)
               const state = yield* stateFor(spec.targetId)
               const known = yield* daemonFor(spec.targetId)
               const knownAlive = known !== undefined && (yield* isAlive(known.pid)) && (yield* servesPath(known.pid, mountPoint))
