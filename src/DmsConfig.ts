@@ -15,8 +15,7 @@ import * as Layer from "effect/Layer"
 import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
-import * as ini from "ini"
-import * as fs from "node:fs"
+import * as IniSection from "./internal/iniSection.js"
 import * as os from "node:os"
 import * as path from "node:path"
 import * as DmsError from "./DmsError.js"
@@ -315,27 +314,8 @@ export const make = (options: Options): Effect.Effect<Settings, DmsError.Validat
  * @since 0.1.0
  * @category constructors
  */
-export const readConfigFile = (
-  file: string
-): Effect.Effect<Readonly<Record<string, string>>, DmsError.ValidationError> =>
-  Effect.try({
-    try: () => {
-      let text: string
-      try {
-        text = fs.readFileSync(file, "utf8")
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code === "ENOENT") return {}
-        throw e
-      }
-      const section = ini.parse(text).client as unknown
-      if (section === undefined) return {}
-      if (typeof section !== "object" || section === null) throw new Error("[client] is not a section")
-      const out: Record<string, string> = {}
-      for (const [k, v] of Object.entries(section)) if (typeof v === "string") out[k.trim().toLowerCase()] = v
-      return out
-    },
-    catch: (e) => DmsError.invalid("config", file, `cannot read the configuration file: ${(e as Error).message}`)
-  })
+export const readConfigFile = (file: string): Effect.Effect<Readonly<Record<string, string>>, DmsError.ValidationError> =>
+  IniSection.read(file, "client", "config")
 
 const expandHome = (p: string): string => (p === "~" || p.startsWith("~/") ? path.join(os.homedir(), p.slice(1)) : p)
 

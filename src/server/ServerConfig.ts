@@ -28,8 +28,7 @@ import * as Layer from "effect/Layer"
 import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
-import * as ini from "ini"
-import * as fs from "node:fs"
+import * as IniSection from "../internal/iniSection.js"
 import * as path from "node:path"
 import { parseArgs } from "node:util"
 import * as DmsConfig from "../DmsConfig.js"
@@ -243,24 +242,7 @@ export const resolve = (
  * @category constructors
  */
 export const readConfigFile = (file: string): Effect.Effect<Readonly<Record<string, string>>, DmsError.ValidationError> =>
-  Effect.try({
-    try: () => {
-      let content: string
-      try {
-        content = fs.readFileSync(file, "utf8")
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code === "ENOENT") return {}
-        throw e
-      }
-      const section = ini.parse(content).server as unknown
-      if (section === undefined) return {}
-      if (typeof section !== "object" || section === null) throw new Error("[server] is not a section")
-      const out: Record<string, string> = {}
-      for (const [k, v] of Object.entries(section)) if (typeof v === "string") out[k.trim().toLowerCase()] = v
-      return out
-    },
-    catch: (e) => DmsError.invalid("server config", file, `cannot read the configuration file: ${(e as Error).message}`)
-  })
+  IniSection.read(file, "server", "server config")
 
 /**
  * Resolves the configuration: options > environment (through Effect's `ConfigProvider`) > server.conf >
