@@ -25,11 +25,11 @@ CREATE TABLE IF NOT EXISTS backup_target_mount_ledger (
 );
 
 -- One row per (target, host): a fenced lease (owner + expires_at, UTC) under which the ledger rows of
--- that pair are changed, the path and type (nfs | s3) the target is mounted with on the host, and the
--- operation whose
--- outcome is not yet known (pending_op, until pending_deadline), and the client process that reserved
--- the next turn (waiter, refreshed at waiter_at while it polls). lock_key = hex SHA-1 of
--- backup_target_id, a NUL byte, and host.
+-- that pair are changed, the path and type (nfs | s3) the target is mounted with on the host, the
+-- operation whose outcome is not yet known (pending_op, until pending_deadline, on pending_path with
+-- pending_type, marked by the lease owner pending_owner), and the client process that reserved the next
+-- turn (waiter, refreshed at waiter_at while it polls). lock_key = hex SHA-1 of backup_target_id, a NUL
+-- byte, and host.
 CREATE TABLE IF NOT EXISTS backup_target_mount_lock (
     lock_key CHAR(40) NOT NULL PRIMARY KEY,
     backup_target_id VARCHAR(255) NOT NULL,
@@ -42,5 +42,10 @@ CREATE TABLE IF NOT EXISTS backup_target_mount_lock (
     pending_deadline DATETIME(3) NULL,
     waiter CHAR(36) NULL,
     waiter_at DATETIME(3) NULL,
-    updated_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3)
+    updated_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3),
+    pending_owner CHAR(36) NULL,
+    pending_path VARCHAR(4096) NULL,
+    pending_type VARCHAR(8) NULL,
+
+    INDEX idx_lock_host (host)
 );

@@ -30,7 +30,7 @@ import * as Protocol from "./Protocol.js"
 import * as KeyedMutex from "./internal/keyedMutex.js"
 import * as MemoryStore from "./internal/memoryStore.js"
 import * as SqlStore from "./internal/sqlStore.js"
-import { lockKey, type Store } from "./internal/store.js"
+import { lockKey, type Store, type StoreState } from "./internal/store.js"
 import * as Urls from "./internal/urls.js"
 
 /**
@@ -63,6 +63,9 @@ export interface LedgerEntry {
 export interface PendingOperation {
   readonly op: Protocol.Action
   readonly deadline: Date
+  /** The path the operation was sent for (where a mount whose outcome is unknown may have landed). */
+  readonly mountPath?: string | null | undefined
+  readonly targetType?: "nfs" | "s3" | null | undefined
 }
 
 /**
@@ -118,6 +121,17 @@ export interface Lease {
   readonly write: (changes: LeaseWrite) => Effect.Effect<void, DmsError.DatabaseError>
   /** Marks a row deleted if it is not mounted; false otherwise. */
   readonly softDelete: (entryId: number) => Effect.Effect<boolean, DmsError.DatabaseError>
+  /**
+   * The pending mark this operation holds: the one asked for with the lease (`mark` of
+   * {@link Service.withTargetLock}, when no earlier operation's mark was set), or the last one written.
+   * Reads never report it as `pending`: it is this operation's own.
+   */
+  readonly ownMark: () => Option.Option<PendingOperation>
+  /**
+   * Tells the lease that the marked request is being published: from then on the mark outlives the
+   * lease if the operation ends without clearing it. An own mark never published is cleared on release.
+   */
+  readonly markSent: () => void
 }
 
 /**
@@ -151,6 +165,16 @@ export interface Service {
       readonly timeout?: Duration.DurationInput | undefined
       /** The job whose state the body reads first: the backend may read it with the lease, in one round trip. */
       readonly readJobId?: number | undefined
+      /**
+       * The request the body will probably send: marked pending by the statement that takes the lease
+       * (no round trip of its own), with a deadline `timeout` after the lease was taken.
+       */
+      readonly mark?: {
+        readonly op: Protocol.Action
+        readonly timeout: Duration.DurationInput
+        readonly mountPath: string
+        readonly targetType: "nfs" | "s3"
+      } | undefined
     }
   ) => Effect.Effect<A, E | DmsError.TimeoutError | DmsError.DatabaseError | DmsError.ValidationError, R>
   /** The newest non-deleted row for (job, target[, host]). */
@@ -264,13 +288,29 @@ export const make = (store: Store, options: LeaseOptions = {}): Service => {
       const start = yield* Clock.currentTimeMillis
       const remaining = Effect.map(Clock.currentTimeMillis, (now) => Duration.millis(Math.max(0, start + Duration.toMillis(timeout) - now)))
 
+      const markSpec = callOptions?.mark
+      const markTimeoutMs = markSpec === undefined ? 0 : Duration.toMillis(Duration.decode(markSpec.timeout))
       const run = Effect.gen(function*() {
         const owner = randomUUID()
         // "held" errs on the side of releasing: a failed acquire statement may still have committed.
         const state = { held: false }
+        // The pending mark this operation holds, and whether its request was published.
+        let own: PendingOperation | undefined
+        let sent = false
+        const ownState = (s: StoreState): TargetState => {
+          const mine = s.pendingOwner === owner && Option.isSome(s.pending)
+          if (mine) own = s.pending.value
+          return {
+            holders: s.holders,
+            job: s.job,
+            mountPath: s.mountPath,
+            targetType: s.targetType,
+            pending: mine ? Option.none() : s.pending
+          }
+        }
         yield* Effect.addFinalizer(() =>
           state.held
-            ? store.release(key, owner).pipe(
+            ? store.release(key, owner, own !== undefined && !sent).pipe(
               Effect.catchAll((e) => Effect.logWarning("could not release the target lock; it will expire", e.message)),
               Effect.annotateLogs({ backupTargetId, host })
             )
@@ -280,14 +320,20 @@ export const make = (store: Store, options: LeaseOptions = {}): Service => {
         // The target's state, when the backend read it with the lease (one round trip less); handed to
         // the body's first read of the same job if nothing was written before it.
         let prefetched: TargetState | undefined
-        const attempt = Effect.suspend(() => {
+        const attempt = Effect.flatMap(Clock.currentTimeMillis, (now) => {
           state.held = true
-          return store.tryAcquire(key, owner, leaseMs, client, readJobId)
+          const mark: PendingOperation | undefined = markSpec === undefined ? undefined : {
+            op: markSpec.op,
+            deadline: new Date(now + markTimeoutMs),
+            mountPath: markSpec.mountPath,
+            targetType: markSpec.targetType
+          }
+          return store.tryAcquire(key, owner, leaseMs, client, readJobId, mark)
         }).pipe(
           Effect.tap((got) =>
             Effect.sync(() => {
               state.held = got !== false
-              if (typeof got === "object") prefetched = got
+              if (typeof got === "object") prefetched = ownState(got)
             })
           ),
           Effect.uninterruptible,
@@ -327,7 +373,9 @@ export const make = (store: Store, options: LeaseOptions = {}): Service => {
             Effect.suspend(() => {
               const state = prefetched
               prefetched = undefined
-              return state !== undefined && jobId === readJobId ? Effect.succeed(state) : store.read(key, jobId)
+              return state !== undefined && jobId === readJobId
+                ? Effect.succeed(state)
+                : Effect.map(store.read(key, jobId), ownState)
             }),
           write: (changes) =>
             whileHeld("ledger write", () =>
@@ -335,14 +383,23 @@ export const make = (store: Store, options: LeaseOptions = {}): Service => {
                 prefetched = undefined
                 return store.write(key, owner, leaseMs, changes)
               }).pipe(
-                Effect.tap(() => Effect.sync(() => void (changes.release === true && (state.held = false))))
+                Effect.tap(() =>
+                  Effect.sync(() => {
+                    if (changes.release === true) state.held = false
+                    if (changes.pending !== undefined) own = changes.pending ?? undefined
+                  })
+                )
               )),
           softDelete: (entryId) =>
             whileHeld("softDeleteEntry", () =>
               Effect.suspend(() => {
                 prefetched = undefined
                 return store.softDelete(key, owner, leaseMs, entryId)
-              }))
+              })),
+          ownMark: () => Option.fromNullable(own),
+          markSent: () => {
+            sent = true
+          }
         }
         return yield* body(lease)
       }).pipe(Effect.scoped)

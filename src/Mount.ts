@@ -204,9 +204,10 @@ const serverError = (target: Target, reply: Protocol.Reply) =>
   })
 
 /**
- * Sends one action to the host's server under the lease, recording it as pending first so that an
- * outcome the caller never learns is resolved by the next operation. A broker failure that certainly
- * reached no server clears the mark again.
+ * Sends one action to the host's server under the lease, recorded as pending first so that an outcome
+ * the caller never learns is resolved by the next operation: usually by the mark the lease was taken
+ * with (no round trip), else by a write of its own. A broker failure that certainly reached no server
+ * clears the mark again.
  */
 const send = (
   e: Env,
@@ -217,9 +218,18 @@ const send = (
   type: "nfs" | "s3"
 ) =>
   Effect.gen(function*() {
-    const now = yield* Clock.currentTimeMillis
-    const deadline = now + Duration.toMillis(e.config.requestTimeout)
-    yield* lease.write({ pending: { op: action, deadline: new Date(deadline) }, mountPath, targetType: type })
+    const own = Option.filter(
+      lease.ownMark(),
+      (m) => m.op === action && m.mountPath === mountPath && m.targetType === type
+    )
+    let deadline: number
+    if (Option.isSome(own)) {
+      deadline = own.value.deadline.getTime()
+    } else {
+      deadline = (yield* Clock.currentTimeMillis) + Duration.toMillis(e.config.requestTimeout)
+      yield* lease.write({ pending: { op: action, deadline: new Date(deadline), mountPath, targetType: type } })
+    }
+    lease.markSent()
     // Interruptible even inside mountScoped's acquire: the reply timeout must fire, and an interrupted
     // wait is safe (the pending mark stays for the next operation).
     return yield* e.broker.request(target.host, target.body(action, mountPath, type), {
@@ -257,13 +267,18 @@ const resolvePending = (e: Env, lease: Ledger.Lease, target: Target, state: Ledg
       yield* Effect.interruptible(Effect.sleep(Duration.millis(wait)))
     }
     const desired: Protocol.Action = state.holders.length > 0 ? "mount" : "unmount"
-    const mountPath = Option.getOrElse(state.mountPath, () => target.mountPath)
-    const type = Option.getOrElse(state.targetType, () => target.type)
+    // Holders: the path they hold. None: where the operation of unknown outcome may have mounted.
+    const recordedPath = Option.getOrUndefined(state.mountPath)
+    const mountPath = (desired === "mount" ? recordedPath ?? pending.mountPath : pending.mountPath ?? recordedPath) ??
+      target.mountPath
+    const type = pending.targetType ?? Option.getOrElse(state.targetType, () => target.type)
     yield* Effect.logInfo(`resolving an earlier ${pending.op} of unknown outcome: ${desired} (${state.holders.length} holders)`)
     const reply = yield* send(e, lease, target, desired, mountPath, type)
     if (reply.status === "error") {
       // The server answered, so nothing stale is in flight: the next operation retries at once.
-      yield* lease.write({ pending: { op: desired, deadline: new Date(yield* Clock.currentTimeMillis) } })
+      yield* lease.write({
+        pending: { op: desired, deadline: new Date(yield* Clock.currentTimeMillis), mountPath, targetType: type }
+      })
       return yield* Effect.fail(
         new DmsError.MountError({
           reason: "server",
@@ -304,7 +319,13 @@ const mountUnderLease = (e: Env, target: Target) => (lease: Ledger.Lease) =>
     // Remounted while resolving an earlier operation (the host had lost it): this call mounted it.
     const reused = alreadyMounted(reply, hadHolders) && !remounted
     const entryId = Option.match(state.job, { onNone: () => null, onSome: (j) => j.id })
-    yield* lease.write({ job: { jobId: target.jobId, mounted: true, entryId }, pending: null, release: true })
+    yield* lease.write({
+      job: { jobId: target.jobId, mounted: true, entryId },
+      mountPath: target.mountPath,
+      targetType: target.type,
+      pending: null,
+      release: true
+    })
     const holds = holdsOf(e.ledger)
     const key = holdKey(target.jobId, target.id, target.host)
     holds.set(key, (holds.get(key) ?? 0) + 1)
@@ -340,7 +361,7 @@ const unmountUnderLease = (e: Env, target: Target, options: { readonly release: 
     const inProcess = holds.get(key) ?? 0
     if (!options.force && inProcess >= 2) {
       holds.set(key, inProcess - 1)
-      yield* lease.write({ release: options.release })
+      yield* lease.write({ pending: null, release: options.release })
       const result: UnmountResult = {
         unmounted: false,
         activeMountsRemaining: state.holders.length - 1 + inProcess - 1,
@@ -350,7 +371,11 @@ const unmountUnderLease = (e: Env, target: Target, options: { readonly release: 
     }
     const others = state.holders.filter((h) => h.jobId !== target.jobId)
     if (others.length > 0) {
-      yield* lease.write({ job: { jobId: target.jobId, mounted: false, entryId: mine.value.id }, release: options.release })
+      yield* lease.write({
+        job: { jobId: target.jobId, mounted: false, entryId: mine.value.id },
+        pending: null,
+        release: options.release
+      })
       holds.delete(key)
       const result: UnmountResult = {
         unmounted: false,
@@ -403,7 +428,8 @@ export const mount = (
     const target = fromRequest(valid, e.config)
     return yield* e.ledger.withTargetLock(target.id, target.host, mountUnderLease(e, target), {
       timeout: e.config.lockTimeout,
-      readJobId: target.jobId
+      readJobId: target.jobId,
+      mark: { op: "mount", timeout: e.config.requestTimeout, mountPath: target.mountPath, targetType: target.type }
     }).pipe(Effect.withSpan("dms.mount", { attributes: spanAttributes(valid), captureStackTrace: false }))
   }).pipe(measured("mount"))
 
@@ -426,7 +452,11 @@ export const unmount = (
       target.id,
       target.host,
       unmountUnderLease(e, target, { release: true, force: false }),
-      { timeout: e.config.lockTimeout, readJobId: target.jobId }
+      {
+        timeout: e.config.lockTimeout,
+        readJobId: target.jobId,
+        mark: { op: "unmount", timeout: e.config.requestTimeout, mountPath: target.mountPath, targetType: target.type }
+      }
     ).pipe(Effect.withSpan("dms.unmount", { attributes: spanAttributes(valid), captureStackTrace: false }))
   }).pipe(measured("unmount"))
 

@@ -4,6 +4,7 @@
  * test uses its own host names, so they are safe in parallel; tests that close connections from the
  * broker side are in test/faults/Broker.test.ts.
  */
+import { assertNone, assertSome } from "@effect/vitest/utils"
 import { afterAll, assert, describe, expect, it, layer } from "@effect/vitest"
 import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
@@ -298,13 +299,13 @@ for (const [name, envLayer] of [["memory", memoryEnv], ["amqp", amqpEnv]] as con
 
 describe("deadline helpers", () => {
   it("deadlineOf reads a number, a bigint or a decimal string; anything else is none", () => {
-    assert.deepStrictEqual(Broker.deadlineOf({ [Broker.DEADLINE_HEADER]: 1_700_000_000_123 }), Option.some(1_700_000_000_123))
-    assert.deepStrictEqual(Broker.deadlineOf({ [Broker.DEADLINE_HEADER]: 1_700_000_000_123n }), Option.some(1_700_000_000_123))
-    assert.deepStrictEqual(Broker.deadlineOf({ [Broker.DEADLINE_HEADER]: "1700000000123" }), Option.some(1_700_000_000_123))
-    assert.deepStrictEqual(Broker.deadlineOf({ [Broker.DEADLINE_HEADER]: "soon" }), Option.none())
-    assert.deepStrictEqual(Broker.deadlineOf({}), Option.none())
-    assert.deepStrictEqual(Broker.deadlineOf(undefined), Option.none())
-    assert.deepStrictEqual(Broker.deadlineOf(null), Option.none())
+    assertSome(Broker.deadlineOf({ [Broker.DEADLINE_HEADER]: 1_700_000_000_123 }), 1_700_000_000_123)
+    assertSome(Broker.deadlineOf({ [Broker.DEADLINE_HEADER]: 1_700_000_000_123n }), 1_700_000_000_123)
+    assertSome(Broker.deadlineOf({ [Broker.DEADLINE_HEADER]: "1700000000123" }), 1_700_000_000_123)
+    assertNone(Broker.deadlineOf({ [Broker.DEADLINE_HEADER]: "soon" }))
+    assertNone(Broker.deadlineOf({}))
+    assertNone(Broker.deadlineOf(undefined))
+    assertNone(Broker.deadlineOf(null))
   })
 
   it("isExpired: at or past the deadline; never without one (the Python client sends none)", () => {

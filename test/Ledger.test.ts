@@ -1,6 +1,7 @@
 /**
  * One behavioural suite for the Ledger, run against memory, SQLite and MySQL (the real MariaDB).
  */
+import { assertNone, assertSome } from "@effect/vitest/utils"
 import { assert, describe, it, layer } from "@effect/vitest"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
@@ -67,7 +68,7 @@ for (const [name, backendLayer] of backends) {
               const state = yield* lease.read(12345)
               assert.deepStrictEqual(state.holders.map((h) => h.jobId), [12345, 12346])
               assert.strictEqual(Option.getOrThrow(state.job).jobId, 12345)
-              assert.deepStrictEqual(state.mountPath, Option.some("/mnt/x"))
+              assertSome(state.mountPath, "/mnt/x")
             }))
 
           const status = Option.getOrThrow(yield* ledger.getMountStatus(12345, t))
@@ -130,20 +131,66 @@ for (const [name, backendLayer] of backends) {
           assert.deepStrictEqual(yield* ledger.getActiveMounts({ backupTargetId: t }), [])
         }))
 
-      it.scoped("keeps the pending operation and mount path on the lock row until cleared", () =>
+      it.scoped("keeps a published pending operation on the lock row until cleared; drops one never published", () =>
         Effect.gen(function*() {
           const ledger = yield* (yield* Backend).build()
           const t = target()
           const deadline = new Date(Date.now() + 12_345)
-          yield* ledger.withTargetLock(t, HOST, (lease) => lease.write({ pending: { op: "mount", deadline }, mountPath: "/m/p", targetType: "nfs" }))
+          const mark = { op: "mount" as const, deadline, mountPath: "/m/p", targetType: "nfs" as const }
+          // Written and never published: nothing can be running, so the release drops it.
+          yield* ledger.withTargetLock(t, HOST, (lease) => lease.write({ pending: mark }))
+          assertNone((yield* ledger.withTargetLock(t, HOST, (lease) => lease.read())).pending)
+          // Published: the outcome is unknown until someone clears it.
+          yield* ledger.withTargetLock(t, HOST, (lease) =>
+            Effect.gen(function*() {
+              yield* lease.write({ pending: mark, mountPath: "/m/p", targetType: "nfs" })
+              lease.markSent()
+            }))
           const seen = yield* ledger.withTargetLock(t, HOST, (lease) => lease.read())
-          assert.deepStrictEqual(seen.pending, Option.some({ op: "mount" as const, deadline }))
-          assert.deepStrictEqual(seen.mountPath, Option.some("/m/p"))
-          assert.deepStrictEqual(seen.targetType, Option.some("nfs" as const))
+          assertSome(seen.pending, mark)
+          assertSome(seen.mountPath, "/m/p")
+          assertSome(seen.targetType, "nfs")
           yield* ledger.withTargetLock(t, HOST, (lease) => lease.write({ pending: null }))
           const cleared = yield* ledger.withTargetLock(t, HOST, (lease) => lease.read())
-          assert.isTrue(Option.isNone(cleared.pending))
-          assert.deepStrictEqual(cleared.mountPath, Option.some("/m/p"))
+          assertNone(cleared.pending)
+          assertSome(cleared.mountPath, "/m/p")
+        }))
+
+      it.scoped("the mark taken with the lease is the operation's own, and never overwrites an earlier one", () =>
+        Effect.gen(function*() {
+          const ledger = yield* (yield* Backend).build()
+          const t = target()
+          const withMark = (mountPath: string) => ({
+            readJobId: 7,
+            mark: { op: "mount" as const, timeout: Duration.seconds(20), mountPath, targetType: "s3" as const }
+          })
+          // Taken with a mark and published: the operation sees no pending operation, only its own mark.
+          const before = Date.now()
+          const own = yield* ledger.withTargetLock(t, HOST, (lease) =>
+            Effect.gen(function*() {
+              const state = yield* lease.read(7)
+              assertNone(state.pending)
+              lease.markSent()
+              return lease.ownMark()
+            }), withMark("/m/first"))
+          assert.isTrue(Option.isSome(own))
+          const ownMark = Option.getOrThrow(own)
+          assert.strictEqual(ownMark.mountPath, "/m/first")
+          assert.isAtLeast(ownMark.deadline.getTime(), before + 20_000)
+          // The next operation finds it pending (outcome unknown) with its path and type; its own mark
+          // does not replace it.
+          const next = yield* ledger.withTargetLock(t, HOST, (lease) =>
+            Effect.map(lease.read(7), (state) => ({ state, own: lease.ownMark() })), withMark("/m/second"))
+          assertSome(next.state.pending, { op: "mount", deadline: ownMark.deadline, mountPath: "/m/first", targetType: "s3" })
+          assertNone(next.own)
+          // Its release left the earlier mark alone; clearing it lets the next operation mark its own.
+          yield* ledger.withTargetLock(t, HOST, (lease) => lease.write({ pending: null }))
+          const third = yield* ledger.withTargetLock(t, HOST, (lease) =>
+            Effect.map(lease.read(7), (state) => ({ state, own: lease.ownMark() })), withMark("/m/third"))
+          assertNone(third.state.pending)
+          assert.strictEqual(Option.getOrThrow(third.own).mountPath, "/m/third")
+          // Never published: dropped with the lease.
+          assertNone((yield* ledger.withTargetLock(t, HOST, (lease) => lease.read())).pending)
         }))
 
       it.scoped("history is newest first, includes deleted rows, and honours the limit", () =>

@@ -128,6 +128,42 @@ describe("Mount", () => {
     }).pipe(Effect.provide(layer))
   })
 
+  it.live("a mount of unknown outcome is undone at its own path, even when the next request names another", () => {
+    const { server, layer } = setup({ timeout: 0.3 })
+    const other = "/var/lib/trilio/triliovault-mounts/t1-moved"
+    return Effect.gen(function*() {
+      const late = yield* Deferred.make<void>()
+      server.gate = (r) => (r.body.job as { jobid: number }).jobid === 1 ? Deferred.await(late) : Effect.void
+      assert.instanceOf(yield* Effect.flip(Mount.mount(nfs(1))), TimeoutError)
+      server.gate = () => Effect.void
+      yield* Deferred.succeed(late, undefined)
+      yield* Effect.yieldNow()
+      assert.isTrue(server.isMounted(HOST, PATH), "the timed-out mount completed late")
+      // Nobody holds the target, so job 2 may mount it elsewhere; the late mount must not leak.
+      const next = yield* Mount.mount(nfs(2, { path: other }))
+      assert.isTrue(next.physicallyMounted)
+      assert.isFalse(server.isMounted(HOST, PATH), "the late mount was unmounted where it landed")
+      assert.isTrue(server.isMounted(HOST, other))
+      assert.deepStrictEqual(server.received.slice(-2).map((r) => [r.action, r.path]), [["unmount", PATH], ["mount", other]])
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.live("an operation that ends before publishing leaves no pending mark, so the next one waits for nothing", () => {
+    const { server, layer, state } = setup({ timeout: 30 })
+    return Effect.gen(function*() {
+      yield* Mount.mount(nfs(1))
+      // Refused under the lease before anything is sent: another path while job 1 holds the target,
+      // and an unmount by a job that holds nothing.
+      assert.instanceOf(yield* Effect.flip(Mount.mount(nfs(2, { path: "/var/lib/trilio/triliovault-mounts/x" }))), ValidationError)
+      const none = yield* Effect.flip(Mount.unmount(nfs(3)))
+      assert.strictEqual((none as MountError).reason, "no-active-mount")
+      assert.isTrue([...state.locks.values()].every((l) => l.pending === null && l.owner === null))
+      // With a 30 s request timeout, a leftover mark would make this wait 31 s (the test times out first).
+      yield* Mount.unmount(nfs(1))
+      assert.deepStrictEqual(server.received.map((r) => r.action), ["mount", "unmount"])
+    }).pipe(Effect.provide(layer))
+  })
+
   it.live("a late unmount never pulls a mount that a newer job holds", () => {
     const { server, layer } = setup({ timeout: 0.3 })
     return Effect.gen(function*() {

@@ -69,7 +69,33 @@ describe("schema.sql", () => {
         )))
       const [a, b] = [yield* shape(loaded.name), yield* shape(created.name)]
       assert.deepStrictEqual(JSON.parse(JSON.stringify(a)), JSON.parse(JSON.stringify(b)))
-      assert.strictEqual(new Set((a[1] as Array<{ INDEX_NAME: string }>).map((i) => i.INDEX_NAME).filter((n) => n.startsWith("idx_"))).size, 6)
+      const indexes = (table: string) =>
+        new Set((a[1] as Array<{ TABLE_NAME: string; INDEX_NAME: string }>).filter((i) => i.TABLE_NAME === table)
+          .map((i) => i.INDEX_NAME).filter((n) => n.startsWith("idx_")))
+      assert.strictEqual(indexes("backup_target_mount_ledger").size, 6)
+      assert.deepStrictEqual([...indexes("backup_target_mount_lock")], ["idx_lock_host"])
+    }))
+
+  it.scoped("adds the pending-mark columns to a lock table made by an earlier 0.1.0, keeping its rows", () =>
+    Effect.gen(function*() {
+      const db = Context.get(yield* Layer.build(TestDatabaseLive), TestDatabase)
+      yield* db.query(`CREATE TABLE backup_target_mount_lock (
+        lock_key CHAR(40) NOT NULL PRIMARY KEY, backup_target_id VARCHAR(255) NOT NULL, host VARCHAR(255) NOT NULL,
+        mount_path VARCHAR(4096) NULL, target_type VARCHAR(8) NULL, owner CHAR(36) NULL, expires_at DATETIME(3) NULL,
+        pending_op VARCHAR(16) NULL, pending_deadline DATETIME(3) NULL, waiter CHAR(36) NULL, waiter_at DATETIME(3) NULL,
+        updated_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3))`)
+      yield* db.query(`INSERT INTO backup_target_mount_lock (lock_key, backup_target_id, host, mount_path)
+        VALUES (REPEAT('a', 40), 'old', 'h', '/m/old')`)
+      const ledger = yield* build(Ledger.layerMysql({ url: db.url }))
+      const cols = yield* db.query<Array<{ name: string }>>(
+        `SELECT COLUMN_NAME AS name FROM information_schema.COLUMNS
+          WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'backup_target_mount_lock' AND COLUMN_NAME LIKE 'pending%'`
+      )
+      assert.deepStrictEqual(cols.map((c) => c.name).sort(), ["pending_deadline", "pending_op", "pending_owner", "pending_path", "pending_type"])
+      const [old] = yield* db.query<Array<{ mount_path: string }>>("SELECT mount_path FROM backup_target_mount_lock WHERE backup_target_id = 'old'")
+      assert.strictEqual(old?.mount_path, "/m/old")
+      yield* ledger.withTargetLock("t1", "h1", (lease) => lease.write({ job: { jobId: 1, mounted: true } }))
+      assert.strictEqual((yield* ledger.getActiveMounts()).length, 1)
     }))
 
   it.scoped("refuses the Python client's ledger table on MySQL, naming it", () =>

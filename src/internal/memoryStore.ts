@@ -17,6 +17,7 @@ interface LockRow {
   mountPath: string | null
   targetType: "nfs" | "s3" | null
   pending: PendingOperation | null
+  pendingOwner: string | null
   waiter: string | null
   waiterAt: number
 }
@@ -29,10 +30,21 @@ export interface MemoryState {
   readonly rows: Array<MutableEntry>
   /** The rows of each (target, host), so operations under a lease do not scan the whole ledger. */
   readonly byPair: Map<string, Array<MutableEntry>>
+  /** The rows of each (target, host, job), so a lease's read does not scan the pair's history. */
+  readonly byPairJob: Map<string, Array<MutableEntry>>
+  /** The mounted, non-deleted rows of each (target, host). */
+  readonly holders: Map<string, Set<MutableEntry>>
   nextId: number
 }
 
-export const makeState = (): MemoryState => ({ locks: new Map(), rows: [], byPair: new Map(), nextId: 1 })
+export const makeState = (): MemoryState => ({
+  locks: new Map(),
+  rows: [],
+  byPair: new Map(),
+  byPairJob: new Map(),
+  holders: new Map(),
+  nextId: 1
+})
 
 const copy = (e: MutableEntry): LedgerEntry => ({ ...e })
 const seconds = (ms: number) => new Date(Math.floor(ms / 1000) * 1000)
@@ -42,11 +54,19 @@ export const make = (state: MemoryState = makeState()): Store => {
   const owned = (key: string, owner: string) => state.locks.get(key)?.owner === owner
   const lost = (operation: string) => Effect.fail(new DatabaseError({ operation, reason: leaseLostReason }))
   const newestFirst = (a: LedgerEntry, b: LedgerEntry) => b.id - a.id
-  const pairRows = (key: LockKey) => state.byPair.get(key.key) ?? []
+  const jobKey = (key: LockKey, jobId: number | undefined) => `${key.key}\0${jobId}`
+  const jobRows = (key: LockKey, jobId: number | undefined) => state.byPairJob.get(jobKey(key, jobId)) ?? []
+  const setMounted = (key: LockKey, row: MutableEntry, mounted: boolean) => {
+    row.mounted = mounted
+    let set = state.holders.get(key.key)
+    if (set === undefined) state.holders.set(key.key, set = new Set())
+    if (mounted && !row.deleted) set.add(row)
+    else set.delete(row)
+  }
 
   return {
     dialect: "memory",
-    tryAcquire: (key, owner, leaseMs, client) =>
+    tryAcquire: (key, owner, leaseMs, client, _readJobId, mark) =>
       withNow((now) => {
         const row = state.locks.get(key.key)
         if (row === undefined) {
@@ -55,7 +75,8 @@ export const make = (state: MemoryState = makeState()): Store => {
             expiresAt: now + leaseMs,
             mountPath: null,
             targetType: null,
-            pending: null,
+            pending: mark ?? null,
+            pendingOwner: mark === undefined ? null : owner,
             waiter: null,
             waiterAt: 0
           })
@@ -72,6 +93,10 @@ export const make = (state: MemoryState = makeState()): Store => {
         row.owner = owner
         row.expiresAt = now + leaseMs
         if (row.waiter === client) row.waiter = null
+        if (mark !== undefined && row.pending === null) {
+          row.pending = mark
+          row.pendingOwner = owner
+        }
         return true
       }),
     renew: (key, owner, leaseMs) =>
@@ -81,22 +106,25 @@ export const make = (state: MemoryState = makeState()): Store => {
         row.expiresAt = now + leaseMs
         return true
       }),
-    release: (key, owner) =>
+    release: (key, owner, clearOwnMark) =>
       Effect.sync(() => {
         const row = state.locks.get(key.key)
-        if (row?.owner === owner) row.owner = null
+        if (row?.owner !== owner) return
+        row.owner = null
+        if (clearOwnMark && row.pendingOwner === owner) row.pending = null
       }),
     read: (key, jobId) =>
       Effect.sync(() => {
         const lock = state.locks.get(key.key)
-        const rows = pairRows(key).filter((r) => !r.deleted)
-        const own = rows.filter((r) => r.jobId === jobId)
+        const own = jobRows(key, jobId).filter((r) => !r.deleted)
+        const holders = [...(state.holders.get(key.key) ?? [])].sort((a, b) => a.id - b.id)
         return {
-          holders: rows.filter((r) => r.mounted).map(copy),
+          holders: holders.map(copy),
           job: Option.map(Option.fromNullable(own[own.length - 1]), copy),
           mountPath: Option.fromNullable(lock?.mountPath ?? null),
           targetType: Option.fromNullable(lock?.targetType ?? null),
-          pending: Option.fromNullable(lock?.pending ?? null)
+          pending: Option.fromNullable(lock?.pending ?? null),
+          pendingOwner: lock?.pending == null ? null : lock.pendingOwner
         }
       }),
     write: (key, owner, leaseMs, w) =>
@@ -106,13 +134,16 @@ export const make = (state: MemoryState = makeState()): Store => {
         lock.expiresAt = now + leaseMs
         if (w.mountPath !== undefined) lock.mountPath = w.mountPath
         if (w.targetType !== undefined) lock.targetType = w.targetType
-        if (w.pending !== undefined) lock.pending = w.pending
+        if (w.pending !== undefined) {
+          lock.pending = w.pending
+          lock.pendingOwner = w.pending === null ? null : owner
+        }
         if (w.release === true) lock.owner = null
         const job = w.job
         if (job !== undefined) {
-          const mine = pairRows(key).filter((r) => r.jobId === job.jobId && !r.deleted)
+          const mine = jobRows(key, job.jobId).filter((r) => !r.deleted)
           for (const r of mine) {
-            r.mounted = job.mounted
+            setMounted(key, r, job.mounted)
             r.updatedAt = seconds(now)
             r.version = VERSION
           }
@@ -133,6 +164,10 @@ export const make = (state: MemoryState = makeState()): Store => {
             const pair = state.byPair.get(key.key)
             if (pair === undefined) state.byPair.set(key.key, [row])
             else pair.push(row)
+            const forJob = state.byPairJob.get(jobKey(key, job.jobId))
+            if (forJob === undefined) state.byPairJob.set(jobKey(key, job.jobId), [row])
+            else forJob.push(row)
+            setMounted(key, row, true)
           }
         }
         return Effect.void

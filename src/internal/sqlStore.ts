@@ -8,8 +8,8 @@ import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import * as fs from "node:fs"
 import { DatabaseError } from "../DmsError.js"
-import type { LeaseWrite, LedgerEntry, PendingOperation, TargetState } from "../Ledger.js"
-import type { LockKey, Store } from "./store.js"
+import type { LeaseWrite, LedgerEntry, PendingOperation } from "../Ledger.js"
+import type { LockKey, Store, StoreState } from "./store.js"
 import { leaseLostReason, RESERVATION_MS } from "./store.js"
 import { VERSION } from "./version.js"
 
@@ -63,8 +63,12 @@ export const sqliteDdl: ReadonlyArray<string> = [
     pending_deadline TEXT NULL,
     waiter TEXT NULL,
     waiter_at TEXT NULL,
-    updated_at TEXT NOT NULL DEFAULT (${sqliteNow})
-  )`
+    updated_at TEXT NOT NULL DEFAULT (${sqliteNow}),
+    pending_owner TEXT NULL,
+    pending_path TEXT NULL,
+    pending_type TEXT NULL
+  )`,
+  `CREATE INDEX IF NOT EXISTS idx_lock_host ON backup_target_mount_lock (host)`
 ]
 
 const ledgerColumns = [
@@ -92,6 +96,12 @@ const lockColumns = [
   "waiter",
   "waiter_at"
 ] as const
+/** Lock columns added after 0.1.0's first tables: added to an existing table by {@link migrate}. */
+const addedLockColumns: ReadonlyArray<readonly [string, string, string]> = [
+  ["pending_owner", "CHAR(36) NULL", "TEXT NULL"],
+  ["pending_path", "VARCHAR(4096) NULL", "TEXT NULL"],
+  ["pending_type", "VARCHAR(8) NULL", "TEXT NULL"]
+]
 
 interface Dialect {
   readonly name: "mysql" | "sqlite"
@@ -173,7 +183,7 @@ const migrate = (sql: SqlClient.SqlClient, dialect: Dialect): Effect.Effect<void
     const check = (table: string, expected: ReadonlyArray<string>, primaryKey: string) =>
       Effect.gen(function*() {
         const cols = yield* columnsOf(table)
-        if (cols.length === 0) return // created below
+        if (cols.length === 0) return [] // created below
         const names = new Set(cols.map((c) => String(c.name).toLowerCase()))
         const pk = cols.filter((c) => truthy(c.pk) || Number(c.pk) > 0).map((c) => String(c.name).toLowerCase())
         const missing = expected.filter((c) => !names.has(c))
@@ -199,11 +209,19 @@ const migrate = (sql: SqlClient.SqlClient, dialect: Dialect): Effect.Effect<void
             })
           )
         }
+        return [...names]
       })
     // Check existing tables before any DDL: an index on a foreign table's missing column would fail
     // with a less helpful message.
     yield* check(LEDGER_TABLE, ledgerColumns, "id")
-    yield* check(LOCK_TABLE, lockColumns, "lock_key")
+    const lockHas = yield* check(LOCK_TABLE, lockColumns, "lock_key")
+    if (lockHas.length > 0) {
+      for (const [column, mysqlType, sqliteType] of addedLockColumns) {
+        if (!lockHas.includes(column)) {
+          yield* sql.unsafe(`ALTER TABLE ${LOCK_TABLE} ADD COLUMN ${column} ${dialect.name === "mysql" ? mysqlType : sqliteType}`)
+        }
+      }
+    }
     for (const statement of dialect.name === "mysql" ? mysqlDdl : sqliteDdl) yield* sql.unsafe(statement)
   }).pipe(Effect.mapError((e) => (e instanceof DatabaseError ? e : toDatabaseError("schema check")(e))))
 
@@ -235,7 +253,7 @@ export const make = (dialectName: "mysql" | "sqlite"): Effect.Effect<Store, Data
 
     /** The fence: the transaction's first statement renews our lease, or matches nothing if it is gone. */
     /** The lock row's assignments of a fenced write (renewing the lease, or releasing it). */
-    const lockSets = (w: LeaseWrite, leaseMs: number, prefix: string) => {
+    const lockSets = (w: LeaseWrite, owner: string, leaseMs: number, prefix: string) => {
       const sets: Array<string> = [`${prefix}updated_at = ${d.now}`]
       const params: Array<unknown> = []
       if (w.mountPath !== undefined) {
@@ -246,9 +264,23 @@ export const make = (dialectName: "mysql" | "sqlite"): Effect.Effect<Store, Data
         sets.push(`${prefix}target_type = ?`)
         params.push(w.targetType)
       }
-      if (w.pending !== undefined) {
-        sets.push(`${prefix}pending_op = ?`, `${prefix}pending_deadline = ?`)
-        params.push(w.pending?.op ?? null, w.pending === null ? null : d.fromDate(w.pending.deadline))
+      if (w.pending === null) {
+        sets.push(`${prefix}pending_op = NULL`)
+      } else if (w.pending !== undefined) {
+        sets.push(
+          `${prefix}pending_op = ?`,
+          `${prefix}pending_deadline = ?`,
+          `${prefix}pending_owner = ?`,
+          `${prefix}pending_path = ?`,
+          `${prefix}pending_type = ?`
+        )
+        params.push(
+          w.pending.op,
+          d.fromDate(w.pending.deadline),
+          owner,
+          w.pending.mountPath ?? null,
+          w.pending.targetType ?? null
+        )
       }
       sets.push(
         w.release === true ? `${prefix}owner = NULL, ${prefix}expires_at = NULL` : `${prefix}expires_at = ${d.nowPlus(leaseMs)}`
@@ -258,7 +290,7 @@ export const make = (dialectName: "mysql" | "sqlite"): Effect.Effect<Store, Data
 
     /** The fence: one UPDATE of our lock row, matching nothing if the lease is no longer ours. */
     const fence = (key: LockKey, owner: string, leaseMs: number, w: LeaseWrite, operation: string) => {
-      const sets = lockSets(w, leaseMs, "")
+      const sets = lockSets(w, owner, leaseMs, "")
       return sql.unsafe(`UPDATE ${LOCK_TABLE} SET ${sets.text} WHERE lock_key = ? AND owner = ?`, [
         ...sets.params,
         key.key,
@@ -289,7 +321,7 @@ export const make = (dialectName: "mysql" | "sqlite"): Effect.Effect<Store, Data
     const writeFenced = (key: LockKey, owner: string, leaseMs: number, w: LeaseWrite, job: NonNullable<LeaseWrite["job"]>) =>
       Effect.gen(function*() {
         if (job.entryId !== null) {
-          const sets = lockSets(w, leaseMs, "l.")
+          const sets = lockSets(w, owner, leaseMs, "l.")
           const raw = yield* sql.unsafe(
             `UPDATE ${LEDGER_TABLE} e JOIN ${LOCK_TABLE} l ON l.lock_key = ? AND l.owner = ?
               SET e.mounted = ?, e.updated_at = ${d.nowSeconds}, e.version = ?, ${sets.text}
@@ -301,7 +333,7 @@ export const make = (dialectName: "mysql" | "sqlite"): Effect.Effect<Store, Data
         // No row for the job (or the lease is gone: the fence tells).
         if (!job.mounted) return yield* fence(key, owner, leaseMs, w, "ledger write")
         // The fenced insert and the lock row's update, in one round trip (two statements).
-        const sets = lockSets(w, leaseMs, "")
+        const sets = lockSets(w, owner, leaseMs, "")
         const [inserted, fenced] = (yield* sql.unsafe(
           `INSERT INTO ${LEDGER_TABLE} (created_at, updated_at, deleted, version, backup_target_id, jobid, host, mounted)
             SELECT ${d.nowSeconds}, ${d.nowSeconds}, 0, ?, ?, ?, ?, 1 FROM ${LOCK_TABLE} WHERE lock_key = ? AND owner = ?;
@@ -316,6 +348,9 @@ export const make = (dialectName: "mysql" | "sqlite"): Effect.Effect<Store, Data
       l_target_type: string | null
       l_pending_op: string | null
       l_pending_deadline: unknown
+      l_pending_owner: string | null
+      l_pending_path: string | null
+      l_pending_type: string | null
     }
     // One round trip, three index lookups: the lock row (primary key), the holders (mounted rows of the
     // host: idx_mounted_host), and the job's own unmounted row (idx_job_target). An OR in one join would
@@ -324,13 +359,14 @@ export const make = (dialectName: "mysql" | "sqlite"): Effect.Effect<Store, Data
     const readText = `SELECT NULL AS id, NULL AS created_at, NULL AS updated_at, NULL AS deleted_at, NULL AS deleted,
           NULL AS version, NULL AS backup_target_id, NULL AS jobid, NULL AS host, NULL AS mounted,
           mount_path AS l_mount_path, target_type AS l_target_type, pending_op AS l_pending_op,
-          pending_deadline AS l_pending_deadline
+          pending_deadline AS l_pending_deadline, pending_owner AS l_pending_owner, pending_path AS l_pending_path,
+          pending_type AS l_pending_type
         FROM ${LOCK_TABLE} WHERE lock_key = ?
       UNION ALL
-      SELECT ${stateColumns}, NULL, NULL, NULL, NULL FROM ${LEDGER_TABLE}
+      SELECT ${stateColumns}, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM ${LEDGER_TABLE}
         WHERE mounted = 1 AND deleted = 0 AND host = ? AND backup_target_id = ?
       UNION ALL
-      SELECT ${stateColumns}, NULL, NULL, NULL, NULL FROM ${LEDGER_TABLE}
+      SELECT ${stateColumns}, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM ${LEDGER_TABLE}
         WHERE jobid = ? AND backup_target_id = ? AND host = ? AND deleted = 0 AND mounted = 0`
     const readParams = (key: LockKey, jobId: number | undefined) => [
       key.key,
@@ -340,12 +376,17 @@ export const make = (dialectName: "mysql" | "sqlite"): Effect.Effect<Store, Data
       key.backupTargetId,
       key.host
     ]
-    const toState = (rows: ReadonlyArray<StateRow>, jobId: number | undefined): TargetState => {
+    const toState = (rows: ReadonlyArray<StateRow>, jobId: number | undefined): StoreState => {
       const first = rows.find((r) => r.id === null || r.id === undefined)
       const entries = rows.filter((r) => r.id !== null && r.id !== undefined).map(toEntry).sort((x, y) => x.id - y.id)
       const pendingOp = first?.l_pending_op
       const pending: Option.Option<PendingOperation> = pendingOp === "mount" || pendingOp === "unmount"
-        ? Option.some({ op: pendingOp, deadline: d.toDate(first?.l_pending_deadline) ?? new Date(0) })
+        ? Option.some({
+          op: pendingOp,
+          deadline: d.toDate(first?.l_pending_deadline) ?? new Date(0),
+          mountPath: first?.l_pending_path ?? null,
+          targetType: Option.getOrNull(targetTypeOf(first?.l_pending_type))
+        })
         : Option.none()
       const own = entries.filter((e) => e.jobId === jobId)
       return {
@@ -353,7 +394,8 @@ export const make = (dialectName: "mysql" | "sqlite"): Effect.Effect<Store, Data
         job: Option.fromNullable(own[own.length - 1]),
         mountPath: Option.fromNullable(first?.l_mount_path ?? null),
         targetType: targetTypeOf(first?.l_target_type),
-        pending
+        pending,
+        pendingOwner: Option.isSome(pending) ? first?.l_pending_owner ?? null : null
       }
     }
     // Fair hand-over between client processes: a process that finds the lease taken reserves the next
@@ -362,17 +404,29 @@ export const make = (dialectName: "mysql" | "sqlite"): Effect.Effect<Store, Data
     // at once on every release and the other process starves.
     const reservationOpen = `(waiter IS NULL OR waiter = ? OR waiter_at < ${d.nowMinus(RESERVATION_MS)})`
     const takeText = `UPDATE ${LOCK_TABLE} SET owner = ?, expires_at = %EXPIRES%, updated_at = ${d.now},
-        waiter = CASE WHEN waiter = ? THEN NULL ELSE waiter END
+        waiter = CASE WHEN waiter = ? THEN NULL ELSE waiter END%MARK%
       WHERE lock_key = ? AND (owner IS NULL OR expires_at < ${d.now}) AND ${reservationOpen}`
+    // The operation's pending mark, written by the statement that takes the lease unless an earlier
+    // operation's mark is still there (that one is resolved first). pending_op is assigned last: MySQL
+    // evaluates a single-table UPDATE's assignments left to right.
+    const markText = `,
+        pending_owner = CASE WHEN pending_op IS NULL THEN ? ELSE pending_owner END,
+        pending_deadline = CASE WHEN pending_op IS NULL THEN ? ELSE pending_deadline END,
+        pending_path = CASE WHEN pending_op IS NULL THEN ? ELSE pending_path END,
+        pending_type = CASE WHEN pending_op IS NULL THEN ? ELSE pending_type END,
+        pending_op = CASE WHEN pending_op IS NULL THEN ? ELSE pending_op END`
     const reserveText = `UPDATE ${LOCK_TABLE} SET waiter = ?, waiter_at = ${d.now}
       WHERE lock_key = ? AND ${reservationOpen}`
 
     const store: Store = {
       dialect: d.name,
-      tryAcquire: (key, owner, leaseMs, client, readJobId) =>
+      tryAcquire: (key, owner, leaseMs, client, readJobId, mark) =>
         Effect.gen(function*() {
-          const take = takeText.replace("%EXPIRES%", d.nowPlus(leaseMs))
-          const takeParams = [owner, client, key.key, client]
+          const take = takeText.replace("%EXPIRES%", d.nowPlus(leaseMs)).replace("%MARK%", mark === undefined ? "" : markText)
+          const markParams = mark === undefined
+            ? []
+            : [owner, d.fromDate(mark.deadline), mark.mountPath ?? null, mark.targetType ?? null, mark.op]
+          const takeParams = [owner, client, ...markParams, key.key, client]
           if (d.name === "mysql" && readJobId !== undefined) {
             // Take the lease and read the target's state in one round trip (two statements); the state
             // is only used when the take succeeded.
@@ -385,8 +439,11 @@ export const make = (dialectName: "mysql" | "sqlite"): Effect.Effect<Store, Data
           }
           // No row yet (first use of this target on this host), or held (or reserved) by someone else.
           const inserted = yield* sql`INSERT INTO ${lit(LOCK_TABLE)}
-              (lock_key, backup_target_id, host, owner, expires_at, updated_at)
-            VALUES (${key.key}, ${key.backupTargetId}, ${key.host}, ${owner}, ${lit(d.nowPlus(leaseMs))}, ${lit(d.now)})`
+              (lock_key, backup_target_id, host, owner, expires_at, updated_at,
+                pending_op, pending_deadline, pending_owner, pending_path, pending_type)
+            VALUES (${key.key}, ${key.backupTargetId}, ${key.host}, ${owner}, ${lit(d.nowPlus(leaseMs))}, ${lit(d.now)},
+              ${mark?.op ?? null}, ${mark === undefined ? null : d.fromDate(mark.deadline)}, ${mark === undefined ? null : owner},
+              ${mark?.mountPath ?? null}, ${mark?.targetType ?? null})`
             .pipe(
               Effect.as(true),
               Effect.catchIf(d.isDuplicateKey, () => Effect.succeed(false))
@@ -400,8 +457,9 @@ export const make = (dialectName: "mysql" | "sqlite"): Effect.Effect<Store, Data
           Effect.map((raw) => d.affected(raw) === 1),
           Effect.mapError(toDatabaseError("renew lock"))
         ),
-      release: (key, owner) =>
+      release: (key, owner, clearOwnMark) =>
         sql`UPDATE ${lit(LOCK_TABLE)} SET owner = NULL, expires_at = NULL, updated_at = ${lit(d.now)}
+            ${clearOwnMark ? sql`, pending_op = CASE WHEN pending_owner = ${owner} THEN NULL ELSE pending_op END` : lit("")}
           WHERE lock_key = ${key.key} AND owner = ${owner}`.pipe(
           Effect.asVoid,
           Effect.mapError(toDatabaseError("release lock"))

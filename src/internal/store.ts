@@ -5,7 +5,7 @@
 import type * as Effect from "effect/Effect"
 import type * as Option from "effect/Option"
 import type { DatabaseError } from "../DmsError.js"
-import type { LeaseWrite, LedgerEntry, TargetState } from "../Ledger.js"
+import type { LeaseWrite, LedgerEntry, PendingOperation, TargetState } from "../Ledger.js"
 import { createHash } from "node:crypto"
 
 /** The lock row's identity: hex SHA-1 of target id, NUL, host. */
@@ -21,6 +21,11 @@ export const lockKey = (backupTargetId: string, host: string): LockKey => ({
   host
 })
 
+/** A target's state as a backend reads it: also which lease owner wrote the pending mark. */
+export interface StoreState extends TargetState {
+  readonly pendingOwner: string | null
+}
+
 export interface Store {
   readonly dialect: "mysql" | "sqlite" | "memory"
   /**
@@ -34,13 +39,18 @@ export interface Store {
     leaseMs: number,
     /** The client (Ledger instance = process) asking; one that fails reserves the next turn. */
     client: string,
-    readJobId?: number
-  ) => Effect.Effect<boolean | TargetState, DatabaseError>
+    readJobId?: number,
+    /**
+     * The operation's pending mark, written with the lease (owned by `owner`) unless an earlier mark is
+     * still set.
+     */
+    mark?: PendingOperation
+  ) => Effect.Effect<boolean | StoreState, DatabaseError>
   /** Extends the lease; false when it is no longer ours. */
   readonly renew: (key: LockKey, owner: string, leaseMs: number) => Effect.Effect<boolean, DatabaseError>
-  /** Clears the owner if it is still ours. */
-  readonly release: (key: LockKey, owner: string) => Effect.Effect<void, DatabaseError>
-  readonly read: (key: LockKey, jobId: number | undefined) => Effect.Effect<TargetState, DatabaseError>
+  /** Clears the owner if it is still ours, and with `clearOwnMark` a pending mark that `owner` wrote. */
+  readonly release: (key: LockKey, owner: string, clearOwnMark: boolean) => Effect.Effect<void, DatabaseError>
+  readonly read: (key: LockKey, jobId: number | undefined) => Effect.Effect<StoreState, DatabaseError>
   /** A fenced write: fails with a lease-lost `DatabaseError`, writing nothing, when the lease is not ours. */
   readonly write: (key: LockKey, owner: string, leaseMs: number, w: LeaseWrite) => Effect.Effect<void, DatabaseError>
   /** Fenced soft delete of one entry, only if not mounted. */

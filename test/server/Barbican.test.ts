@@ -3,6 +3,7 @@
  * its credentials: payload keys of existing deployments, errors that name the cause and never a
  * secret, and option values that cannot add options.
  */
+import { assertSome } from "@effect/vitest/utils"
 import { assert, describe, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
@@ -38,15 +39,15 @@ describe("Barbican", () => {
     assert.isTrue(Either.isRight(a))
     const ra = Either.getOrThrow(a)
     assert.deepInclude(ra, { bucket: "b1", region: "eu-1" })
-    assert.deepStrictEqual(ra.endpointUrl, Option.some("http://rgw:8080"))
-    assert.deepStrictEqual(ra.sslVerify, Option.some(false))
+    assertSome(ra.endpointUrl, "http://rgw:8080")
+    assertSome(ra.sslVerify, false)
     assert.strictEqual(Redacted.value(ra.secretAccessKey), "S")
     const b = Either.getOrThrow(
       Barbican.decodePayload(JSON.stringify({ aws_access_key_id: "A", aws_secret_access_key: "S", vault_s3_bucket: "b2", vault_s3_endpoint_url: "https://s3", vault_s3_ssl: true, max_pool_connections: "50" }))
     )
     assert.deepInclude(b, { bucket: "b2", region: "us-west-2" })
-    assert.deepStrictEqual(b.endpointUrl, Option.some("https://s3"))
-    assert.deepStrictEqual(b.maxPoolConnections, Option.some(50))
+    assertSome(b.endpointUrl, "https://s3")
+    assertSome(b.maxPoolConnections, 50)
     assert.notInclude(String(b.secretAccessKey), "S\"")
   })
 
