@@ -19,6 +19,8 @@ import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import * as Either from "effect/Either"
 import * as Cause from "effect/Cause"
+import * as Deferred from "effect/Deferred"
+import * as FiberId from "effect/FiberId"
 import * as MysqlClient from "@effect/sql-mysql2/MysqlClient"
 import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
 import * as fs from "node:fs"
@@ -30,7 +32,7 @@ import * as Protocol from "./Protocol.js"
 import * as KeyedMutex from "./internal/keyedMutex.js"
 import * as MemoryStore from "./internal/memoryStore.js"
 import * as SqlStore from "./internal/sqlStore.js"
-import { lockKey, type Store, type StoreState } from "./internal/store.js"
+import { type LockKey, lockKey, type Store, type StoreState } from "./internal/store.js"
 import * as Urls from "./internal/urls.js"
 
 /**
@@ -228,6 +230,14 @@ export interface LeaseOptions {
 }
 
 const DEFAULT_LEASE = Duration.seconds(30)
+
+/** A sleep on a timer that does not keep the process alive. */
+const unrefSleep = (duration: Duration.Duration) =>
+  Effect.async<void>((resume) => {
+    const timer = setTimeout(() => resume(Effect.void), Duration.toMillis(duration))
+    timer.unref()
+    return Effect.sync(() => clearTimeout(timer))
+  })
 const DEFAULT_LOCK_TIMEOUT = Duration.seconds(330)
 
 /**
@@ -358,7 +368,7 @@ export const make = (store: Store, options: LeaseOptions = {}): Service => {
           ),
           Effect.interruptible
         )
-        yield* renewLoop(key, owner, state).pipe(Effect.interruptible, Effect.forkScoped)
+        yield* renewWhileHeld(key, owner, state)
 
         const whileHeld = <A>(operation: string, effect: () => Effect.Effect<A, DmsError.DatabaseError>) =>
           Effect.suspend(() =>
@@ -408,20 +418,50 @@ export const make = (store: Store, options: LeaseOptions = {}): Service => {
       return yield* mutex.withLock(key.key, wait, () => lockTimeoutError(backupTargetId, host, timeout), run)
     }).pipe(Effect.withSpan("Ledger.withTargetLock", { attributes: { backupTargetId, host }, captureStackTrace: false }))
 
-  const renewLoop = (key: ReturnType<typeof lockKey>, owner: string, state: { held: boolean }) =>
+  // One renewer per Ledger renews every lease it holds, instead of a fiber per lease: forking and
+  // interrupting a fiber for each operation cost ~0.1 ms of CPU, a tenth of the client's whole cost per
+  // operation. It waits on a Deferred while nothing is held, and sleeps on an unref'd timer, so it never
+  // keeps a process alive.
+  const held = new Map<string, { readonly key: LockKey; readonly state: { held: boolean } }>()
+  let wake: Deferred.Deferred<void> | undefined
+  let renewerStarted = false
+  const renewOne = (owner: string, key: LockKey, state: { held: boolean }) =>
     Effect.gen(function*() {
-      while (state.held) {
-        yield* Effect.sleep(renewEvery)
-        if (!state.held) return
-        const still = yield* store.renew(key, owner, leaseMs).pipe(
-          Effect.catchAll((e) => Effect.as(Effect.logWarning("could not renew the target lock", e.message), true))
-        )
-        if (!still) {
-          yield* Effect.logError("the target lock's lease was lost; writes under it will be refused")
-          return
-        }
+      if (!state.held) return held.delete(owner)
+      const still = yield* store.renew(key, owner, leaseMs).pipe(
+        Effect.catchAll((e) => Effect.as(Effect.logWarning("could not renew the target lock", e.message), true))
+      )
+      if (!still) {
+        held.delete(owner)
+        yield* Effect.logError("the target lock's lease was lost; writes under it will be refused")
       }
     }).pipe(Effect.annotateLogs({ backupTargetId: key.backupTargetId, host: key.host }))
+  const renewer = Effect.gen(function*() {
+    while (true) {
+      if (held.size === 0) {
+        const idle = Deferred.unsafeMake<void>(FiberId.none)
+        wake = idle
+        yield* Deferred.await(idle)
+      }
+      yield* unrefSleep(renewEvery)
+      yield* Effect.forEach([...held], ([owner, h]) => renewOne(owner, h.key, h.state), {
+        concurrency: "unbounded",
+        discard: true
+      })
+    }
+  })
+  const renewWhileHeld = (key: LockKey, owner: string, state: { held: boolean }) =>
+    Effect.gen(function*() {
+      held.set(owner, { key, state })
+      yield* Effect.addFinalizer(() => Effect.sync(() => held.delete(owner)))
+      if (!renewerStarted) {
+        renewerStarted = true
+        yield* Effect.forkDaemon(renewer)
+      } else if (wake !== undefined) {
+        Deferred.unsafeDone(wake, Effect.void)
+        wake = undefined
+      }
+    })
 
   const checkJob = (jobId: unknown) => validate(Protocol.JobId, "query", "jobId", jobId)
   const checkTarget = (id: unknown) => validate(Protocol.BackupTargetId, "query", "backupTargetId", id)

@@ -16,7 +16,11 @@ import type * as Ledger from "../src/Ledger.js"
 import * as LedgerModule from "../src/Ledger.js"
 import * as Layer from "effect/Layer"
 import { VERSION } from "../src/internal/version.js"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
 import { Backend, backends } from "./support/backends.js"
+import { spawnTs } from "./support/process.js"
 
 const target = () => `target-${randomBytes(5).toString("hex")}`
 const HOST = "compute-01"
@@ -191,6 +195,29 @@ for (const [name, backendLayer] of backends) {
           assert.strictEqual(Option.getOrThrow(third.own).mountPath, "/m/third")
           // Never published: dropped with the lease.
           assertNone((yield* ledger.withTargetLock(t, HOST, (lease) => lease.read())).pending)
+        }))
+
+      it.scoped("a lease held longer than its duration is renewed: nobody takes it over, and its writes land", () =>
+        Effect.gen(function*() {
+          const backend = yield* Backend
+          const holder = yield* backend.build({ leaseDuration: "600 millis", renewInterval: "150 millis" })
+          const other = yield* backend.build()
+          const t = target()
+          const inside = yield* Deferred.make<void>()
+          const done = yield* Deferred.make<void>()
+          const holding = yield* holder.withTargetLock(t, HOST, (lease) =>
+            Effect.gen(function*() {
+              yield* Deferred.succeed(inside, undefined)
+              // Held for several lease durations (the subject here is time itself).
+              yield* Deferred.await(done)
+              yield* lease.write({ job: { jobId: 5, mounted: true } })
+            })).pipe(Effect.fork)
+          yield* Deferred.await(inside)
+          const error = yield* Effect.flip(other.withTargetLock(t, HOST, () => Effect.void, { timeout: "2 seconds" }))
+          assert.instanceOf(error, TimeoutError)
+          yield* Deferred.succeed(done, undefined)
+          yield* Fiber.join(holding)
+          assert.deepStrictEqual((yield* other.getActiveMounts({ backupTargetId: t })).map((e) => e.jobId), [5])
         }))
 
       it.scoped("history is newest first, includes deleted rows, and honours the limit", () =>
@@ -383,6 +410,21 @@ for (const [name, backendLayer] of backends) {
     })
   })
 }
+
+describe("Ledger renewer", () => {
+  it.scoped("never keeps a client process alive once its leases are released", () =>
+    Effect.gen(function*() {
+      const dir = yield* Effect.acquireRelease(
+        Effect.sync(() => fs.mkdtempSync(path.join(os.tmpdir(), "dms-renewer-"))),
+        (d) => Effect.sync(() => fs.rmSync(d, { recursive: true, force: true }))
+      )
+      const child = yield* spawnTs("test/support/leaseOnce.ts", [`sqlite:${path.join(dir, "ledger.db")}`])
+      yield* child.waitFor("released")
+      // A renewer sleeping on a ref'd timer would keep it alive for its 100 ms interval forever.
+      const code = yield* child.exited.pipe(Effect.timeout("20 seconds"))
+      assert.strictEqual(code, 0)
+    }))
+})
 
 describe("Ledger.layerConfig", () => {
   it.live("takes the ledger URL and the lock timeout from DmsConfig", () =>
