@@ -12,6 +12,7 @@ import * as Either from "effect/Either"
 import * as ParseResult from "effect/ParseResult"
 import * as Schema from "effect/Schema"
 import * as DmsError from "./DmsError.js"
+import * as Nfs from "./internal/nfs.js"
 
 /** A nullable optional field: the guide writes `None` for absent values. */
 const optionalNullable = <S extends Schema.Schema.Any>(schema: S) => Schema.optional(Schema.NullOr(schema))
@@ -45,7 +46,8 @@ export const JobId = Schema.Int.pipe(
 ).annotations({ identifier: "JobId" })
 
 /**
- * A compute host name (the DMS server's node id): non-empty, at most 251 bytes, no whitespace.
+ * A compute host name (the DMS server's node id): non-empty, at most 251 bytes, no whitespace or
+ * control characters (they would end up in queue names, log lines and the ledger).
  *
  * @since 0.1.0
  * @category schemas
@@ -54,8 +56,9 @@ export const Host = Schema.String.pipe(
   Schema.filter((s) =>
     s.length === 0
       ? "Expected a non-empty host name"
-      : /\s/.test(s)
-      ? `Expected a host name without whitespace, actual ${JSON.stringify(s)}`
+      // eslint-disable-next-line no-control-regex
+      : /[\s\u0000-\u001f\u007f-\u009f]/.test(s)
+      ? `Expected a host name without whitespace or control characters, actual ${Nfs.show(s)}`
       : Buffer.byteLength(s, "utf8") > MAX_HOST_BYTES
       ? `Expected a host name of at most ${MAX_HOST_BYTES} bytes (the queue dms.<host> must fit 255)`
       : true
@@ -87,9 +90,9 @@ export const BackupTargetId = Schema.String.pipe(
 export const MountPath = Schema.String.pipe(
   Schema.filter((s) =>
     !s.startsWith("/")
-      ? `Expected an absolute path, actual ${JSON.stringify(s)}`
+      ? `Expected an absolute path, actual ${Nfs.show(s)}`
       : s.split("/").includes("..")
-      ? `Expected a path without '..' segments, actual ${JSON.stringify(s)}`
+      ? `Expected a path without '..' segments, actual ${Nfs.show(s)}`
       : s.includes("\0")
       ? "Expected a path without NUL bytes"
       : s.length > 4096
@@ -105,10 +108,19 @@ export const MountPath = Schema.String.pipe(
  * @category schemas
  */
 export const NfsExport = Schema.String.pipe(
-  Schema.filter((s) =>
-    /^(\[[0-9A-Fa-f:.]+\]|[^\s:/[\]]+):\/\S*$/.test(s) ? true : `Expected an NFS export host:/path, actual ${JSON.stringify(s)}`
-  )
+  Schema.filter((s) => Either.match(Nfs.checkExport(s), { onLeft: (reason) => `Expected an NFS export: ${reason}`, onRight: () => true }))
 ).annotations({ identifier: "NfsExport" })
+
+/**
+ * NFS mount options (`nfs_mount_opts`, comma-separated), checked against the server's allow-list:
+ * `exec`, `suid`, `dev` and unknown options are refused, and nothing can add an option or a flag.
+ *
+ * @since 0.1.0
+ * @category schemas
+ */
+export const NfsMountOptions = Schema.String.pipe(
+  Schema.filter((s) => Either.match(Nfs.checkOptions(s), { onLeft: (reason) => reason, onRight: () => true }))
+).annotations({ identifier: "NfsMountOptions" })
 
 /**
  * The caller's context (`context`); all fields optional, extra fields kept. `request_id` becomes a span
@@ -169,6 +181,7 @@ export const NfsTarget = Schema.Struct({
   ...targetCommon,
   type: Schema.Literal("nfs"),
   filesystem_export: NfsExport,
+  nfs_mount_opts: optionalNullable(NfsMountOptions),
   secret_ref: optionalNullable(Schema.String)
 }).annotations({ identifier: "NfsTarget" })
 
@@ -196,7 +209,7 @@ export const BackupTarget = Schema.Union(NfsTarget, S3Target).pipe(
   Schema.filter((t) => {
     if (t.deleted === true) return { path: ["deleted"], message: "the backup target is deleted" }
     if (t.status != null && t.status !== "available") {
-      return { path: ["status"], message: `the backup target is not available (status ${JSON.stringify(t.status)})` }
+      return { path: ["status"], message: `the backup target is not available (status ${Nfs.show(t.status)})` }
     }
     return undefined
   })

@@ -13,6 +13,7 @@
  */
 import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
 import type * as Layer from "effect/Layer"
 import * as ManagedRuntime from "effect/ManagedRuntime"
@@ -21,6 +22,7 @@ import * as Dms from "./Dms.js"
 import type * as DmsError from "./DmsError.js"
 import type * as Ledger from "./Ledger.js"
 import * as Mount from "./Mount.js"
+import * as Protocol from "./Protocol.js"
 
 // ---------------------------------------------------------------------------------------------------
 // Exceptions, as the guide names them
@@ -109,6 +111,16 @@ export const toException = (error: DmsError.DmsError): DMSClientException => {
     case "MountError":
       return new MountException(error.message, error, { cause: error })
   }
+}
+
+/**
+ * Refuses a malformed request before the client connects: bad input is a `RequestValidationException`
+ * even when the database or the broker is down, and costs no connection. (What needs the
+ * configuration, such as an S3 request's token, is checked again by `Mount`.)
+ */
+const precheck = (request: unknown): void => {
+  const decoded = Protocol.decodeMountRequestEither(request)
+  if (Either.isLeft(decoded)) throw toException(decoded.left)
 }
 
 const fromCause = (cause: Cause.Cause<DmsError.DmsError>): DMSClientException =>
@@ -225,6 +237,7 @@ export class DMSClient {
   /** Mounts the request's target for its job. A server-side failure is a `{ status: "error" }` response. */
   async mount(request: unknown): Promise<MountResponse> {
     try {
+      precheck(request)
       const r = await this.run(Mount.mount(request))
       return {
         status: "success",
@@ -243,6 +256,7 @@ export class DMSClient {
    * nothing, is a `{ status: "error" }` response. */
   async unmount(request: unknown): Promise<UnmountResponse> {
     try {
+      precheck(request)
       const r = await this.run(Mount.unmount(request))
       return {
         status: "success",
@@ -320,6 +334,7 @@ export class MountContext {
 
   /** Mounts; throws the guide's exceptions, and `MountException` when the server answered an error. */
   static async enter(client: DMSClient, request: unknown): Promise<MountContext> {
+    precheck(request)
     const result = await client.run(Mount.mount(request))
     return new MountContext(client, request, result)
   }

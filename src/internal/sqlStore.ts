@@ -113,6 +113,13 @@ interface Dialect {
   readonly nowPlus: (ms: number) => string
   /** Current UTC time minus `ms` milliseconds. */
   readonly nowMinus: (ms: number) => string
+  /**
+   * Put before a parameter compared with `backup_target_id` or `host`: the comparison is then exact.
+   * MySQL compares with the column's collation (utf8mb4_general_ci by default: case- and accent-
+   * insensitive, trailing spaces ignored), so target "ABC" would read target "abc"'s holders. `BINARY`
+   * on the parameter side keeps the index usable. SQLite's `=` is already exact.
+   */
+  readonly exact: string
   readonly affected: (raw: unknown) => number
   readonly isDuplicateKey: (e: SqlError) => boolean
   readonly toDate: (v: unknown) => Date | null
@@ -130,6 +137,7 @@ const mysqlDialect: Dialect = {
   nowSeconds: "UTC_TIMESTAMP()",
   nowPlus: (ms) => `(UTC_TIMESTAMP(3) + INTERVAL ${Math.round(ms) * 1000} MICROSECOND)`,
   nowMinus: (ms) => `(UTC_TIMESTAMP(3) - INTERVAL ${Math.round(ms) * 1000} MICROSECOND)`,
+  exact: "BINARY ",
   // mysql2 sets CLIENT_FOUND_ROWS: affectedRows counts matched rows, so a fence that rewrites an
   // unchanged value still counts.
   affected: (raw) => Number((raw as { affectedRows?: number }).affectedRows ?? 0),
@@ -144,6 +152,7 @@ const sqliteDialect: Dialect = {
   nowSeconds: sqliteNowSeconds,
   nowPlus: (ms) => `strftime('%Y-%m-%d %H:%M:%f','now','+${(Math.round(ms) / 1000).toFixed(3)} seconds')`,
   nowMinus: (ms) => `strftime('%Y-%m-%d %H:%M:%f','now','-${(Math.round(ms) / 1000).toFixed(3)} seconds')`,
+  exact: "",
   affected: (raw) => Number((raw as { changes?: number }).changes ?? 0),
   isDuplicateKey: (e) => /^SQLITE_CONSTRAINT/.test(errorCode(e) ?? ""),
   toDate: (v) => (v === null || v === undefined ? null : new Date(`${String(v).replace(" ", "T")}Z`)),
@@ -235,6 +244,7 @@ export const make = (dialectName: "mysql" | "sqlite"): Effect.Effect<Store, Data
     const d = dialectName === "mysql" ? mysqlDialect : sqliteDialect
     yield* migrate(sql, d)
     const lit = (s: string) => sql.literal(s)
+    const exact = lit(d.exact)
 
     const toEntry = (r: LedgerRow): LedgerEntry => ({
       id: Number(r.id),
@@ -309,7 +319,7 @@ export const make = (dialectName: "mysql" | "sqlite"): Effect.Effect<Store, Data
         yield* fence(key, owner, leaseMs, w, "ledger write")
         const raw = yield* sql`UPDATE ${lit(LEDGER_TABLE)} SET mounted = ${job.mounted ? 1 : 0},
             updated_at = ${lit(d.nowSeconds)}, version = ${VERSION}
-          WHERE jobid = ${job.jobId} AND backup_target_id = ${key.backupTargetId} AND host = ${key.host}
+          WHERE jobid = ${job.jobId} AND backup_target_id = ${exact}${key.backupTargetId} AND host = ${exact}${key.host}
             AND deleted = 0`.raw
         if (d.affected(raw) === 0 && job.mounted) yield* insertEntry(key, job.jobId)
       }))
@@ -325,7 +335,7 @@ export const make = (dialectName: "mysql" | "sqlite"): Effect.Effect<Store, Data
           const raw = yield* sql.unsafe(
             `UPDATE ${LEDGER_TABLE} e JOIN ${LOCK_TABLE} l ON l.lock_key = ? AND l.owner = ?
               SET e.mounted = ?, e.updated_at = ${d.nowSeconds}, e.version = ?, ${sets.text}
-              WHERE e.jobid = ? AND e.backup_target_id = ? AND e.host = ? AND e.deleted = 0`,
+              WHERE e.jobid = ? AND e.backup_target_id = ${d.exact}? AND e.host = ${d.exact}? AND e.deleted = 0`,
             [key.key, owner, job.mounted ? 1 : 0, VERSION, ...sets.params, job.jobId, key.backupTargetId, key.host]
           ).raw
           if (d.affected(raw) > 0) return
@@ -364,10 +374,10 @@ export const make = (dialectName: "mysql" | "sqlite"): Effect.Effect<Store, Data
         FROM ${LOCK_TABLE} WHERE lock_key = ?
       UNION ALL
       SELECT ${stateColumns}, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM ${LEDGER_TABLE}
-        WHERE mounted = 1 AND deleted = 0 AND host = ? AND backup_target_id = ?
+        WHERE mounted = 1 AND deleted = 0 AND host = ${d.exact}? AND backup_target_id = ${d.exact}?
       UNION ALL
       SELECT ${stateColumns}, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM ${LEDGER_TABLE}
-        WHERE jobid = ? AND backup_target_id = ? AND host = ? AND deleted = 0 AND mounted = 0`
+        WHERE jobid = ? AND backup_target_id = ${d.exact}? AND host = ${d.exact}? AND deleted = 0 AND mounted = 0`
     const readParams = (key: LockKey, jobId: number | undefined) => [
       key.key,
       key.host,
@@ -494,8 +504,8 @@ export const make = (dialectName: "mysql" | "sqlite"): Effect.Effect<Store, Data
         ),
       getMountStatus: (jobId, backupTargetId, host) =>
         sql<LedgerRow>`SELECT ${lit(ledgerSelect)} FROM ${lit(LEDGER_TABLE)}
-          WHERE jobid = ${jobId} AND backup_target_id = ${backupTargetId} AND deleted = 0
-            ${host === undefined ? lit("") : sql`AND host = ${host}`}
+          WHERE jobid = ${jobId} AND backup_target_id = ${exact}${backupTargetId} AND deleted = 0
+            ${host === undefined ? lit("") : sql`AND host = ${exact}${host}`}
           ORDER BY id DESC LIMIT 1`.pipe(
           Effect.map((rows) => Option.map(Option.fromNullable(rows[0]), toEntry)),
           Effect.mapError(toDatabaseError("getMountStatus"))
@@ -503,15 +513,15 @@ export const make = (dialectName: "mysql" | "sqlite"): Effect.Effect<Store, Data
       getActiveMounts: (host, backupTargetId) =>
         sql<LedgerRow>`SELECT ${lit(ledgerSelect)} FROM ${lit(LEDGER_TABLE)}
           WHERE mounted = 1 AND deleted = 0
-            ${host === undefined ? lit("") : sql`AND host = ${host}`}
-            ${backupTargetId === undefined ? lit("") : sql`AND backup_target_id = ${backupTargetId}`}
+            ${host === undefined ? lit("") : sql`AND host = ${exact}${host}`}
+            ${backupTargetId === undefined ? lit("") : sql`AND backup_target_id = ${exact}${backupTargetId}`}
           ORDER BY id`.pipe(
           Effect.map((rows) => rows.map(toEntry)),
           Effect.mapError(toDatabaseError("getActiveMounts"))
         ),
       getLedgerHistory: (backupTargetId, limit) =>
         sql<LedgerRow>`SELECT ${lit(ledgerSelect)} FROM ${lit(LEDGER_TABLE)}
-          WHERE backup_target_id = ${backupTargetId}
+          WHERE backup_target_id = ${exact}${backupTargetId}
           ORDER BY id DESC LIMIT ${lit(String(Math.trunc(limit)))}`.pipe(
           Effect.map((rows) => rows.map(toEntry)),
           Effect.mapError(toDatabaseError("getLedgerHistory"))

@@ -37,6 +37,7 @@ import { createHash } from "node:crypto"
 import * as fs from "node:fs/promises"
 import * as path from "node:path"
 import * as KeyedMutex from "../internal/keyedMutex.js"
+import * as Nfs from "../internal/nfs.js"
 import * as Barbican from "./Barbican.js"
 import * as CommandRunner from "./CommandRunner.js"
 import * as MountInfo from "./MountInfo.js"
@@ -199,93 +200,8 @@ export interface Options {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// NFS options
-
-const NFS_FLAGS = new Set([
-  "rw",
-  "ro",
-  "sync",
-  "async",
-  "hard",
-  "soft",
-  "softerr",
-  "intr",
-  "nointr",
-  "lock",
-  "nolock",
-  "atime",
-  "noatime",
-  "diratime",
-  "nodiratime",
-  "relatime",
-  "norelatime",
-  "strictatime",
-  "nostrictatime",
-  "lazytime",
-  "nolazytime",
-  "noexec",
-  "nosuid",
-  "nodev",
-  "ac",
-  "noac",
-  "cto",
-  "nocto",
-  "fsc",
-  "nofsc",
-  "sharecache",
-  "nosharecache",
-  "resvport",
-  "noresvport",
-  "rdirplus",
-  "nordirplus",
-  "acl",
-  "noacl",
-  "tcp",
-  "udp",
-  "fg",
-  "softreval",
-  "nosoftreval",
-  "_netdev"
-])
-
-const UINT = /^[0-9]{1,10}$/
-const PROTO = /^(tcp|udp|tcp6|udp6|rdma|rdma6)$/
-const NFS_VALUES: Record<string, RegExp> = {
-  proto: PROTO,
-  mountproto: PROTO,
-  port: UINT,
-  mountport: UINT,
-  nfsvers: /^(2|3|4|4\.0|4\.1|4\.2)$/,
-  vers: /^(2|3|4|4\.0|4\.1|4\.2)$/,
-  minorversion: /^[0-2]$/,
-  timeo: UINT,
-  retrans: UINT,
-  retry: UINT,
-  rsize: UINT,
-  wsize: UINT,
-  bsize: UINT,
-  acregmin: UINT,
-  acregmax: UINT,
-  acdirmin: UINT,
-  acdirmax: UINT,
-  actimeo: UINT,
-  nconnect: UINT,
-  max_connect: UINT,
-  namlen: UINT,
-  sec: /^(sys|none|krb5|krb5i|krb5p)(:(sys|none|krb5|krb5i|krb5p))*$/,
-  lookupcache: /^(all|none|pos|positive)$/,
-  local_lock: /^(none|all|flock|posix)$/,
-  clientaddr: /^[0-9A-Fa-f:.]{2,45}$/,
-  mountaddr: /^[0-9A-Fa-f:.]{2,45}$/,
-  mounthost: /^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$/,
-  xprtsec: /^(none|tls|mtls)$/
-}
-
-/** Options that would make the export dangerous to the host. */
-const REFUSED = new Set(["exec", "suid", "dev", "defaults"])
-
-/** Added to every NFS mount. */
-const ENFORCED = ["nosuid", "nodev"] as const
+// NFS options and exports (the checks live in internal/nfs.ts: the client refuses the same input
+// before any I/O)
 
 /**
  * Checks `nfs_mount_opts` against the allow-list and returns the options to pass (`nosuid,nodev`
@@ -294,34 +210,8 @@ const ENFORCED = ["nosuid", "nodev"] as const
  * @since 0.1.0
  * @category nfs
  */
-export const checkNfsOptions = (raw: string | null | undefined): Either.Either<string, string> => {
-  const tokens = (raw ?? "").split(",").map((t) => t.trim()).filter((t) => t !== "")
-  const out: Array<string> = []
-  for (const token of tokens) {
-    if (!/^[a-z_][a-z0-9_]*(=[A-Za-z0-9._:-]+)?$/.test(token)) {
-      return Either.left(`invalid nfs_mount_opts: ${JSON.stringify(token)} is not a mount option`)
-    }
-    const eq = token.indexOf("=")
-    const name = eq < 0 ? token : token.slice(0, eq)
-    const value = eq < 0 ? undefined : token.slice(eq + 1)
-    if (REFUSED.has(name)) {
-      return Either.left(`invalid nfs_mount_opts: option ${JSON.stringify(name)} is not allowed (exec, suid and dev are refused)`)
-    }
-    const allowed = value === undefined ? NFS_FLAGS.has(name) : NFS_VALUES[name]?.test(value) === true
-    if (!allowed) {
-      return Either.left(
-        value !== undefined && NFS_VALUES[name] !== undefined
-          ? `invalid nfs_mount_opts: bad value for ${name}: ${JSON.stringify(value)}`
-          : `invalid nfs_mount_opts: option ${JSON.stringify(name)} is not allowed`
-      )
-    }
-    if (!out.includes(token)) out.push(token)
-  }
-  for (const o of ENFORCED) if (!out.includes(o)) out.push(o)
-  return Either.right(out.join(","))
-}
-
-const HOST_NAME = /^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/
+export const checkNfsOptions = (raw: string | null | undefined): Either.Either<string, string> =>
+  Either.mapLeft(Nfs.checkOptions(raw), (reason) => `invalid nfs_mount_opts: ${reason}`)
 
 /**
  * Checks an NFS export (`host:/path`, `[v6]:/path`): a host name or address (never starting with `-`,
@@ -330,17 +220,8 @@ const HOST_NAME = /^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A
  * @since 0.1.0
  * @category nfs
  */
-export const checkNfsExport = (exp: string): Either.Either<string, string> => {
-  const m = /^(\[[0-9A-Fa-f:.]+\]|[^:/[\]]+):(\/.*)$/.exec(exp)
-  const bad = Either.left(`invalid filesystem_export: expected host:/path, got ${JSON.stringify(exp)}`)
-  if (m === null) return bad
-  const host = m[1]!
-  const p = m[2]!
-  if (!host.startsWith("[") && !HOST_NAME.test(host)) return bad
-  // eslint-disable-next-line no-control-regex
-  if (/[\s\u0000-\u001f\u007f]/.test(p) || p.split("/").includes("..") || p.length > 1024) return bad
-  return Either.right(exp)
-}
+export const checkNfsExport = (exp: string): Either.Either<string, string> =>
+  Either.mapLeft(Nfs.checkExport(exp), (reason) => `invalid filesystem_export: ${reason}`)
 
 const normalizeNfsSource = (s: string): string => {
   const i = s.lastIndexOf(":/")
