@@ -132,6 +132,35 @@ export interface ActiveMountsFilter {
 }
 
 /**
+ * The lock row of one target on a host, as {@link Service.getHostState} lists it.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface HostLock {
+  readonly backupTargetId: string
+  readonly host: string
+  /** The path the target is mounted at on the host, as last recorded. */
+  readonly mountPath: Option.Option<string>
+  readonly targetType: Option.Option<"nfs" | "s3">
+  /** An operation on the pair whose outcome is not known yet. */
+  readonly pending: Option.Option<PendingOperation>
+}
+
+/**
+ * What the ledger says about one host: the lock row of every target it knows there, and the holders
+ * (rows with `mounted = 1 AND deleted = 0`, oldest first). Read without any lease: a snapshot.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface HostState {
+  readonly host: string
+  readonly locks: ReadonlyArray<HostLock>
+  readonly holders: ReadonlyArray<LedgerEntry>
+}
+
+/**
  * The Ledger service.
  *
  * @since 0.1.0
@@ -168,6 +197,11 @@ export interface Service {
     backupTargetId: string,
     limit?: number
   ) => Effect.Effect<ReadonlyArray<LedgerEntry>, DmsError.DatabaseError | DmsError.ValidationError>
+  /**
+   * The lock rows (path, type, pending operation) and the holders of one host, without a lease: what
+   * reconcile compares with the host's real mounts.
+   */
+  readonly getHostState: (host: string) => Effect.Effect<HostState, DmsError.DatabaseError | DmsError.ValidationError>
   /**
    * Marks the job's newest row for the target deleted, under the lease, only if it is not mounted.
    * Returns false when there is no such row or it is mounted. (`force`, which unmounts first, is
@@ -390,6 +424,11 @@ export const make = (store: Store, options: LeaseOptions = {}): Service => {
         yield* checkTarget(backupTargetId)
         yield* validate(HistoryLimit, "query", "limit", limit)
         return yield* store.getLedgerHistory(backupTargetId, limit)
+      }),
+    getHostState: (host) =>
+      Effect.gen(function*() {
+        yield* validate(Protocol.Host, "query", "host", host)
+        return yield* store.getHostState(host)
       }),
     softDeleteEntry: (jobId, backupTargetId, opts = {}) =>
       Effect.gen(function*() {

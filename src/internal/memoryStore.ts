@@ -29,10 +29,12 @@ export interface MemoryState {
   readonly rows: Array<MutableEntry>
   /** The rows of each (target, host), so operations under a lease do not scan the whole ledger. */
   readonly byPair: Map<string, Array<MutableEntry>>
+  /** The (target, host) of each lock row, by lock key. */
+  readonly pairs: Map<string, LockKey>
   nextId: number
 }
 
-export const makeState = (): MemoryState => ({ locks: new Map(), rows: [], byPair: new Map(), nextId: 1 })
+export const makeState = (): MemoryState => ({ locks: new Map(), rows: [], byPair: new Map(), pairs: new Map(), nextId: 1 })
 
 const copy = (e: MutableEntry): LedgerEntry => ({ ...e })
 const seconds = (ms: number) => new Date(Math.floor(ms / 1000) * 1000)
@@ -50,6 +52,7 @@ export const make = (state: MemoryState = makeState()): Store => {
       withNow((now) => {
         const row = state.locks.get(key.key)
         if (row === undefined) {
+          state.pairs.set(key.key, key)
           state.locks.set(key.key, {
             owner,
             expiresAt: now + leaseMs,
@@ -167,6 +170,23 @@ export const make = (state: MemoryState = makeState()): Store => {
           )
           .map(copy)
       ),
+    getHostState: (host) =>
+      Effect.sync(() => ({
+        host,
+        locks: [...state.locks.entries()]
+          .flatMap(([k, lock]) => {
+            const pair = state.pairs.get(k)
+            return pair === undefined || pair.host !== host ? [] : [{
+              backupTargetId: pair.backupTargetId,
+              host,
+              mountPath: Option.fromNullable(lock.mountPath),
+              targetType: Option.fromNullable(lock.targetType),
+              pending: Option.fromNullable(lock.pending)
+            }]
+          })
+          .sort((a, b) => (a.backupTargetId < b.backupTargetId ? -1 : a.backupTargetId > b.backupTargetId ? 1 : 0)),
+        holders: state.rows.filter((r) => r.mounted && !r.deleted && r.host === host).map(copy)
+      })),
     getLedgerHistory: (backupTargetId, limit) =>
       Effect.sync(() =>
         state.rows.filter((r) => r.backupTargetId === backupTargetId).sort(newestFirst).slice(0, limit).map(copy)
