@@ -198,6 +198,7 @@ const StatusEntry = Schema.Struct({
   mounted: Schema.optionalWith(Schema.Boolean, { default: () => true }),
   daemon_alive: Schema.optionalWith(Schema.NullOr(Schema.Boolean), { default: () => null })
 })
+const decodeHost = Schema.decodeUnknownEither(Protocol.Host)
 const decodeMounts = Schema.decodeUnknownEither(Schema.Struct({ mounts: Schema.Array(StatusEntry) }), { errors: "all" })
 
 /**
@@ -217,9 +218,14 @@ export type HostStatus =
  * @since 0.1.0
  * @category operations
  */
-export const hostStatus = (
-  host: string
-): Effect.Effect<HostStatus, DmsError.DmsError, Mount.Services> => Effect.flatMap(Mount.env, (e) => queryStatus(e, host))
+export const hostStatus = (host: string): Effect.Effect<HostStatus, DmsError.DmsError, Mount.Services> =>
+  Either.match(decodeHost(host), {
+    onLeft: (error) =>
+      Effect.fail(
+        DmsError.invalid("hostStatus", "host", DmsError.fromParseError("hostStatus", error).issues[0]?.message ?? "invalid host")
+      ),
+    onRight: (valid) => Effect.flatMap(Mount.env, (e) => queryStatus(e, valid))
+  })
 
 const queryStatus = (e: Mount.Env, host: string): Effect.Effect<HostStatus, DmsError.DmsError> =>
   e.broker.request(host, { action: "status" }, { timeout: e.config.requestTimeout }).pipe(
@@ -280,8 +286,6 @@ const missingReason = (entry: HostMount | undefined) =>
 
 // ---------------------------------------------------------------------------------------------------
 // Validation (before any I/O)
-
-const decodeHost = Schema.decodeUnknownEither(Protocol.Host)
 
 const validateOptions = (host: unknown, options: unknown) =>
   Effect.gen(function*() {

@@ -51,6 +51,32 @@ const overlap = (ledgers: ReadonlyArray<Ledger.Service>, targetId: string, n: nu
 for (const [name, backendLayer] of backends) {
   describe(`Ledger (${name})`, () => {
     layer(backendLayer, { excludeTestServices: true, timeout: "120 seconds" })((it) => {
+      it.scoped("getHostState lists one host's lock rows (path, type, pending mark) and holders", () =>
+        Effect.gen(function*() {
+          const ledger = yield* (yield* Backend).build()
+          const host = `host-${randomBytes(4).toString("hex")}`
+          const [a, b] = [`a-'"\\%_${target()}`, `b-${target()}`]
+          const deadline = new Date(Date.UTC(2030, 0, 2, 3, 4, 5, 678))
+          yield* ledger.withTargetLock(a, host, (lease) =>
+            lease.write({ job: { jobId: 7, mounted: true }, mountPath: "/m/a'%_", targetType: "s3" }))
+          yield* ledger.withTargetLock(b, host, (lease) => lease.write({ pending: { op: "unmount", deadline } }))
+          yield* ledger.withTargetLock(a, "elsewhere", (lease) => lease.write({ job: { jobId: 8, mounted: true } }))
+          const state = yield* ledger.getHostState(host)
+          assert.strictEqual(state.host, host)
+          assert.deepStrictEqual(
+            state.locks.map((l): ReadonlyArray<unknown> => [l.backupTargetId, l.host, l.mountPath, l.targetType, l.pending]),
+            [
+              [a, host, Option.some("/m/a'%_"), Option.some("s3"), Option.none()],
+              [b, host, Option.none(), Option.none(), Option.some({ op: "unmount" as const, deadline })]
+            ]
+          )
+          assert.deepStrictEqual(state.holders.map((h) => [h.backupTargetId, h.host, h.jobId, h.mounted]), [[a, host, 7, true]])
+          assert.deepStrictEqual(yield* ledger.getHostState(`none-${host}`), { host: `none-${host}`, locks: [], holders: [] })
+          const invalid = yield* Effect.flip(ledger.getHostState(""))
+          assert.instanceOf(invalid, ValidationError)
+          assert.include(invalid.message, "host")
+        }))
+
       it.scoped("records a holder, reads it back, and answers the guide's queries", () =>
         Effect.gen(function*() {
           const ledger = yield* (yield* Backend).build()

@@ -270,6 +270,7 @@ for (const [name, backendLayer] of backends) {
           assert.deepStrictEqual(report.held, [{ backupTargetId: held, mountPath: pathOf(held), jobIds: [1], onHost: null }])
           assert.deepStrictEqual([report.stale, report.orphans, report.mounts], [[], [], []])
           assert.sameMembers(report.pending.map((p) => p.backupTargetId), [held, late])
+          assert.deepStrictEqual(yield* run(Reconcile.hostStatus(host)), { supported: false, message: "Unknown action: status" })
 
           const repaired = yield* run(Reconcile.reconcile(host, { repair: true }))
           const pending = new Map(repaired.pending.map((p) => [p.backupTargetId, p]))
@@ -317,6 +318,9 @@ for (const [name, backendLayer] of backends) {
             assert.instanceOf(error, ValidationError)
             assert.include(error.message, message)
           }
+          const badStatus = yield* Effect.flip(run(Reconcile.hostStatus("")))
+          assert.instanceOf(badStatus, ValidationError)
+          assert.include(badStatus.message, "host: Expected a non-empty host name")
           assert.deepStrictEqual(server.received, [], "no message was sent")
           assert.deepStrictEqual((yield* ledger.getHostState(host)).locks, [], "nothing was written")
         }))
