@@ -266,13 +266,7 @@ export const send = (
     )
   })
 
-/**
- * Whether a successful mount reply says the target was already mounted.
- *
- * @since 0.1.0
- * @category internals
- */
-export const alreadyMounted = (reply: Protocol.Reply, hadHolders: boolean): boolean => {
+const alreadyMounted = (reply: Protocol.Reply, hadHolders: boolean): boolean => {
   const flag = (reply as { already_mounted?: unknown }).already_mounted
   if (typeof flag === "boolean") return flag
   const message = reply.success_msg ?? ""
