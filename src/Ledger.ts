@@ -130,8 +130,9 @@ export interface Lease {
    */
   readonly ownMark: () => Option.Option<PendingOperation>
   /**
-   * Tells the lease that the marked request is being published: from then on the mark outlives the
-   * lease if the operation ends without clearing it. An own mark never published is cleared on release.
+   * Tells the lease that the marked request is being published: from then on the mark taken with the
+   * lease outlives it if the operation ends without clearing it; one never published is dropped on
+   * release. (A mark written with `write` always stays until cleared.)
    */
   readonly markSent: () => void
 }
@@ -145,6 +146,35 @@ export interface Lease {
 export interface ActiveMountsFilter {
   readonly host?: string | undefined
   readonly backupTargetId?: string | undefined
+}
+
+/**
+ * The lock row of one target on a host, as {@link Service.getHostState} lists it.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface HostLock {
+  readonly backupTargetId: string
+  readonly host: string
+  /** The path the target is mounted at on the host, as last recorded. */
+  readonly mountPath: Option.Option<string>
+  readonly targetType: Option.Option<"nfs" | "s3">
+  /** An operation on the pair whose outcome is not known yet. */
+  readonly pending: Option.Option<PendingOperation>
+}
+
+/**
+ * What the ledger says about one host: the lock row of every target it knows there, and the holders
+ * (rows with `mounted = 1 AND deleted = 0`, oldest first). Read without any lease: a snapshot.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface HostState {
+  readonly host: string
+  readonly locks: ReadonlyArray<HostLock>
+  readonly holders: ReadonlyArray<LedgerEntry>
 }
 
 /**
@@ -194,6 +224,11 @@ export interface Service {
     backupTargetId: string,
     limit?: number
   ) => Effect.Effect<ReadonlyArray<LedgerEntry>, DmsError.DatabaseError | DmsError.ValidationError>
+  /**
+   * The lock rows (path, type, pending operation) and the holders of one host, without a lease: what
+   * reconcile compares with the host's real mounts.
+   */
+  readonly getHostState: (host: string) => Effect.Effect<HostState, DmsError.DatabaseError | DmsError.ValidationError>
   /**
    * Marks the job's newest row for the target deleted, under the lease, only if it is not mounted.
    * Returns false when there is no such row or it is mounted. (`force`, which unmounts first, is
@@ -304,12 +339,16 @@ export const make = (store: Store, options: LeaseOptions = {}): Service => {
         const owner = randomUUID()
         // "held" errs on the side of releasing: a failed acquire statement may still have committed.
         const state = { held: false }
-        // The pending mark this operation holds, and whether its request was published.
+        // The pending mark this operation holds, and whether it is the mark taken with the lease and not
+        // published yet (dropped on release: nothing can be running).
         let own: PendingOperation | undefined
-        let sent = false
+        let unpublished = false
         const ownState = (s: StoreState): TargetState => {
           const mine = s.pendingOwner === owner && Option.isSome(s.pending)
-          if (mine) own = s.pending.value
+          if (mine && own === undefined) {
+            own = s.pending.value
+            unpublished = true
+          }
           return {
             holders: s.holders,
             job: s.job,
@@ -320,7 +359,7 @@ export const make = (store: Store, options: LeaseOptions = {}): Service => {
         }
         yield* Effect.addFinalizer(() =>
           state.held
-            ? store.release(key, owner, own !== undefined && !sent).pipe(
+            ? store.release(key, owner, own !== undefined && unpublished).pipe(
               Effect.catchAll((e) => Effect.logWarning("could not release the target lock; it will expire", e.message)),
               Effect.annotateLogs({ backupTargetId, host })
             )
@@ -396,7 +435,10 @@ export const make = (store: Store, options: LeaseOptions = {}): Service => {
                 Effect.tap(() =>
                   Effect.sync(() => {
                     if (changes.release === true) state.held = false
-                    if (changes.pending !== undefined) own = changes.pending ?? undefined
+                    if (changes.pending !== undefined) {
+                      own = changes.pending ?? undefined
+                      unpublished = false
+                    }
                   })
                 )
               )),
@@ -408,7 +450,7 @@ export const make = (store: Store, options: LeaseOptions = {}): Service => {
               })),
           ownMark: () => Option.fromNullable(own),
           markSent: () => {
-            sent = true
+            unpublished = false
           }
         }
         return yield* body(lease)
@@ -487,6 +529,11 @@ export const make = (store: Store, options: LeaseOptions = {}): Service => {
         yield* checkTarget(backupTargetId)
         yield* validate(HistoryLimit, "query", "limit", limit)
         return yield* store.getLedgerHistory(backupTargetId, limit)
+      }),
+    getHostState: (host) =>
+      Effect.gen(function*() {
+        yield* validate(Protocol.Host, "query", "host", host)
+        return yield* store.getHostState(host)
       }),
     softDeleteEntry: (jobId, backupTargetId, opts = {}) =>
       Effect.gen(function*() {

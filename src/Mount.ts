@@ -138,7 +138,13 @@ const holdKey = (jobId: number, targetId: string, host: string) => `${jobId}\0${
 // ---------------------------------------------------------------------------------------------------
 // The operations
 
-interface Target {
+/**
+ * One (job, target, host) an operation works on, and how to build its wire body. Used by reconcile too.
+ *
+ * @since 0.1.0
+ * @category internals
+ */
+export interface Target {
   readonly jobId: number
   readonly id: string
   readonly host: string
@@ -148,15 +154,33 @@ interface Target {
   readonly body: (action: Protocol.Action, mountPath: string, type: "nfs" | "s3") => Record<string, unknown>
 }
 
-interface Env {
+/**
+ * The services an operation runs with.
+ *
+ * @since 0.1.0
+ * @category internals
+ */
+export interface Env {
   readonly config: DmsConfig.Settings
   readonly ledger: Ledger.Service
   readonly broker: Broker.Service
 }
 
-const env = Effect.all({ config: DmsConfig.DmsConfig, ledger: Ledger.Ledger, broker: Broker.Broker })
+/**
+ * Reads the services into an {@link Env}.
+ *
+ * @since 0.1.0
+ * @category internals
+ */
+export const env = Effect.all({ config: DmsConfig.DmsConfig, ledger: Ledger.Ledger, broker: Broker.Broker })
 
-const fromRequest = (request: Protocol.MountRequest, config: DmsConfig.Settings): Target => {
+/**
+ * The {@link Target} of a validated request (the token falls back to the configured one).
+ *
+ * @since 0.1.0
+ * @category internals
+ */
+export const fromRequest = (request: Protocol.MountRequest, config: DmsConfig.Settings): Target => {
   const token = request.keystone_token ?? Option.getOrUndefined(config.keystoneToken)
   return {
     jobId: request.job.jobid,
@@ -175,7 +199,13 @@ const fromRequest = (request: Protocol.MountRequest, config: DmsConfig.Settings)
   }
 }
 
-const validate = (operation: Protocol.Action, input: unknown) =>
+/**
+ * Validates a request for an operation before any I/O (an S3 mount needs a Keystone token).
+ *
+ * @since 0.1.0
+ * @category internals
+ */
+export const validate = (operation: Protocol.Action, input: unknown) =>
   Effect.gen(function*() {
     const request = yield* Protocol.decodeMountRequest(input)
     const { config } = yield* env
@@ -208,8 +238,11 @@ const serverError = (target: Target, reply: Protocol.Reply) =>
  * the caller never learns is resolved by the next operation: usually by the mark the lease was taken
  * with (no round trip), else by a write of its own. A broker failure that certainly reached no server
  * clears the mark again.
+ *
+ * @since 0.1.0
+ * @category internals
  */
-const send = (
+export const send = (
   e: Env,
   lease: Ledger.Lease,
   target: Target,
@@ -255,8 +288,11 @@ const alreadyMounted = (reply: Protocol.Reply, hadHolders: boolean): boolean => 
 /**
  * Drives the host to the state the ledger implies (mounted iff there are holders) when an earlier
  * operation's outcome is unknown, after its deadline has passed (no stale request can still run then).
+ *
+ * @since 0.1.0
+ * @category internals
  */
-const resolvePending = (e: Env, lease: Ledger.Lease, target: Target, state: Ledger.TargetState) =>
+export const resolvePending = (e: Env, lease: Ledger.Lease, target: Target, state: Ledger.TargetState) =>
   Effect.gen(function*() {
     if (Option.isNone(state.pending)) return { state, remounted: false }
     const pending = state.pending.value

@@ -48,6 +48,14 @@ export * as Ledger from "./Ledger.js"
 export * as Mount from "./Mount.js"
 
 /**
+ * reconcile: the ledger against a host's real mounts (stale rows, orphan mounts, pending marks), and
+ * their repair.
+ *
+ * @since 0.1.0
+ */
+export * as Reconcile from "./Reconcile.js"
+
+/**
  * The wire schemas: MountRequest and Reply.
  *
  * @since 0.1.0

@@ -23,6 +23,7 @@ import type * as DmsError from "./DmsError.js"
 import type * as Ledger from "./Ledger.js"
 import * as Mount from "./Mount.js"
 import * as Protocol from "./Protocol.js"
+import * as Reconcile from "./Reconcile.js"
 
 // ---------------------------------------------------------------------------------------------------
 // Exceptions, as the guide names them
@@ -178,6 +179,15 @@ export interface UnmountResponse extends Response {
  */
 export type LedgerEntry = Ledger.LedgerEntry
 
+/**
+ * What `reconcile()` returns: the host, whether its server answered `status`, the stale, orphan and
+ * pending findings each with what was done, and counts.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type ReconcileReport = Reconcile.Report
+
 // ---------------------------------------------------------------------------------------------------
 // The client
 
@@ -292,6 +302,19 @@ export class DMSClient {
     options: { readonly host?: string; readonly force?: boolean } = {}
   ): Promise<boolean> {
     return this.run(Mount.softDeleteEntry(jobId, backupTargetId, options))
+  }
+
+  /**
+   * Compares the ledger with the host's real mounts (stale rows, orphan mounts, pending marks); with
+   * `repair`, repairs them under each target's lock. `requests` are mount requests of stale targets to
+   * remount now. Returns a plain report; throws the guide's exceptions (bad input, no server for the
+   * host, timeout, database).
+   */
+  async reconcile(
+    host: string,
+    options: { readonly repair?: boolean; readonly requests?: ReadonlyArray<unknown> } = {}
+  ): Promise<ReconcileReport> {
+    return this.run(Reconcile.reconcile(host, options))
   }
 
   /** Closes the connections. The client connects again if used afterwards. */

@@ -56,6 +56,40 @@ const overlap = (ledgers: ReadonlyArray<Ledger.Service>, targetId: string, n: nu
 for (const [name, backendLayer] of backends) {
   describe(`Ledger (${name})`, () => {
     layer(backendLayer, { excludeTestServices: true, timeout: "120 seconds" })((it) => {
+      it.scoped("getHostState lists one host's lock rows (path, type, pending mark) and holders", () =>
+        Effect.gen(function*() {
+          const ledger = yield* (yield* Backend).build()
+          const host = `host-${randomBytes(4).toString("hex")}`
+          const [a, b] = [`a-'"\\%_${target()}`, `b-${target()}`]
+          const deadline = new Date(Date.UTC(2030, 0, 2, 3, 4, 5, 678))
+          yield* ledger.withTargetLock(a, host, (lease) =>
+            lease.write({ job: { jobId: 7, mounted: true }, mountPath: "/m/a'%_", targetType: "s3" }))
+          const mark = { op: "unmount" as const, deadline, mountPath: "/m/b", targetType: "nfs" as const }
+          yield* ledger.withTargetLock(b, host, (lease) => lease.write({ pending: mark }))
+          yield* ledger.withTargetLock(a, "elsewhere", (lease) => lease.write({ job: { jobId: 8, mounted: true } }))
+          const state = yield* ledger.getHostState(host)
+          assert.strictEqual(state.host, host)
+          assert.deepStrictEqual(
+            // Options unwrapped: chai's deep equality takes None for equal to any Some.
+            state.locks.map((l): ReadonlyArray<unknown> => [
+              l.backupTargetId,
+              l.host,
+              Option.getOrNull(l.mountPath),
+              Option.getOrNull(l.targetType),
+              Option.getOrNull(l.pending)
+            ]),
+            [
+              [a, host, "/m/a'%_", "s3", null],
+              [b, host, null, null, mark]
+            ]
+          )
+          assert.deepStrictEqual(state.holders.map((h) => [h.backupTargetId, h.host, h.jobId, h.mounted]), [[a, host, 7, true]])
+          assert.deepStrictEqual(yield* ledger.getHostState(`none-${host}`), { host: `none-${host}`, locks: [], holders: [] })
+          const invalid = yield* Effect.flip(ledger.getHostState(""))
+          assert.instanceOf(invalid, ValidationError)
+          assert.include(invalid.message, "host")
+        }))
+
       it.scoped("records a holder, reads it back, and answers the guide's queries", () =>
         Effect.gen(function*() {
           const ledger = yield* (yield* Backend).build()
@@ -135,21 +169,13 @@ for (const [name, backendLayer] of backends) {
           assert.deepStrictEqual(yield* ledger.getActiveMounts({ backupTargetId: t }), [])
         }))
 
-      it.scoped("keeps a published pending operation on the lock row until cleared; drops one never published", () =>
+      it.scoped("keeps a written pending operation and mount path on the lock row until cleared", () =>
         Effect.gen(function*() {
           const ledger = yield* (yield* Backend).build()
           const t = target()
           const deadline = new Date(Date.now() + 12_345)
           const mark = { op: "mount" as const, deadline, mountPath: "/m/p", targetType: "nfs" as const }
-          // Written and never published: nothing can be running, so the release drops it.
-          yield* ledger.withTargetLock(t, HOST, (lease) => lease.write({ pending: mark }))
-          assertNone((yield* ledger.withTargetLock(t, HOST, (lease) => lease.read())).pending)
-          // Published: the outcome is unknown until someone clears it.
-          yield* ledger.withTargetLock(t, HOST, (lease) =>
-            Effect.gen(function*() {
-              yield* lease.write({ pending: mark, mountPath: "/m/p", targetType: "nfs" })
-              lease.markSent()
-            }))
+          yield* ledger.withTargetLock(t, HOST, (lease) => lease.write({ pending: mark, mountPath: "/m/p", targetType: "nfs" }))
           const seen = yield* ledger.withTargetLock(t, HOST, (lease) => lease.read())
           assertSome(seen.pending, mark)
           assertSome(seen.mountPath, "/m/p")

@@ -97,6 +97,31 @@ describe("DMSClient", () => {
   })
 })
 
+describe("DMSClient.reconcile", () => {
+  it("reports drift as a plain object, repairs it, and throws the guide's exceptions", async () => {
+    const { client, server } = memoryClient()
+    await client.mount(request(1))
+    server.reboot("compute-01")
+    const report = await client.reconcile("compute-01")
+    assert.deepInclude(report, { host: "compute-01", statusSupported: true, statusMessage: null, repair: false, clean: false })
+    assert.deepStrictEqual(report.stale.map((s) => [s.backupTargetId, [...s.jobIds], s.action]), [["target-nfs-prod", [1], "none"]])
+    assert.deepInclude(report.counts, { held: 1, stale: 1, orphans: 0, pending: 0, remaining: 1 })
+    assert.deepStrictEqual(JSON.parse(JSON.stringify(report.stale)), report.stale, "plain data: no Option, no class")
+
+    const repaired = await client.reconcile("compute-01", { repair: true, requests: [request(1)] })
+    assert.strictEqual(repaired.stale[0]!.action, "remounted")
+    assert.isTrue(repaired.clean)
+    assert.isTrue(server.isMounted("compute-01", "/var/lib/trilio/triliovault-mounts/nfs-prod"))
+    assert.isTrue((await client.reconcile("compute-01")).clean)
+
+    const sent = server.received.length
+    const bad = await client.reconcile("", { repair: true }).then(() => undefined, (e: unknown) => e)
+    assert.instanceOf(bad, RequestValidationException)
+    assert.include((bad as Error).message, "host: Expected a non-empty host name")
+    assert.strictEqual(server.received.length, sent, "nothing sent")
+  })
+})
+
 describe("MountContext", () => {
   it("mounts on enter and unmounts on exit, also with await using", async () => {
     const { client, server } = memoryClient()

@@ -18,6 +18,7 @@ import * as Failure from "./Failure.js"
 import * as LedgerCommands from "./LedgerCommands.js"
 import * as MountCommands from "./MountCommands.js"
 import * as Output from "./Output.js"
+import * as ReconcileCommand from "./ReconcileCommand.js"
 import * as ServerCommand from "./ServerCommand.js"
 
 /**
@@ -28,7 +29,7 @@ import * as ServerCommand from "./ServerCommand.js"
  */
 export const root = Command.make("trilio-dms", {}, () =>
   Effect.zipRight(
-    Output.errorLine("trilio-dms: a command is required (mount, unmount, status, mounts, history, soft-delete, migrate, server, doctor, demo); see trilio-dms --help"),
+    Output.errorLine("trilio-dms: a command is required (mount, unmount, status, mounts, history, soft-delete, migrate, reconcile, server, doctor, demo); see trilio-dms --help"),
     Effect.fail(new Failure.CliExit({ code: Failure.ExitCode.badInput }))
   )).pipe(
     Command.withDescription(
@@ -43,6 +44,7 @@ export const root = Command.make("trilio-dms", {}, () =>
       LedgerCommands.history,
       LedgerCommands.softDelete,
       LedgerCommands.migrate,
+      ReconcileCommand.command,
       ServerCommand.command,
       Doctor.command,
       Demo.command
@@ -53,7 +55,8 @@ const cli = Command.run(root, {
   name: "trilio-dms",
   version: VERSION,
   footer: HelpDoc.p(
-    "Exit codes: 0 success, 1 the operation failed (the server answered an error), 2 bad input, 3 timeout, " +
+    "Exit codes: 0 success, 1 the operation failed (the server answered an error; for reconcile: drift remains), " +
+      "2 bad input, 3 timeout, " +
       "4 database, 5 broker (or no DMS server for the host). Configuration: DMS_DB_URL, DMS_RABBITMQ_URL, " +
       "DMS_REQUEST_TIMEOUT, DMS_LOCK_TIMEOUT, DMS_LOG_LEVEL, KEYSTONE_TOKEN, or ~/.trilio-dms/client.conf."
   )

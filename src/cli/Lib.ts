@@ -29,6 +29,10 @@ export * as Mount from "../Mount.js"
 /**
  * @since 0.1.0
  */
+export * as Reconcile from "../Reconcile.js"
+/**
+ * @since 0.1.0
+ */
 export * as Server from "../server/Server.js"
 /**
  * @since 0.1.0

@@ -34,6 +34,8 @@ export interface MemoryState {
   readonly byPairJob: Map<string, Array<MutableEntry>>
   /** The mounted, non-deleted rows of each (target, host). */
   readonly holders: Map<string, Set<MutableEntry>>
+  /** The (target, host) of each lock row, by lock key. */
+  readonly pairs: Map<string, LockKey>
   nextId: number
 }
 
@@ -43,6 +45,7 @@ export const makeState = (): MemoryState => ({
   byPair: new Map(),
   byPairJob: new Map(),
   holders: new Map(),
+  pairs: new Map(),
   nextId: 1
 })
 
@@ -70,6 +73,7 @@ export const make = (state: MemoryState = makeState()): Store => {
       withNow((now) => {
         const row = state.locks.get(key.key)
         if (row === undefined) {
+          state.pairs.set(key.key, key)
           state.locks.set(key.key, {
             owner,
             expiresAt: now + leaseMs,
@@ -202,6 +206,23 @@ export const make = (state: MemoryState = makeState()): Store => {
           )
           .map(copy)
       ),
+    getHostState: (host) =>
+      Effect.sync(() => ({
+        host,
+        locks: [...state.locks.entries()]
+          .flatMap(([k, lock]) => {
+            const pair = state.pairs.get(k)
+            return pair === undefined || pair.host !== host ? [] : [{
+              backupTargetId: pair.backupTargetId,
+              host,
+              mountPath: Option.fromNullable(lock.mountPath),
+              targetType: Option.fromNullable(lock.targetType),
+              pending: Option.fromNullable(lock.pending)
+            }]
+          })
+          .sort((a, b) => (a.backupTargetId < b.backupTargetId ? -1 : a.backupTargetId > b.backupTargetId ? 1 : 0)),
+        holders: state.rows.filter((r) => r.mounted && !r.deleted && r.host === host).map(copy)
+      })),
     getLedgerHistory: (backupTargetId, limit) =>
       Effect.sync(() =>
         state.rows.filter((r) => r.backupTargetId === backupTargetId).sort(newestFirst).slice(0, limit).map(copy)

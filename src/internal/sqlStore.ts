@@ -8,7 +8,7 @@ import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import * as fs from "node:fs"
 import { DatabaseError } from "../DmsError.js"
-import type { LeaseWrite, LedgerEntry, PendingOperation } from "../Ledger.js"
+import type { HostLock, LeaseWrite, LedgerEntry, PendingOperation } from "../Ledger.js"
 import type { LockKey, Store, StoreState } from "./store.js"
 import { leaseLostReason, RESERVATION_MS } from "./store.js"
 import { VERSION } from "./version.js"
@@ -519,6 +519,39 @@ export const make = (dialectName: "mysql" | "sqlite"): Effect.Effect<Store, Data
           Effect.map((rows) => rows.map(toEntry)),
           Effect.mapError(toDatabaseError("getActiveMounts"))
         ),
+      getHostState: (host) =>
+        Effect.gen(function*() {
+          const locks = yield* sql<{
+            backup_target_id: string
+            mount_path: string | null
+            target_type: string | null
+            pending_op: string | null
+            pending_deadline: unknown
+            pending_path: string | null
+            pending_type: string | null
+          }>`SELECT backup_target_id, mount_path, target_type, pending_op, pending_deadline, pending_path, pending_type
+            FROM ${lit(LOCK_TABLE)} WHERE host = ${exact}${host} ORDER BY backup_target_id`
+          const holders = yield* sql<LedgerRow>`SELECT ${lit(ledgerSelect)} FROM ${lit(LEDGER_TABLE)}
+            WHERE mounted = 1 AND deleted = 0 AND host = ${exact}${host} ORDER BY id`
+          return {
+            host,
+            locks: locks.map((l): HostLock => ({
+              backupTargetId: l.backup_target_id,
+              host,
+              mountPath: Option.fromNullable(l.mount_path),
+              targetType: targetTypeOf(l.target_type),
+              pending: l.pending_op === "mount" || l.pending_op === "unmount"
+                ? Option.some({
+                  op: l.pending_op,
+                  deadline: d.toDate(l.pending_deadline) ?? new Date(0),
+                  mountPath: l.pending_path,
+                  targetType: Option.getOrNull(targetTypeOf(l.pending_type))
+                })
+                : Option.none()
+            })),
+            holders: holders.map(toEntry)
+          }
+        }).pipe(Effect.mapError(toDatabaseError("getHostState"))),
       getLedgerHistory: (backupTargetId, limit) =>
         sql<LedgerRow>`SELECT ${lit(ledgerSelect)} FROM ${lit(LEDGER_TABLE)}
           WHERE backup_target_id = ${exact}${backupTargetId}

@@ -5,7 +5,7 @@
 import type * as Effect from "effect/Effect"
 import type * as Option from "effect/Option"
 import type { DatabaseError } from "../DmsError.js"
-import type { LeaseWrite, LedgerEntry, PendingOperation, TargetState } from "../Ledger.js"
+import type { HostState, LeaseWrite, LedgerEntry, PendingOperation, TargetState } from "../Ledger.js"
 import { createHash } from "node:crypto"
 
 /** The lock row's identity: hex SHA-1 of target id, NUL, host. */
@@ -73,6 +73,8 @@ export interface Store {
     backupTargetId: string,
     limit: number
   ) => Effect.Effect<ReadonlyArray<LedgerEntry>, DatabaseError>
+  /** The lock rows and the holders of one host (no lease). */
+  readonly getHostState: (host: string) => Effect.Effect<HostState, DatabaseError>
 }
 
 /**

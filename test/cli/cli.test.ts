@@ -30,7 +30,7 @@ import { TestDatabase, TestDatabaseLive } from "../support/mysql.js"
 import { deleteOnClose, RABBIT_URL, uniqueHost } from "../support/rabbit.js"
 import { guideNfs } from "../support/requests.js"
 
-const COMMANDS = ["mount", "unmount", "status", "mounts", "history", "soft-delete", "migrate", "server", "doctor", "demo"]
+const COMMANDS = ["mount", "unmount", "status", "mounts", "history", "soft-delete", "migrate", "reconcile", "server", "doctor", "demo"]
 
 const show = (r: Result) => `exit ${r.code} after ${r.ms} ms\nstdout:\n${r.stdout}\nstderr:\n${r.stderr}`
 
@@ -88,7 +88,7 @@ describe.concurrent("trilio-dms (packed, installed)", () => {
         const imported = yield* exec(process.execPath, ["check.mjs"], { cwd: app, env })
         expectCode(imported, 0)
         assert.deepStrictEqual(JSON.parse(imported.stdout), {
-          modules: ["Broker", "Dms", "DmsConfig", "DmsError", "Ledger", "Mount", "Protocol"],
+          modules: ["Broker", "Dms", "DmsConfig", "DmsError", "Ledger", "Mount", "Protocol", "Reconcile"],
           client: "function",
           context: "function",
           invalid: true
@@ -162,6 +162,8 @@ describe.concurrent("trilio-dms (packed, installed)", () => {
           [["mount", "--job-id", "0", "--target-id", "t", "--mount-path", "/m"], "--target-type (backup_target.type): is missing"],
           [["unmount", "--request", badRequest], `${badRequest}: job.jobid: Expected number, actual "job-12345"`],
           [["mounts", "--older-than", "soon"], "--older-than: expected a duration"],
+          [["reconcile", "--host", ""], "--host: Expected a non-empty host name"],
+          [["reconcile", "--host", "two words", "--repair"], "--host: Expected a host name without whitespace"],
           [["status", "--target-id", "t"], "--job-id"],
           [["status", "--job-id", "1", "--target-id", "t"], "DMS_DB_URL"]
         ]
@@ -278,6 +280,68 @@ describe.concurrent("trilio-dms (packed, installed)", () => {
         expectCode(badLimit, 2)
         assert.include(badLimit.stderr, "limit")
         assert.strictEqual(after.stdout, `no active mounts on ${host}\n`)
+      }), 120_000)
+
+    it.scoped("reconcile: drift exits 1 (table or --json), --repair repairs it, agreement exits 0", () =>
+      Effect.gen(function*() {
+        const env = yield* liveEnv
+        const host = uniqueHost("cli-reconcile")
+        const server = yield* modelServer(host)
+        const stale = uniqueTarget("stale")
+        const orphan = uniqueTarget("orphan")
+        const at = (t: string) => `/var/lib/trilio/triliovault-mounts/${t}`
+        expectCode(yield* cli(["mount", ...nfsFlags(1, stale, host)], env), 0)
+        // A reboot took the stale target; the orphan was mounted with no ledger record.
+        server.reboot(host)
+        server.mounts.set(host, new Map([[at(orphan), orphan]]))
+
+        const [report, reportJson] = yield* Effect.all([
+          cli(["reconcile", "--host", host], env),
+          cli(["reconcile", "--host", host, "--json"], env)
+        ], { concurrency: 2 })
+        expectCode(report, 1)
+        const lines = report.stdout.trimEnd().split("\n")
+        assert.strictEqual(lines[0], `reconcile of ${host}: the server lists 1 mount(s); the ledger has 1 held target(s) and 0 pending mark(s)`)
+        assert.match(lines[1]!, /^KIND\s+TARGET\s+PATH\s+JOBS\s+FOUND\s+ACTION$/)
+        assert.match(lines[2]!, new RegExp(`^stale\\s+${stale}\\s+${at(stale)}\\s+1\\s+the host does not have it mounted\\s+-$`))
+        assert.match(lines[3]!, new RegExp(`^orphan\\s+${orphan}\\s+${at(orphan)}\\s+-\\s+mounted from \\?, no job holds it\\s+-$`))
+        assert.strictEqual(lines[4], "summary: 1 stale, 1 orphan(s), 0 pending; nothing changed (run with --repair to repair)")
+        expectCode(reportJson, 1)
+        const parsed = parseJson(reportJson)
+        assert.deepInclude(parsed, { status: "success", host, status_supported: true, repair: false, clean: false, exit_code: 1 })
+        assert.deepStrictEqual(parsed.stale.map((x: any) => [x.backup_target_id, x.job_ids, x.action]), [[stale, [1], "none"]])
+        assert.deepStrictEqual(parsed.orphans.map((x: any) => [x.backup_target_id, x.mount_path]), [[orphan, at(orphan)]])
+        assert.strictEqual(reportJson.stderr, "")
+        assert.deepStrictEqual(server.received.filter((r) => r.action !== "status").map((r) => r.action), ["mount"], "nothing changed")
+
+        const repaired = yield* cli(["reconcile", "--host", host, "--repair", "--json"], env)
+        expectCode(repaired, 1) // the stale target is only marked: the host still lacks it
+        const r = parseJson(repaired)
+        assert.deepStrictEqual(r.stale.map((x: any) => x.action), ["marked"])
+        assert.deepStrictEqual(r.orphans.map((x: any) => x.action), ["unmounted"])
+        assert.deepInclude(r.counts, { repaired: 1, marked: 1, remaining: 0 })
+        assert.isFalse(server.isMounted(host, at(orphan)))
+
+        // The holder's release remounts first (the mark), then unmounts as the last holder.
+        expectCode(yield* cli(["unmount", ...nfsFlags(1, stale, host)], env), 0)
+        assert.deepStrictEqual(server.received.filter((x) => x.targetId === stale).map((x) => x.action), ["mount", "mount", "unmount"])
+        const agreed = yield* cli(["reconcile", "--host", host, "--repair"], env)
+        expectCode(agreed, 0)
+        assert.strictEqual(agreed.stdout, `reconcile of ${host}: the server lists 0 mount(s); the ledger has 0 held target(s) and 0 pending mark(s)\nthe ledger and the host agree\n`)
+
+        // A server without status (as the Python one): said so, exit 0 when nothing else is found.
+        const python = uniqueHost("cli-reconcile-py")
+        const old = yield* modelServer(python)
+        old.supportsStatus = false
+        const unseen = yield* cli(["reconcile", "--host", python], env)
+        expectCode(unseen, 0)
+        assert.include(unseen.stdout, `the server does not answer status (Unknown action: status), so stale and orphan mounts cannot be detected`)
+        assert.include(unseen.stderr, "does not answer status")
+
+        const lonely = uniqueHost("cli-reconcile-none")
+        const none = yield* cli(["reconcile", "--host", lonely], env)
+        expectCode(none, 5)
+        assert.include(none.stderr, `no DMS server for host ${lonely}`)
       }), 120_000)
 
     it.scoped("a server's error exits 1, a reply that never comes exits 3, no server for the host exits 5 fast", () =>

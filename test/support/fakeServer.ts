@@ -1,7 +1,9 @@
 /**
  * A model DMS server for Broker.layerMemory: keeps each host's mounts, answers as the Python server
  * does (already mounted → success, not mounted → success), refuses requests past their deadline, and
- * records every state transition. Tests can hold a request at a gate or make the next one fail.
+ * records every state transition. Tests can hold a request at a gate or make the next one fail. It
+ * answers `status` as the real server does (`mounts` with target ids), unless `supportsStatus` is off
+ * (then, as the Python server, `Unknown action: status`).
  */
 import * as Effect from "effect/Effect"
 import * as Broker from "../../src/Broker.js"
@@ -36,6 +38,10 @@ export interface FakeServer {
   readonly isMounted: (host: string, path: string) => boolean
   /** A host reboot: every mount of the host is gone, behind the ledger's back. */
   readonly reboot: (host: string) => void
+  /** Answers `status` (default true); off, it answers as the Python server: `Unknown action: status`. */
+  supportsStatus: boolean
+  /** Mounts under the base that the server did not make: listed by `status` with a null target id. */
+  readonly foreign: Array<{ readonly host: string; readonly path: string }>
 }
 
 export const make = (): FakeServer => {
@@ -54,6 +60,8 @@ export const make = (): FakeServer => {
     received: [],
     gate: () => Effect.void,
     failNext: undefined,
+    supportsStatus: true,
+    foreign: [],
     isMounted: (host, path) => hostMounts(host).has(path),
     reboot: (host) => mounts.delete(host),
     handler: (request) => server.respond(request.host, request.body, request.deadline),
@@ -80,6 +88,25 @@ export const make = (): FakeServer => {
         }
         const m = hostMounts(request.host)
         switch (received.action) {
+          case "status": {
+            if (!server.supportsStatus) return Protocol.failure("Unknown action: status")
+            const entry = (id: string | null, path: string) => ({
+              backup_target_id: id,
+              type: null,
+              mount_path: path,
+              source: null,
+              fs_type: null,
+              mounted: true,
+              pid: null,
+              daemon_alive: null
+            })
+            const mounts = [
+              ...[...m.entries()].map(([path, id]) => entry(id, path)),
+              ...server.foreign.filter((f) => f.host === request.host).map((f) => entry(null, f.path))
+            ]
+            const reply: Protocol.Reply = { ...Protocol.success(`${mounts.length} mount(s)`), ...{ mounts } }
+            return reply
+          }
           case "mount":
             if (m.has(received.path)) return Protocol.success(`Already mounted at ${received.path}`)
             m.set(received.path, received.targetId)
