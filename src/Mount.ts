@@ -302,7 +302,10 @@ const mountUnderLease = (e: Env, target: Target) => (lease: Ledger.Lease) =>
       return yield* Effect.fail(serverError(target, reply))
     }
     // Remounted while resolving an earlier operation (the host had lost it): this call mounted it.
-    const reused = alreadyMounted(reply, hadHolders) && !remounted
+    // Without holders (pending marks resolved) a mount the server already has belongs to no other job:
+    // typically this very request, run by a server that died before replying and answered again after
+    // its restart (the model test found it). The first holder is the physical mount.
+    const reused = hadHolders && alreadyMounted(reply, hadHolders) && !remounted
     const entryId = Option.match(state.job, { onNone: () => null, onSome: (j) => j.id })
     yield* lease.write({ job: { jobId: target.jobId, mounted: true, entryId }, pending: null, release: true })
     const holds = holdsOf(e.ledger)

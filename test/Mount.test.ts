@@ -105,6 +105,21 @@ describe("Mount", () => {
     }).pipe(Effect.provide(layer))
   })
 
+  it.live("the first holder is told it mounted even when the server answers \"already mounted\"", () => {
+    const { server, layer } = setup()
+    return Effect.gen(function*() {
+      // The server mounted it for this very request, died before replying, and answered the redelivered
+      // request after its restart (found by the model test, seed 381641672).
+      server.mounts.set(HOST, new Map([[PATH, "t1"]]))
+      const first = yield* Mount.mount(nfs(1))
+      assert.isTrue(first.physicallyMounted)
+      assert.isFalse(first.reusedExisting)
+      const second = yield* Mount.mount(nfs(2))
+      assert.isTrue(second.reusedExisting, "another job holds it: reused")
+      assert.deepStrictEqual(yield* holders(), [1, 2])
+    }).pipe(Effect.provide(layer))
+  })
+
   it.live("a mount whose reply timed out and that completed late is resolved by the next operation", () => {
     const { server, layer } = setup({ timeout: 0.3 })
     return Effect.gen(function*() {
