@@ -354,7 +354,7 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
       timeoutMs: options.timeoutMs ?? 2_000,
       leaseMs: options.leaseMs ?? 3_000,
       lockTimeoutMs: options.lockTimeoutMs ?? 60_000,
-      faultGapMs: options.faultGapMs ?? [800, 2_000]
+      faultGapMs: options.faultGapMs ?? [300, 1_200]
     }
     const runId = randomBytes(4).toString("hex")
     const dir = yield* Effect.acquireRelease(
@@ -396,7 +396,6 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
         }),
         FastCheck.array(
           FastCheck.tuple(
-            FastCheck.constantFrom(...FAULT_KINDS),
             FastCheck.integer({ min: o.faultGapMs[0], max: o.faultGapMs[1] }),
             FastCheck.nat(1_000)
           ),
@@ -587,7 +586,9 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
         }
       })
     const injector = Effect.gen(function*() {
-      for (const [kind, gap, r] of faultPlan) {
+      // Every kind in turn; which connection, server, worker and variant is drawn.
+      for (const [i, [gap, r]] of faultPlan.entries()) {
+        const kind = FAULT_KINDS[i % FAULT_KINDS.length]!
         yield* Effect.sleep(Duration.millis(gap))
         if (stop) return
         yield* inject(kind, r)
