@@ -310,7 +310,10 @@ const mountUnderLease = (e: Env, target: Target) => (lease: Ledger.Lease) =>
     yield* lease.write({ job: { jobId: target.jobId, mounted: true, entryId }, pending: null, release: true })
     const holds = holdsOf(e.ledger)
     const key = holdKey(target.jobId, target.id, target.host)
-    holds.set(key, (holds.get(key) ?? 0) + 1)
+    // The ledger is the truth: without an active row the job has no holds here, whatever an earlier
+    // operation that failed after its write committed left in this count.
+    const before = Option.exists(state.job, (j) => j.mounted) ? holds.get(key) ?? 0 : 0
+    holds.set(key, before + 1)
     const result: MountResult = {
       mountPath: target.mountPath,
       reusedExisting: reused,
@@ -326,6 +329,8 @@ const unmountUnderLease = (e: Env, target: Target, options: { readonly release: 
     const { state } = yield* resolvePending(e, lease, target, yield* lease.read(target.jobId))
     const mine = Option.filter(state.job, (j) => j.mounted)
     if (Option.isNone(mine)) {
+      // No active row, so no holds in this process either (see mountUnderLease).
+      holdsOf(e.ledger).delete(holdKey(target.jobId, target.id, target.host))
       return yield* Effect.fail(
         new DmsError.MountError({
           reason: "no-active-mount",
