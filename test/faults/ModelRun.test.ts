@@ -12,7 +12,7 @@ import * as Model from "../support/model.js"
 import { TestDatabaseLive } from "../support/mysql.js"
 
 const seed = Model.envNumber("SEED", Math.floor(Math.random() * 2 ** 31))
-const ops = Model.envNumber("FAULT_OPS", 3_000)
+const ops = Model.envNumber("FAULT_OPS", 2_000)
 
 layer(TestDatabaseLive, { excludeTestServices: true, timeout: "60 seconds" })("model run under faults", (it) => {
   it.scoped(`${ops} random operations under injected faults: invariants hold after recovery (seed ${seed})`, () =>

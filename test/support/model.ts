@@ -501,7 +501,11 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
     const faults: Record<string, number> = {}
     let skipped = 0
     let stop = false
-    const count = (kind: string, n = 1) => void (faults[kind] = (faults[kind] ?? 0) + n)
+    const faultLog: Array<{ readonly at: number; readonly kind: string; readonly n: number }> = []
+    const count = (kind: string, n = 1) => {
+      faults[kind] = (faults[kind] ?? 0) + n
+      faultLog.push({ at: Date.now(), kind, n })
+    }
     const inject = (kind: FaultKind, r: number): Effect.Effect<void, Error, Scope.Scope> =>
       Effect.gen(function*() {
         switch (kind) {
@@ -624,7 +628,7 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
       "SELECT backup_target_id, host, owner, pending_op FROM backup_target_mount_lock"
     )
     const all = [...records.values()]
-    if (process.env.DMS_MODEL_DUMP) fs.writeFileSync(process.env.DMS_MODEL_DUMP, JSON.stringify({ all, transitions, active }, null, 1))
+    if (process.env.DMS_MODEL_DUMP) fs.writeFileSync(process.env.DMS_MODEL_DUMP, JSON.stringify({ all, transitions, active, faultLog }, null, 1))
     const violations = check({ pairs, records: all, transitions, stateFiles, statusReplies, active, lockRows, exact: !options.faults })
 
     const byOutcome: Record<string, number> = {}
@@ -636,7 +640,7 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
         ? "killed"
         : out._tag === "success"
         ? `${r.start.action} ok`
-        : `${r.start.action} ${out.error}${out.phase ? `(${out.phase})` : ""}${out.reason ? `(${out.reason})` : ""}`
+        : `${r.start.action} ${out.error}${out.phase ? `(${out.phase})` : ""}${out.error === "MountError" && out.reason ? `(${out.reason})` : ""}`
       byOutcome[label] = (byOutcome[label] ?? 0) + 1
       if (out?._tag === "success" && out.physicallyMounted === true) physicalMounts++
       if (out?._tag === "success" && out.unmounted === true) physicalUnmounts++
