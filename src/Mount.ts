@@ -353,7 +353,10 @@ const mountUnderLease = (e: Env, target: Target) => (lease: Ledger.Lease) =>
       return yield* Effect.fail(serverError(target, reply))
     }
     // Remounted while resolving an earlier operation (the host had lost it): this call mounted it.
-    const reused = alreadyMounted(reply, hadHolders) && !remounted
+    // Without holders (pending marks resolved) a mount the server already has belongs to no other job:
+    // typically this very request, run by a server that died before replying and answered again after
+    // its restart (the model test found it). The first holder is the physical mount.
+    const reused = hadHolders && alreadyMounted(reply, hadHolders) && !remounted
     const entryId = Option.match(state.job, { onNone: () => null, onSome: (j) => j.id })
     yield* lease.write({
       job: { jobId: target.jobId, mounted: true, entryId },
@@ -364,7 +367,10 @@ const mountUnderLease = (e: Env, target: Target) => (lease: Ledger.Lease) =>
     })
     const holds = holdsOf(e.ledger)
     const key = holdKey(target.jobId, target.id, target.host)
-    holds.set(key, (holds.get(key) ?? 0) + 1)
+    // The ledger is the truth: without an active row the job has no holds here, whatever an earlier
+    // operation that failed after its write committed left in this count.
+    const before = Option.exists(state.job, (j) => j.mounted) ? holds.get(key) ?? 0 : 0
+    holds.set(key, before + 1)
     const result: MountResult = {
       mountPath: target.mountPath,
       reusedExisting: reused,
@@ -380,6 +386,8 @@ const unmountUnderLease = (e: Env, target: Target, options: { readonly release: 
     const { state } = yield* resolvePending(e, lease, target, yield* lease.read(target.jobId))
     const mine = Option.filter(state.job, (j) => j.mounted)
     if (Option.isNone(mine)) {
+      // No active row, so no holds in this process either (see mountUnderLease).
+      holdsOf(e.ledger).delete(holdKey(target.jobId, target.id, target.host))
       return yield* Effect.fail(
         new DmsError.MountError({
           reason: "no-active-mount",

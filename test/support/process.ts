@@ -20,6 +20,8 @@ export interface Child {
   /** The exit code (or signal name), once it exits. */
   readonly exited: Effect.Effect<number | string>
   readonly stderr: () => string
+  /** Every line printed so far. */
+  readonly lines: () => ReadonlyArray<string>
 }
 
 const root = path.resolve(import.meta.dirname, "../..")
@@ -85,7 +87,8 @@ export const spawnTs = (script: string, args: ReadonlyArray<string>) =>
           }
         }),
         exited: Deferred.await(exited),
-        stderr: () => stderr
+        stderr: () => stderr,
+        lines: () => [...lines]
       }
       return handle
     }),

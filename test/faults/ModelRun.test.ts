@@ -1,0 +1,33 @@
+/**
+ * The randomized model test under faults (issue #8): while random mount/unmount/retry operations run
+ * from fibers of this process and from two client processes, faults are injected: our clients'
+ * RabbitMQ connections closed by name, a model server SIGKILLed mid-request and restarted, the MariaDB
+ * connections to the run's database killed, a client process SIGKILLed while it holds a target's lease
+ * (mid-request), and replies delayed past the client's timeout. After recovery the invariants hold.
+ * `DMS_MODEL_FAULT_OPS` and `DMS_MODEL_SEED` size and replay it (`npm run soak` runs it longer).
+ */
+import { assert, layer } from "@effect/vitest"
+import * as Effect from "effect/Effect"
+import * as Model from "../support/model.js"
+import { TestDatabaseLive } from "../support/mysql.js"
+
+const seed = Model.envNumber("SEED", Math.floor(Math.random() * 2 ** 31))
+const ops = Model.envNumber("FAULT_OPS", 2_000)
+
+layer(TestDatabaseLive, { excludeTestServices: true, timeout: "60 seconds" })("model run under faults", (it) => {
+  it.scoped(`${ops} random operations under injected faults: invariants hold after recovery (seed ${seed})`, () =>
+    Effect.gen(function*() {
+      const summary = yield* Model.run({ seed, ops, faults: true })
+      console.log(Model.summaryLine(summary))
+      assert.strictEqual(
+        summary.violations.length,
+        0,
+        `seed ${seed}: replay with DMS_MODEL_SEED=${seed} DMS_MODEL_FAULT_OPS=${ops}\n${summary.violations.slice(0, 20).join("\n")}`
+      )
+      assert.isAtLeast(summary.ops, ops)
+      // Every kind of fault was injected at least once.
+      for (const kind of Model.FAULT_KINDS) {
+        assert.isTrue(Object.keys(summary.faults).some((k) => k.startsWith(kind)), `no ${kind} fault was injected: ${JSON.stringify(summary.faults)}`)
+      }
+    }), { timeout: Math.max(240_000, ops * 300) })
+})

@@ -1,0 +1,38 @@
+/**
+ * A client process of the randomized model test:
+ *   node --import tsx test/support/modelWorker.ts '{"client":{…ClientSettings},"slots":[…SlotSpec]}'
+ * Runs its slots as concurrent fibers over one client (Dms.layer: MariaDB ledger, RabbitMQ broker with
+ * the given connection name) and prints one line per event: `ready` once connected, then
+ * `start <OpStart json>` before and `end <OpEnd json>` after every operation, and `done` at the end.
+ */
+import * as Effect from "effect/Effect"
+import * as Ledger from "../../src/Ledger.js"
+import * as ModelClient from "./modelClient.js"
+
+interface Args {
+  readonly client: ModelClient.ClientSettings
+  readonly slots: ReadonlyArray<ModelClient.SlotSpec>
+}
+
+const args = JSON.parse(process.argv[2] ?? "{}") as Args
+const say = (line: string) => Effect.sync(() => void process.stdout.write(`${line}\n`))
+const report: ModelClient.Reporter = {
+  start: (op) => say(`start ${JSON.stringify(op)}`),
+  end: (op) => say(`end ${JSON.stringify(op)}`)
+}
+
+const program = Effect.gen(function*() {
+  // Connected to the ledger before the first operation.
+  yield* Effect.flatMap(Ledger.Ledger, (l) => l.getActiveMounts())
+  yield* say("ready")
+  yield* Effect.forEach(args.slots, (slot) => ModelClient.runSlot(slot, report), { concurrency: "unbounded", discard: true })
+  yield* say("done")
+})
+
+Effect.runPromise(program.pipe(Effect.provide(ModelClient.clientLayer(args.client)))).then(
+  () => process.exit(0),
+  (e) => {
+    process.stderr.write(`${String(e)}\n`)
+    process.exit(1)
+  }
+)
