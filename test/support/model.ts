@@ -22,6 +22,7 @@ import * as os from "node:os"
 import * as path from "node:path"
 import * as Broker from "../../src/Broker.js"
 import type * as Dms from "../../src/Dms.js"
+import * as Reconcile from "../../src/Reconcile.js"
 import { rpc } from "./dmsServer.js"
 import * as ModelClient from "./modelClient.js"
 import * as ModelServer from "./modelServer.js"
@@ -67,6 +68,8 @@ export interface Summary {
   readonly seed: number
   readonly ops: number
   readonly recoveryOps: number
+  /** What reconcile (with repair) found after the run, summed over the hosts. */
+  readonly reconciled: { readonly stale: number; readonly orphans: number; readonly pending: number; readonly repaired: number }
   readonly byOutcome: Record<string, number>
   readonly faults: Record<string, number>
   /** Faults attempted but not injected (e.g. no request came to stall in time). */
@@ -81,7 +84,9 @@ export interface Summary {
 
 /** A line for the test's output. */
 export const summaryLine = (s: Summary): string =>
-  `model run seed=${s.seed}: ${s.ops} ops (+${s.recoveryOps} recovery) in ${s.seconds.toFixed(1)} s; outcomes ${
+  `model run seed=${s.seed}: ${s.ops} ops (+${s.recoveryOps} recovery; reconcile found ${JSON.stringify(s.reconciled)}) in ${
+    s.seconds.toFixed(1)
+  } s; outcomes ${
     JSON.stringify(s.byOutcome)
   }; faults ${JSON.stringify(s.faults)} (${s.faultsSkipped} skipped); transitions ${s.transitions.mounted} mounted / ${s.transitions.unmounted} unmounted; holds at end ${s.holdsAtEnd}; violations ${s.violations.length}`
 
@@ -119,18 +124,22 @@ const startServer = (args: ModelServer.ModelServerArgs) =>
 /**
  * Brings every (target, host) of the run to the state its ledger implies, after the faults stopped.
  *
- * Until `Reconcile.reconcile(host, { repair: true })` is in (a concurrent change), this waits until every
- * pending mark's deadline (plus the client's grace) has passed, then runs one verifying operation per
- * pair with a fresh job: its mount resolves the pending mark (Mount.ts `resolvePending`), and its
- * unmount releases it again (a physical unmount only if no other job holds the pair). The reconcile
- * call belongs here, in place of (or before) the verifying operations.
+ * Waits until every pending mark's deadline (plus the client's grace) has passed, so no stale request
+ * can still run; reconciles every host with repair (and the targets' requests), then once more without
+ * repair, which must find nothing; then runs one verifying operation per pair with a fresh job (its
+ * mount proves the pair usable, its unmount releases it again: a physical unmount only if no other job
+ * holds the pair).
  */
 export const recover = (
   pairs: ReadonlyArray<ModelClient.Pair>,
   context: Context.Context<Dms.Services>,
   record: ModelClient.Reporter,
   firstJobId: number
-): Effect.Effect<number, Error, TestDatabase> =>
+): Effect.Effect<
+  { readonly ops: number; readonly reconciled: Summary["reconciled"] },
+  Error,
+  TestDatabase
+> =>
   Effect.gen(function*() {
     const db = yield* TestDatabase
     const [row] = yield* db.query<Array<{ latest: unknown }>>(
@@ -139,6 +148,27 @@ export const recover = (
     const latest = row?.latest instanceof Date ? row.latest.getTime() : 0
     const wait = latest + 1_500 - Date.now()
     if (wait > 0) yield* Effect.sleep(Duration.millis(wait))
+    // Reconcile every host with repair (given the targets' requests, so a stale target is remounted at
+    // once), then again without: nothing may be left that it can see.
+    const requestsOf = (host: string) =>
+      pairs.flatMap((pair, i) => pair.host === host ? [ModelClient.request(pair, firstJobId + i, `reconcile-${i}`)] : [])
+    const reconciled = { stale: 0, orphans: 0, pending: 0, repaired: 0 }
+    for (const host of new Set(pairs.map((p) => p.host))) {
+      const run = (repair: boolean) =>
+        Reconcile.reconcile(host, { repair, requests: requestsOf(host) }).pipe(
+          Effect.provide(context),
+          Effect.mapError((e) => new Error(`reconcile of ${host} failed: ${e.message}`))
+        )
+      const repaired = yield* run(true)
+      reconciled.stale += repaired.counts.stale
+      reconciled.orphans += repaired.counts.orphans
+      reconciled.pending += repaired.counts.pending
+      reconciled.repaired += repaired.counts.repaired
+      const after = yield* run(false)
+      if (!after.clean) {
+        return yield* Effect.fail(new Error(`reconcile of ${host} left drift behind: ${JSON.stringify(after)}`))
+      }
+    }
     let ops = 0
     for (const [i, pair] of pairs.entries()) {
       const jobId = firstJobId + i
@@ -168,7 +198,7 @@ export const recover = (
         }
       }
     }
-    return ops
+    return { ops, reconciled }
   })
 
 // ---------------------------------------------------------------------------------------------------
@@ -618,7 +648,7 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
     const ops = records.size
 
     // Recovery, then the observations.
-    const recoveryOps = yield* recover(pairs, context, local, 1_000_000)
+    const { ops: recoveryOps, reconciled } = yield* recover(pairs, context, local, 1_000_000)
     const transitions = hosts.flatMap((h) => ModelServer.readTransitions(dir, h))
     const stateFiles = new Map(hosts.map((h) => [h, ModelServer.readState(dir, h)]))
     const statusReplies = new Map<string, Record<string, string>>()
@@ -657,6 +687,7 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
       seed: options.seed,
       ops,
       recoveryOps,
+      reconciled,
       byOutcome,
       faults,
       faultsSkipped: skipped,
