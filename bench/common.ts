@@ -62,7 +62,32 @@ export const fanOut = async (rt: Runtime, jobs: number, targets: number, hosts: 
     cyclesPerSecond: total / seconds,
     latency: stats(latencies),
     minShare: Math.min(...perJob) / mean,
-    maxShare: Math.max(...perJob) / mean
+    maxShare: Math.max(...perJob) / mean,
+    latencies,
+    perJob
   }
+}
+
+/**
+ * Open-loop load: a new job's cycle starts every 1/`rate` s (on target i % `targets`), whether or not
+ * earlier ones finished, for `seconds`. Latency is measured from the scheduled start, so a client that
+ * falls behind shows it (`late` counts starts more than 5 ms behind schedule).
+ */
+export const paced = async (rt: Runtime, rate: number, targets: number, host: string, seconds: number, jobBase: number) => {
+  const count = Math.round(rate * seconds)
+  const start = performance.now() + 10
+  const latencies: Array<number> = []
+  const running: Array<Promise<void>> = []
+  let late = 0
+  for (let i = 0; i < count; i++) {
+    const due = start + (i * 1000) / rate
+    const wait = due - performance.now()
+    if (wait > 1) await new Promise((resolve) => setTimeout(resolve, wait))
+    if (performance.now() - due > 5) late++
+    running.push(cycle(rt, jobBase + i, `paced-t${i % targets}`, host).then(() => void latencies.push(performance.now() - due)))
+  }
+  await Promise.all(running)
+  const elapsed = (performance.now() - start) / 1000
+  return { cyclesPerSecond: count / elapsed, latency: stats(latencies), late }
 }
 

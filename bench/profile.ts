@@ -1,7 +1,7 @@
 /**
  * The client's own cost per mount + unmount cycle, for profiling (`--cpu-prof`):
- *   node .bench-build/bench/profile.js memory [cycles]   memory ledger + memory broker (no I/O)
- *   node .bench-build/bench/profile.js mysql [cycles]    MariaDB + RabbitMQ + a responder process
+ *   npm run bench:profile -- memory [cycles]   memory ledger + memory broker (no I/O)
+ *   npm run bench:profile -- mysql [cycles]    MariaDB + RabbitMQ + a responder process
  */
 import * as Effect from "effect/Effect"
 import * as ManagedRuntime from "effect/ManagedRuntime"
@@ -18,8 +18,15 @@ const mode = process.argv[2] ?? "memory"
 const n = Number(process.argv[3] ?? 5000)
 
 const run = async (rt: Runtime, host: string) => {
+  await sequential(rt, 200, "profile-warmup", host, 1)
+  const cpu = process.cpuUsage()
   const s = await sequential(rt, n, "profile-target", host, 1)
-  console.log(`${mode} cycle over ${n}: p50 ${round(s.p50)} ms, p90 ${round(s.p90)} ms, p99 ${round(s.p99)} ms, mean ${round(s.mean)} ms`)
+  const used = process.cpuUsage(cpu)
+  const cpuMs = (used.user + used.system) / 1000 / (n + 50)
+  console.log(
+    `${mode} cycle over ${n}: p50 ${round(s.p50)} ms, p90 ${round(s.p90)} ms, p99 ${round(s.p99)} ms, mean ${round(s.mean)} ms; ` +
+      `client CPU ${round(cpuMs)} ms per cycle`
+  )
   await rt.dispose()
 }
 

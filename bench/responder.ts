@@ -1,7 +1,7 @@
 /**
  * The benchmarks' DMS server stand-in: declares and consumes `dms.<host>` for each host given, and
  * answers every request at once with success (no real mount), as the Python server replies.
- *   node --import tsx bench/responder.ts '{"url": "amqp://…", "hosts": ["h1", …]}'
+ *   node .bench-build/bench/responder.js '{"url": "amqp://…", "hosts": ["h1", …]}'
  */
 import amqp from "amqplib"
 

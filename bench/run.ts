@@ -4,7 +4,10 @@
  * Needs MariaDB (127.0.0.1:3306, root) and RabbitMQ (127.0.0.1:5672, guest); a responder process
  * answers every request at once (no real mount). Writes bench/results.json and bench/results.md.
  *
- *   npx tsx bench/run.ts [--quick]
+ *   npm run bench [-- --quick] [-- --only=floor,cycle,shared,fanout,paced,two,queries,memory,embedded]
+ *
+ * It runs compiled (tsconfig.bench.json into .bench-build/), as a user's program would: under tsx the
+ * client costs more CPU than it does in production.
  */
 import amqp from "amqplib"
 import * as Effect from "effect/Effect"
@@ -12,20 +15,26 @@ import * as Layer from "effect/Layer"
 import * as ManagedRuntime from "effect/ManagedRuntime"
 import mysql from "mysql2/promise"
 import { spawn } from "node:child_process"
+import { fileURLToPath } from "node:url"
 import { randomUUID } from "node:crypto"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import * as readline from "node:readline"
 import * as Broker from "../src/Broker.js"
-import { cycle, fanOut, request, round, type Runtime, sequential, type Stats, stats } from "./common.js"
+import { cycle, fanOut, paced, request, round, type Runtime, sequential, type Stats, stats } from "./common.js"
 import * as Dms from "../src/Dms.js"
 import * as Mount from "../src/Mount.js"
 import * as Protocol from "../src/Protocol.js"
 import { RABBIT_URL } from "../test/support/rabbit.js"
 
 const quick = process.argv.includes("--quick")
-const root = path.resolve(import.meta.dirname, "..")
+const only = process.argv.find((a) => a.startsWith("--only="))?.slice("--only=".length).split(",")
+const runs = (scenario: string) => only === undefined || only.includes(scenario)
+// The project root: two levels above the compiled bench/ (.bench-build/bench), one above the source.
+const here = path.dirname(fileURLToPath(import.meta.url))
+const root = path.basename(path.dirname(here)) === ".bench-build" ? path.resolve(here, "../..") : path.resolve(here, "..")
+const sibling = (name: string) => path.join(here, name)
 const HOST_PREFIX = `bench-${process.pid}`
 
 // ---------------------------------------------------------------------------------------------------
@@ -53,7 +62,7 @@ const pidsOf = (name: string): Array<number> =>
 // A responder process: answers every request at once, as an idle DMS server would
 
 const startResponder = async (hosts: ReadonlyArray<string>) => {
-  const child = spawn(process.execPath, ["--import", "tsx", "bench/responder.ts", JSON.stringify({ url: RABBIT_URL, hosts })], {
+  const child = spawn(process.execPath, [sibling("responder.js"), JSON.stringify({ url: RABBIT_URL, hosts })], {
     cwd: root,
     detached: true,
     stdio: ["ignore", "pipe", "inherit"]
@@ -78,8 +87,9 @@ const startResponder = async (hosts: ReadonlyArray<string>) => {
 // Scenarios
 
 // The floor: a raw amqplib round trip with the client's publish options, and the ledger's SQL of one
-// mount + unmount cycle issued directly with mysql2 (take the lease and read, mark pending, record and
-// release — for the mount and for the unmount).
+// mount + unmount cycle issued directly with mysql2 on one connection: per operation, one round trip
+// that takes the lease, marks the request pending and reads the target's state, and one that records
+// the outcome, clears the mark and releases the lease (the statements the client sends).
 const rawFloor = async (db: string, host: string, n: number) => {
   const conn = await amqp.connect(RABBIT_URL, { noDelay: true })
   const ch = await conn.createConfirmChannel()
@@ -110,21 +120,19 @@ const rawFloor = async (db: string, host: string, n: number) => {
     "INSERT IGNORE INTO backup_target_mount_lock (lock_key, backup_target_id, host) VALUES (?, 'floor', ?)",
     [key, host]
   )
-  const take = `UPDATE backup_target_mount_lock SET owner = ?, expires_at = UTC_TIMESTAMP(3) + INTERVAL 30 SECOND
-      WHERE lock_key = ? AND (owner IS NULL OR expires_at < UTC_TIMESTAMP(3));
+  const take = `UPDATE backup_target_mount_lock SET owner = ?, expires_at = UTC_TIMESTAMP(3) + INTERVAL 30 SECOND,
+        pending_owner = ?, pending_op = ?, pending_deadline = UTC_TIMESTAMP(3) + INTERVAL 30 SECOND
+      WHERE lock_key = ? AND (owner IS NULL OR expires_at < UTC_TIMESTAMP(3)) AND pending_op IS NULL;
     SELECT * FROM backup_target_mount_ledger WHERE backup_target_id = 'floor' AND host = ? AND deleted = 0 AND mounted = 1`
-  const mark = "UPDATE backup_target_mount_lock SET pending_op = 'mount', expires_at = UTC_TIMESTAMP(3) + INTERVAL 30 SECOND WHERE lock_key = ? AND owner = ?"
   const sqlCycle = async (job: number) => {
-    await sqlConn.query(take, [owner, key, host])
-    await sqlConn.execute(mark, [key, owner])
+    await sqlConn.query(take, [owner, owner, "mount", key, host])
     await sqlConn.query(
       `INSERT INTO backup_target_mount_ledger (backup_target_id, jobid, host, mounted) SELECT 'floor', ?, ?, 1
          FROM backup_target_mount_lock WHERE lock_key = ? AND owner = ?;
        UPDATE backup_target_mount_lock SET owner = NULL, pending_op = NULL WHERE lock_key = ? AND owner = ?`,
       [job, host, key, owner, key, owner]
     )
-    await sqlConn.query(take, [owner, key, host])
-    await sqlConn.execute(mark, [key, owner])
+    await sqlConn.query(take, [owner, owner, "unmount", key, host])
     await sqlConn.query(
       `UPDATE backup_target_mount_ledger e JOIN backup_target_mount_lock l ON l.lock_key = ? AND l.owner = ?
          SET e.mounted = 0, l.owner = NULL, l.pending_op = NULL WHERE e.jobid = ? AND e.backup_target_id = 'floor'`,
@@ -149,7 +157,9 @@ const rawFloor = async (db: string, host: string, n: number) => {
   await conn.close()
   const rpc50 = stats(rpcs).p50
   const sql50 = stats(sqls).p50
-  return { rpc: stats(rpcs), sqlCycle: stats(sqls), cycleFloorP50: 2 * rpc50 + sql50 }
+  // The client's statements are multi-statement round trips like these; a quarter of the cycle's SQL
+  // is one of them (the shared cycle's floor is one round trip to the server and four of these).
+  return { rpc: stats(rpcs), sqlCycle: stats(sqls), sqlStatementP50: round(sql50 / 4, 3), cycleFloorP50: 2 * rpc50 + sql50 }
 }
 
 const queries = async (rt: Runtime, db: string, n: number) => {
@@ -182,84 +192,102 @@ const queries = async (rt: Runtime, db: string, n: number) => {
 
 // ---------------------------------------------------------------------------------------------------
 
+const cpuNow = (responderPid: number) => ({
+  client: cpuOf(process.pid),
+  mariadb: pidsOf("mariadbd").reduce((a, p) => a + cpuOf(p), 0),
+  rabbitmq: pidsOf("beam.smp").reduce((a, p) => a + cpuOf(p), 0),
+  responder: cpuOf(responderPid)
+})
+
 const main = async () => {
   const n = quick ? 300 : 2000
   const fanSeconds = quick ? 5 : 30
+  const began = performance.now()
   const admin = await mysql.createConnection({ host: "127.0.0.1", user: "root" })
   const db = `dms_bench_${process.pid}`
   await admin.query(`CREATE DATABASE ${db}`)
   const hosts = Array.from({ length: 16 }, (_, i) => `${HOST_PREFIX}-h${i}`)
   const responder = await startResponder(hosts)
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "dms-bench-"))
-  const results: Record<string, unknown> = { node: process.version, cpus: os.cpus().length, quick, at: new Date().toISOString() }
+  const results: Record<string, any> = { node: process.version, cpus: os.cpus().length, quick, at: new Date().toISOString() }
+  const seconds: Record<string, number> = {}
+  const scenario = async (name: string, f: () => Promise<void>) => {
+    if (!runs(name)) return
+    console.error(`${name}…`)
+    const t = performance.now()
+    await f()
+    seconds[name] = round((performance.now() - t) / 1000, 1)
+  }
   const mysqlRt = ManagedRuntime.make(Dms.layer({ dbUrl: `mysql://root@127.0.0.1:3306/${db}`, rabbitmqUrl: RABBIT_URL, timeout: 30 }))
   try {
     await mysqlRt.runPromise(Mount.getActiveMounts()) // creates the tables
     const host = hosts[0]!
-    console.error("floor…")
-    const floor = await rawFloor(db, host, n)
-    results.floor = floor
-    console.error("cycle…")
-    const seq = await sequential(mysqlRt, n, "seq-target", host, 1)
-    results.cycle = { ...seq, ratioToFloor: round(seq.p50 / floor.cycleFloorP50, 2) }
-
-    console.error("shared…")
-    for (let j = 0; j < 50; j++) await mysqlRt.runPromise(Mount.mount(request(500_000 + j, "shared-target", host)))
-    results.shared = await sequential(mysqlRt, Math.min(n, 1000), "shared-target", host, 600_000)
-
-    console.error("fan-out…")
-    const cpuBefore = {
-      client: cpuOf(process.pid),
-      mariadb: pidsOf("mariadbd").reduce((a, p) => a + cpuOf(p), 0),
-      rabbitmq: pidsOf("beam.smp").reduce((a, p) => a + cpuOf(p), 0),
-      responder: cpuOf(responder.pid)
-    }
-    const fan8 = await fanOut(mysqlRt, 64, 8, [host], fanSeconds, 1_000_000)
-    const cpuAfter = {
-      client: cpuOf(process.pid),
-      mariadb: pidsOf("mariadbd").reduce((a, p) => a + cpuOf(p), 0),
-      rabbitmq: pidsOf("beam.smp").reduce((a, p) => a + cpuOf(p), 0),
-      responder: cpuOf(responder.pid)
-    }
-    const cycles = fan8.cyclesPerSecond * fanSeconds
-    const cpuPerCycleMs = Object.fromEntries(
-      Object.entries(cpuAfter).map(([k, v]) => [k, round(((v - cpuBefore[k as keyof typeof cpuBefore]) * 1000) / cycles)])
-    )
-    const fan16 = await fanOut(mysqlRt, 16, 16, hosts, fanSeconds, 50_000_000)
-    const sequentialRate = 1000 / seq.mean
-    results.fanOut = {
-      "64 jobs x 8 targets, 1 host": { ...fan8, ratioToSequential: round(fan8.cyclesPerSecond / sequentialRate, 2) },
-      "16 jobs x 16 hosts": { ...fan16, ratioToSequential: round(fan16.cyclesPerSecond / sequentialRate, 2) },
-      cpuMsPerCycle: cpuPerCycleMs
-    }
-
-    console.error("two processes…")
-    results.twoProcesses = await twoProcesses(db, host, fanSeconds)
-
-    console.error("queries…")
-    results.queries = await queries(mysqlRt, db, quick ? 50 : 200)
-
-    console.error("memory…")
-    const rss = async (cycles: number) => {
-      await Promise.all(Array.from({ length: 8 }, async (_, w) => {
-        for (let i = 0; i < cycles / 8; i++) await cycle(mysqlRt, 90_000_000 + w * 1_000_000 + i, `mem-t${w}`, host)
-      }))
-      globalThis.gc?.()
-      return process.memoryUsage().rss / 1024 / 1024
-    }
-    const rss1k = await rss(1000)
-    const rss20k = await rss(quick ? 3000 : 19_000)
-    results.memory = { rssMiBAfter1k: round(rss1k, 1), rssMiBAfter20k: round(rss20k, 1), growth: round(rss20k / rss1k - 1, 3) }
-
-    console.error("sqlite and memory…")
-    const sqliteRt = ManagedRuntime.make(Dms.layer({ dbUrl: `sqlite:${path.join(dir, "bench.db")}`, rabbitmqUrl: RABBIT_URL, timeout: 30 }))
-    results.cycleSqlite = await sequential(sqliteRt, Math.min(n, 1000), "sqlite-target", host, 1)
-    await sqliteRt.dispose()
-    const memRt = ManagedRuntime.make(
-      Dms.layer({ dbUrl: "memory:", rabbitmqUrl: "memory:", timeout: 30, server: () => Effect.succeed(Protocol.success("ok")) })
-    )
-    results.cycleMemory = await sequential(memRt, Math.min(n, 1000), "memory-target", "memory-host", 1)
-    await memRt.dispose()
+    await scenario("floor", async () => {
+      results.floor = await rawFloor(db, host, n)
+    })
+    await scenario("cycle", async () => {
+      const seq = await sequential(mysqlRt, n, "seq-target", host, 1)
+      const floor = results.floor?.cycleFloorP50 as number | undefined
+      results.cycle = { ...seq, ratioToFloor: floor === undefined ? null : round(seq.p50 / floor, 2) }
+    })
+    await scenario("shared", async () => {
+      for (let j = 0; j < 50; j++) await mysqlRt.runPromise(Mount.mount(request(500_000 + j, "shared-target", host)))
+      const shared = await sequential(mysqlRt, Math.min(n, 1000), "shared-target", host, 600_000)
+      results.shared = { ...shared, floorP50: results.floor === undefined ? null : round(results.floor.rpc.p50 + 4 * results.floor.sqlStatementP50, 3) }
+    })
+    await scenario("fanout", async () => {
+      const before = cpuNow(responder.pid)
+      const fan8 = await fanOut(mysqlRt, 64, 8, [host], fanSeconds, 1_000_000)
+      const after = cpuNow(responder.pid)
+      const cycles = fan8.cyclesPerSecond * fanSeconds
+      const cpuMsPerCycle = Object.fromEntries(
+        Object.entries(after).map(([k, v]) => [k, round(((v - before[k as keyof typeof before]) * 1000) / cycles)])
+      )
+      const fan16 = await fanOut(mysqlRt, 16, 16, hosts, fanSeconds, 50_000_000)
+      const sequentialRate = results.cycle === undefined ? null : 1000 / results.cycle.mean
+      const ratio = (rate: number) => sequentialRate === null ? null : round(rate / sequentialRate, 2)
+      results.fanOut = {
+        "64 jobs x 8 targets, 1 host": { ...fan8, ratioToSequential: ratio(fan8.cyclesPerSecond) },
+        "16 jobs x 16 hosts": { ...fan16, ratioToSequential: ratio(fan16.cyclesPerSecond) },
+        cpuMsPerCycle
+      }
+    })
+    await scenario("paced", async () => {
+      // Open-loop load: cycles arrive at a fixed rate (60 % of what the 64 × 8 fan-out sustained), each
+      // a new job on one of the 8 targets, so the latency is the service time plus honest queueing
+      // (in the closed-loop fan-out, every job waits for the other 7 of its target by construction).
+      const saturated = results.fanOut?.["64 jobs x 8 targets, 1 host"]?.cyclesPerSecond as number | undefined
+      const rate = Math.max(20, Math.round(0.6 * (saturated ?? 200)))
+      results.paced = { rate, ...(await paced(mysqlRt, rate, 8, host, quick ? 5 : 20, 300_000_000)) }
+    })
+    await scenario("two", async () => {
+      results.twoProcesses = await twoProcesses(db, host, fanSeconds)
+    })
+    await scenario("queries", async () => {
+      results.queries = await queries(mysqlRt, db, quick ? 50 : 200)
+    })
+    await scenario("memory", async () => {
+      const rss = async (cycles: number) => {
+        await Promise.all(Array.from({ length: 8 }, async (_, w) => {
+          for (let i = 0; i < cycles / 8; i++) await cycle(mysqlRt, 90_000_000 + w * 1_000_000 + i, `mem-t${w}`, host)
+        }))
+        globalThis.gc?.()
+        return process.memoryUsage().rss / 1024 / 1024
+      }
+      const rss1k = await rss(1000)
+      const rss20k = await rss(quick ? 3000 : 19_000)
+      results.memory = { rssMiBAfter1k: round(rss1k, 1), rssMiBAfter20k: round(rss20k, 1), growth: round(rss20k / rss1k - 1, 3) }
+    })
+    await scenario("embedded", async () => {
+      const sqliteRt = ManagedRuntime.make(Dms.layer({ dbUrl: `sqlite:${path.join(dir, "bench.db")}`, rabbitmqUrl: RABBIT_URL, timeout: 30 }))
+      results.cycleSqlite = await sequential(sqliteRt, Math.min(n, 1000), "sqlite-target", host, 1)
+      await sqliteRt.dispose()
+      const memRt = ManagedRuntime.make(
+        Dms.layer({ dbUrl: "memory:", rabbitmqUrl: "memory:", timeout: 30, server: () => Effect.succeed(Protocol.success("ok")) })
+      )
+      results.cycleMemory = await sequential(memRt, Math.min(n, 1000), "memory-target", "memory-host", 1)
+      await memRt.dispose()
+    })
   } finally {
     await mysqlRt.dispose()
     responder.stop()
@@ -268,15 +296,17 @@ const main = async () => {
     fs.rmSync(dir, { recursive: true, force: true })
     await deleteQueues(hosts)
   }
-  fs.writeFileSync(path.join(root, "bench/results.json"), JSON.stringify(results, null, 2))
-  fs.writeFileSync(path.join(root, "bench/results.md"), markdown(results))
+  results.seconds = { ...seconds, total: round((performance.now() - began) / 1000, 1) }
+  const suffix = only === undefined ? "" : `-${only.join("-")}`
+  fs.writeFileSync(path.join(root, `bench/results${suffix}.json`), JSON.stringify(results, null, 2))
+  fs.writeFileSync(path.join(root, `bench/results${suffix}.md`), markdown(results))
   console.log(markdown(results))
 }
 
 const twoProcesses = async (db: string, host: string, seconds: number) => {
   const run = () =>
-    new Promise<{ cyclesPerSecond: number; latency: Stats; minShare: number; maxShare: number }>((resolve, reject) => {
-      const child = spawn(process.execPath, ["--import", "tsx", "bench/worker.ts", JSON.stringify({ db, host, seconds, url: RABBIT_URL })], {
+    new Promise<{ cyclesPerSecond: number; latency: Stats; latencies: Array<number>; perJob: Array<number> }>((resolve, reject) => {
+      const child = spawn(process.execPath, [sibling("worker.js"), JSON.stringify({ db, host, seconds, url: RABBIT_URL })], {
         cwd: root,
         stdio: ["ignore", "pipe", "inherit"]
       })
@@ -285,7 +315,16 @@ const twoProcesses = async (db: string, host: string, seconds: number) => {
       child.on("exit", (code) => (code === 0 ? resolve(JSON.parse(out)) : reject(new Error(`worker exited ${code}`))))
     })
   const [a, b] = await Promise.all([run(), run()])
-  return { cyclesPerSecond: a.cyclesPerSecond + b.cyclesPerSecond, p99: Math.max(a.latency.p99, b.latency.p99), a, b }
+  const perJob = [...a.perJob, ...b.perJob]
+  const mean = perJob.reduce((x, y) => x + y, 0) / perJob.length
+  return {
+    cyclesPerSecond: a.cyclesPerSecond + b.cyclesPerSecond,
+    latency: stats([...a.latencies, ...b.latencies]),
+    minShare: Math.min(...perJob) / mean,
+    maxShare: Math.max(...perJob) / mean,
+    a: { cyclesPerSecond: a.cyclesPerSecond, latency: a.latency },
+    b: { cyclesPerSecond: b.cyclesPerSecond, latency: b.latency }
+  }
 }
 
 const deleteQueues = async (hosts: ReadonlyArray<string>) => {
@@ -298,29 +337,34 @@ const deleteQueues = async (hosts: ReadonlyArray<string>) => {
 const markdown = (r: Record<string, any>): string => {
   const ms = (s: Stats | undefined) => (s ? `${round(s.p50, 2)} / ${round(s.p90, 2)} / ${round(s.p99, 2)}` : "—")
   const fan = r.fanOut ?? {}
+  const two = r.twoProcesses
   const lines = [
     `| scenario | p50 / p90 / p99 ms | throughput | note |`,
     `| --- | --- | --- | --- |`,
     `| floor: RabbitMQ round trip | ${ms(r.floor?.rpc)} | | raw amqplib, the client's publish options |`,
-    `| floor: ledger SQL of a cycle (mysql2) | ${ms(r.floor?.sqlCycle)} | | 6 round trips |`,
-    `| floor: cycle = 2 × rpc + SQL | ${round(r.floor?.cycleFloorP50 ?? 0, 2)} | | |`,
-    `| cycle (mount + unmount), MariaDB | ${ms(r.cycle)} | ${round(1000 / (r.cycle?.mean ?? 1), 0)}/s | ${r.cycle?.ratioToFloor} × floor |`,
-    `| shared: 51st job mount + unmount | ${ms(r.shared)} | | one verifying round trip |`,
+    `| floor: ledger SQL of a cycle (mysql2, one connection) | ${ms(r.floor?.sqlCycle)} | | 4 round trips: per operation, take + mark + read, then write + release |`,
+    `| floor: cycle = 2 × round trip + SQL | ${round(r.floor?.cycleFloorP50 ?? 0, 2)} | | |`,
+    `| **cycle** (mount + unmount), MariaDB, sequential | ${ms(r.cycle)} | ${round(1000 / (r.cycle?.mean ?? 1), 0)}/s | **${r.cycle?.ratioToFloor} × floor** (p50) |`,
+    `| shared: a 51st job's mount + unmount | ${ms(r.shared)} | | one verifying round trip, no unmount message; floor ${r.shared?.floorP50 ?? "—"} ms |`,
     ...Object.entries(fan).filter(([k]) => k !== "cpuMsPerCycle").map(([k, v]: [string, any]) =>
-      `| fan-out: ${k} | ${ms(v.latency)} | ${round(v.cyclesPerSecond, 0)}/s | ${v.ratioToSequential} × sequential; shares ${round(v.minShare, 2)}–${round(v.maxShare, 2)} of mean |`
+      `| fan-out: ${k}, ${r.quick ? 5 : 30} s | ${ms(v.latency)} | ${round(v.cyclesPerSecond, 0)}/s | ${v.ratioToSequential} × sequential; every job within ${round(v.minShare, 2)}–${round(v.maxShare, 2)} of the mean share |`
     ),
-    `| two client processes, 64 jobs x 8 targets each | p99 ${round(r.twoProcesses?.p99 ?? 0, 2)} | ${round(r.twoProcesses?.cyclesPerSecond ?? 0, 0)}/s | |`,
-    `| getActiveMounts() at 100k rows | ${ms(r.queries?.getActiveMountsAll)} | | ${r.queries?.distribution ?? ""} |`,
+    r.paced === undefined ? "" :
+    `| paced: ${r.paced.rate} cycles/s arriving over 8 targets | ${ms(r.paced.latency)} | ${round(r.paced.cyclesPerSecond, 0)}/s | open loop at 60 % of the 64 × 8 rate; ${r.paced.late} arrivals started late |`,
+    two === undefined ? "" :
+    `| two client processes, 32 jobs each over the same 8 targets | ${ms(two.latency)} | ${round(two.cyclesPerSecond, 0)}/s | shares ${round(two.minShare, 2)}–${round(two.maxShare, 2)} of the mean |`,
+    `| getActiveMounts() at 100k rows | ${ms(r.queries?.getActiveMountsAll)} | | ${r.queries?.distribution ?? ""}; 1,000 rows returned |`,
     `| getActiveMounts({host}) | ${ms(r.queries?.getActiveMountsHost)} | | |`,
     `| getMountStatus | ${ms(r.queries?.getMountStatus)} | | |`,
     `| getLedgerHistory(limit 100) | ${ms(r.queries?.getLedgerHistory100)} | | |`,
-    `| cycle, SQLite ledger | ${ms(r.cycleSqlite)} | | |`,
-    `| cycle, memory ledger + memory broker | ${ms(r.cycleMemory)} | | |`,
+    `| cycle, SQLite ledger (AMQP broker) | ${ms(r.cycleSqlite)} | | |`,
+    `| cycle, memory ledger + memory broker | ${ms(r.cycleMemory)} | | the client's own cost |`,
     "",
-    `CPU ms per cycle in the 64×8 fan-out: ${JSON.stringify(fan.cpuMsPerCycle ?? {})}`,
-    `RSS: ${r.memory?.rssMiBAfter1k} MiB after 1k cycles, ${r.memory?.rssMiBAfter20k} MiB after 20k (growth ${round((r.memory?.growth ?? 0) * 100, 1)} %)`
+    `CPU ms per cycle in the 64 × 8 fan-out: ${JSON.stringify(fan.cpuMsPerCycle ?? {})}`,
+    `RSS: ${r.memory?.rssMiBAfter1k} MiB after 1k cycles, ${r.memory?.rssMiBAfter20k} MiB after 20k (growth ${round((r.memory?.growth ?? 0) * 100, 1)} %)`,
+    `Seconds per scenario: ${JSON.stringify(r.seconds ?? {})}`
   ]
-  return lines.join("\n") + "\n"
+  return lines.filter((l) => l !== "").join("\n") + "\n"
 }
 
 main().then(() => process.exit(0), (e) => {

@@ -266,6 +266,12 @@ export interface LeaseOptions {
 
 const DEFAULT_LEASE = Duration.seconds(30)
 
+/** Whether an operation holds its lease, and whether it has started to give it back. */
+interface LeaseState {
+  held: boolean
+  releasing: boolean
+}
+
 /** A sleep on a timer that does not keep the process alive. */
 const unrefSleep = (duration: Duration.Duration) =>
   Effect.async<void>((resume) => {
@@ -338,7 +344,7 @@ export const make = (store: Store, options: LeaseOptions = {}): Service => {
       const run = Effect.gen(function*() {
         const owner = randomUUID()
         // "held" errs on the side of releasing: a failed acquire statement may still have committed.
-        const state = { held: false }
+        const state: LeaseState = { held: false, releasing: false }
         // The pending mark this operation holds, and whether it is the mark taken with the lease and not
         // published yet (dropped on release: nothing can be running).
         let own: PendingOperation | undefined
@@ -359,7 +365,10 @@ export const make = (store: Store, options: LeaseOptions = {}): Service => {
         }
         yield* Effect.addFinalizer(() =>
           state.held
-            ? store.release(key, owner, own !== undefined && unpublished).pipe(
+            ? Effect.suspend(() => {
+              state.releasing = true
+              return store.release(key, owner, own !== undefined && unpublished)
+            }).pipe(
               Effect.catchAll((e) => Effect.logWarning("could not release the target lock; it will expire", e.message)),
               Effect.annotateLogs({ backupTargetId, host })
             )
@@ -391,21 +400,30 @@ export const make = (store: Store, options: LeaseOptions = {}): Service => {
         const budget = yield* remaining
         // Each attempt is uninterruptible (we must know whether we hold the lease); the waits between
         // them are interruptible even when the caller's region is not, so the lock timeout always fires.
+        // The retry schedule is only built when the first attempt finds the lease taken: building it for
+        // every operation cost more CPU than the attempt itself.
         yield* attempt.pipe(
-          Effect.retry({
-            // Polls at most ~60 ms apart, so this client's reservation of the next turn stays fresh.
-            schedule: Schedule.exponential(Duration.millis(5), 1.6).pipe(
-              Schedule.union(Schedule.spaced(Duration.millis(50))),
-              Schedule.jittered,
-              Schedule.upTo(budget)
-            ),
-            while: (e) => e instanceof NotYet
-          }),
           Effect.catchIf(
             (e): e is NotYet => e instanceof NotYet,
-            () => Effect.fail(lockTimeoutError(backupTargetId, host, timeout))
-          ),
-          Effect.interruptible
+            () =>
+              attempt.pipe(
+                Effect.retry({
+                  // Polls at most ~60 ms apart, so this client's reservation of the next turn stays fresh.
+                  schedule: Schedule.exponential(Duration.millis(5), 1.6).pipe(
+                    Schedule.union(Schedule.spaced(Duration.millis(50))),
+                    Schedule.jittered,
+                    Schedule.upTo(budget)
+                  ),
+                  while: (e) => e instanceof NotYet
+                }),
+                Effect.delay(Duration.millis(2 + Math.random() * 3)),
+                Effect.catchIf(
+                  (e): e is NotYet => e instanceof NotYet,
+                  () => Effect.fail(lockTimeoutError(backupTargetId, host, timeout))
+                ),
+                Effect.interruptible
+              )
+          )
         )
         yield* renewWhileHeld(key, owner, state)
 
@@ -430,6 +448,7 @@ export const make = (store: Store, options: LeaseOptions = {}): Service => {
             whileHeld("ledger write", () =>
               Effect.suspend(() => {
                 prefetched = undefined
+                if (changes.release === true) state.releasing = true
                 return store.write(key, owner, leaseMs, changes)
               }).pipe(
                 Effect.tap(() =>
@@ -464,10 +483,10 @@ export const make = (store: Store, options: LeaseOptions = {}): Service => {
   // interrupting a fiber for each operation cost ~0.1 ms of CPU, a tenth of the client's whole cost per
   // operation. It waits on a Deferred while nothing is held, and sleeps on an unref'd timer, so it never
   // keeps a process alive.
-  const held = new Map<string, { readonly key: LockKey; readonly state: { held: boolean } }>()
+  const held = new Map<string, { readonly key: LockKey; readonly state: LeaseState }>()
   let wake: Deferred.Deferred<void> | undefined
   let renewerStarted = false
-  const renewOne = (owner: string, key: LockKey, state: { held: boolean }) =>
+  const renewOne = (owner: string, key: LockKey, state: LeaseState) =>
     Effect.gen(function*() {
       if (!state.held) return held.delete(owner)
       const still = yield* store.renew(key, owner, leaseMs).pipe(
@@ -475,7 +494,10 @@ export const make = (store: Store, options: LeaseOptions = {}): Service => {
       )
       if (!still) {
         held.delete(owner)
-        yield* Effect.logError("the target lock's lease was lost; writes under it will be refused")
+        // A renewal that raced the lease's own release finds it gone: that is no loss.
+        if (state.held && !state.releasing) {
+          yield* Effect.logError("the target lock's lease was lost; writes under it will be refused")
+        }
       }
     }).pipe(Effect.annotateLogs({ backupTargetId: key.backupTargetId, host: key.host }))
   const renewer = Effect.gen(function*() {
@@ -492,7 +514,7 @@ export const make = (store: Store, options: LeaseOptions = {}): Service => {
       })
     }
   })
-  const renewWhileHeld = (key: LockKey, owner: string, state: { held: boolean }) =>
+  const renewWhileHeld = (key: LockKey, owner: string, state: LeaseState) =>
     Effect.gen(function*() {
       held.set(owner, { key, state })
       yield* Effect.addFinalizer(() => Effect.sync(() => held.delete(owner)))

@@ -108,10 +108,31 @@ const measured = (operation: string) => <A, E, R>(effect: Effect.Effect<A, E, R>
         onNone: () => "defect",
         onSome: (tag) => tag
       })
-    yield* Metric.update(operationsTotal.pipe(Metric.tagged("operation", operation), Metric.tagged("outcome", outcome)), 1)
-    yield* Metric.update(operationDuration.pipe(Metric.tagged("operation", operation)), (end - start) / 1000)
+    yield* Metric.update(counterFor(operation, outcome), 1)
+    yield* Metric.update(durationFor(operation), (end - start) / 1000)
     return yield* exit
   })
+
+// Tagged metrics are looked up by a hash of their key; built once per (operation, outcome), not per call.
+const taggedCounters = new Map<string, Metric.Metric.Counter<number>>()
+const counterFor = (operation: string, outcome: string) => {
+  const key = `${operation}\0${outcome}`
+  let counter = taggedCounters.get(key)
+  if (counter === undefined) {
+    counter = operationsTotal.pipe(Metric.tagged("operation", operation), Metric.tagged("outcome", outcome))
+    taggedCounters.set(key, counter)
+  }
+  return counter
+}
+const taggedDurations = new Map<string, Metric.Metric.Histogram<number>>()
+const durationFor = (operation: string) => {
+  let histogram = taggedDurations.get(operation)
+  if (histogram === undefined) {
+    histogram = operationDuration.pipe(Metric.tagged("operation", operation))
+    taggedDurations.set(operation, histogram)
+  }
+  return histogram
+}
 
 const failureTag = (cause: unknown): string | undefined => {
   const c = cause as { _tag?: string; error?: { _tag?: string }; left?: unknown }

@@ -332,11 +332,18 @@ export const make = (dialectName: "mysql" | "sqlite"): Effect.Effect<Store, Data
       Effect.gen(function*() {
         if (job.entryId !== null) {
           const sets = lockSets(w, owner, leaseMs, "l.")
+          // The row read under this lease is found by its primary key; without it, by the job's index.
+          const row = typeof job.entryId === "number"
+            ? { where: "e.id = ?", params: [job.entryId] }
+            : {
+              where: `e.jobid = ? AND e.backup_target_id = ${d.exact}? AND e.host = ${d.exact}?`,
+              params: [job.jobId, key.backupTargetId, key.host]
+            }
           const raw = yield* sql.unsafe(
             `UPDATE ${LEDGER_TABLE} e JOIN ${LOCK_TABLE} l ON l.lock_key = ? AND l.owner = ?
               SET e.mounted = ?, e.updated_at = ${d.nowSeconds}, e.version = ?, ${sets.text}
-              WHERE e.jobid = ? AND e.backup_target_id = ${d.exact}? AND e.host = ${d.exact}? AND e.deleted = 0`,
-            [key.key, owner, job.mounted ? 1 : 0, VERSION, ...sets.params, job.jobId, key.backupTargetId, key.host]
+              WHERE ${row.where} AND e.deleted = 0`,
+            [key.key, owner, job.mounted ? 1 : 0, VERSION, ...sets.params, ...row.params]
           ).raw
           if (d.affected(raw) > 0) return
         }
