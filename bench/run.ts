@@ -257,7 +257,7 @@ const main = async () => {
       // a new job on one of the 8 targets, so the latency is the service time plus honest queueing
       // (in the closed-loop fan-out, every job waits for the other 7 of its target by construction).
       const saturated = results.fanOut?.["64 jobs x 8 targets, 1 host"]?.cyclesPerSecond as number | undefined
-      const rate = Math.max(20, Math.round(0.6 * (saturated ?? 200)))
+      const rate = Number(process.env.DMS_BENCH_PACED_RATE ?? Math.max(20, Math.round(0.6 * (saturated ?? 200))))
       results.paced = { rate, ...(await paced(mysqlRt, rate, 8, host, quick ? 5 : 20, 300_000_000)) }
     })
     await scenario("two", async () => {

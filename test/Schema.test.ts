@@ -12,6 +12,7 @@ import * as path from "node:path"
 import { DatabaseError } from "../src/DmsError.js"
 import * as Ledger from "../src/Ledger.js"
 import { VERSION } from "../src/internal/version.js"
+import { mysqlStateReadText } from "../src/internal/sqlStore.js"
 import { tempDir } from "./support/backends.js"
 import { MYSQL_HOST, MYSQL_PORT, TestDatabase, TestDatabaseLive } from "./support/mysql.js"
 
@@ -96,6 +97,33 @@ describe("schema.sql", () => {
       assert.strictEqual(old?.mount_path, "/m/old")
       yield* ledger.withTargetLock("t1", "h1", (lease) => lease.write({ job: { jobId: 1, mounted: true } }))
       assert.strictEqual((yield* ledger.getActiveMounts()).length, 1)
+    }))
+
+  it.scoped("a lease's state read uses the pair's indexes on a ledger with 100,000 history rows", () =>
+    Effect.gen(function*() {
+      const db = Context.get(yield* Layer.build(TestDatabaseLive), TestDatabase)
+      const ledger = yield* build(Ledger.layerMysql({ url: db.url }))
+      // History of other targets and hosts (1 % active), as a ledger accumulates it, and one holder.
+      yield* db.query(`INSERT INTO backup_target_mount_ledger (backup_target_id, jobid, host, mounted, version)
+        SELECT CONCAT('t', seq % 1000), seq, CONCAT('h', seq % 100), seq % 100 = 0, 'x' FROM seq_1_to_100000`)
+      yield* ledger.withTargetLock("t7", "h7", (lease) => lease.write({ job: { jobId: 1, mounted: true } }))
+      yield* db.query("ANALYZE TABLE backup_target_mount_ledger")
+      const params = ["a".repeat(40), "h7", "t7", 5, "t7", "h7"]
+      const [plan] = yield* db.query<Array<{ EXPLAIN: string }>>(`EXPLAIN FORMAT=JSON ${mysqlStateReadText()}`, params)
+      // The indexes the optimizer may use for each table access, and those it chose.
+      const possible: Array<string> = []
+      const used: Array<string> = []
+      JSON.parse(plan!.EXPLAIN, (k, v) => {
+        if (k === "possible_keys" && Array.isArray(v)) possible.push(...v)
+        if (k === "key" && typeof v === "string") used.push(v)
+        return v
+      })
+      // idx_deleted must not even be a candidate: an intersection with it (deleted = 0 on nearly every
+      // row) scans the whole history; which plan MariaDB picks depends on its statistics of the day.
+      assert.notInclude(possible, "idx_deleted")
+      assert.includeMembers(used, ["idx_mounted_host", "idx_jobid"])
+      const state = yield* ledger.withTargetLock("t7", "h7", (lease) => lease.read(1))
+      assert.deepStrictEqual(state.holders.map((h) => h.jobId), [1])
     }))
 
   it.scoped("refuses the Python client's ledger table on MySQL, naming it", () =>

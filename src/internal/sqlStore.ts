@@ -176,7 +176,35 @@ const targetTypeOf = (v: unknown): Option.Option<"nfs" | "s3"> => (v === "nfs" |
 
 const truthy = (v: unknown): boolean => v === 1 || v === true || v === "1" || v === 1n
 
+/**
+ * `deleted = 0` in a form no index serves. Written plainly, MariaDB may intersect idx_mounted_host
+ * with idx_deleted (nearly every row has deleted = 0, so that scans the whole history): on a ledger of
+ * 100,000 rows the lease's state read did, and the mount rate fell from about 400 to 117 cycles/s.
+ */
+const notDeleted = "deleted + 0 = 0"
+
 const ledgerSelect = `id, created_at, updated_at, deleted_at, deleted, version, backup_target_id, jobid, host, mounted`
+
+// One round trip, three index lookups: the lock row (primary key), the holders (mounted rows of the
+// host: idx_mounted_host), and the job's own unmounted row (idx_job_target). An OR in one join would
+// scan every history row of the target instead. Parameters: lock key, host, target, job id, target, host.
+const stateColumns = `id, created_at, updated_at, deleted_at, deleted, version, backup_target_id, jobid, host, mounted`
+const stateReadText = (d: Dialect) =>
+  `SELECT NULL AS id, NULL AS created_at, NULL AS updated_at, NULL AS deleted_at, NULL AS deleted,
+          NULL AS version, NULL AS backup_target_id, NULL AS jobid, NULL AS host, NULL AS mounted,
+          mount_path AS l_mount_path, target_type AS l_target_type, pending_op AS l_pending_op,
+          pending_deadline AS l_pending_deadline, pending_owner AS l_pending_owner, pending_path AS l_pending_path,
+          pending_type AS l_pending_type
+        FROM ${LOCK_TABLE} WHERE lock_key = ?
+      UNION ALL
+      SELECT ${stateColumns}, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM ${LEDGER_TABLE}
+        WHERE mounted = 1 AND ${notDeleted} AND host = ${d.exact}? AND backup_target_id = ${d.exact}?
+      UNION ALL
+      SELECT ${stateColumns}, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM ${LEDGER_TABLE}
+        WHERE jobid = ? AND backup_target_id = ${d.exact}? AND host = ${d.exact}? AND ${notDeleted} AND mounted = 0`
+
+/** The MySQL statement that reads a (target, host)'s state under its lease (for plan checks in tests). */
+export const mysqlStateReadText = (): string => stateReadText(mysqlDialect)
 
 /**
  * Creates the tables if missing and checks that existing ones have our shape. The Python client's ledger
@@ -369,22 +397,7 @@ export const make = (dialectName: "mysql" | "sqlite"): Effect.Effect<Store, Data
       l_pending_path: string | null
       l_pending_type: string | null
     }
-    // One round trip, three index lookups: the lock row (primary key), the holders (mounted rows of the
-    // host: idx_mounted_host), and the job's own unmounted row (idx_job_target). An OR in one join would
-    // scan every history row of the target instead.
-    const stateColumns = `id, created_at, updated_at, deleted_at, deleted, version, backup_target_id, jobid, host, mounted`
-    const readText = `SELECT NULL AS id, NULL AS created_at, NULL AS updated_at, NULL AS deleted_at, NULL AS deleted,
-          NULL AS version, NULL AS backup_target_id, NULL AS jobid, NULL AS host, NULL AS mounted,
-          mount_path AS l_mount_path, target_type AS l_target_type, pending_op AS l_pending_op,
-          pending_deadline AS l_pending_deadline, pending_owner AS l_pending_owner, pending_path AS l_pending_path,
-          pending_type AS l_pending_type
-        FROM ${LOCK_TABLE} WHERE lock_key = ?
-      UNION ALL
-      SELECT ${stateColumns}, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM ${LEDGER_TABLE}
-        WHERE mounted = 1 AND deleted = 0 AND host = ${d.exact}? AND backup_target_id = ${d.exact}?
-      UNION ALL
-      SELECT ${stateColumns}, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM ${LEDGER_TABLE}
-        WHERE jobid = ? AND backup_target_id = ${d.exact}? AND host = ${d.exact}? AND deleted = 0 AND mounted = 0`
+    const readText = stateReadText(d)
     const readParams = (key: LockKey, jobId: number | undefined) => [
       key.key,
       key.host,
@@ -539,7 +552,7 @@ export const make = (dialectName: "mysql" | "sqlite"): Effect.Effect<Store, Data
           }>`SELECT backup_target_id, mount_path, target_type, pending_op, pending_deadline, pending_path, pending_type
             FROM ${lit(LOCK_TABLE)} WHERE host = ${exact}${host} ORDER BY backup_target_id`
           const holders = yield* sql<LedgerRow>`SELECT ${lit(ledgerSelect)} FROM ${lit(LEDGER_TABLE)}
-            WHERE mounted = 1 AND deleted = 0 AND host = ${exact}${host} ORDER BY id`
+            WHERE mounted = 1 AND ${lit(notDeleted)} AND host = ${exact}${host} ORDER BY id`
           return {
             host,
             locks: locks.map((l): HostLock => ({
