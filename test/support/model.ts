@@ -108,6 +108,20 @@ interface ServerHandle {
   readonly start: Effect.Effect<Child, Error, Scope.Scope>
 }
 
+/**
+ * Arms a stall of the next request (whose id starts with `prefix`, or any for `-`) on the server and
+ * waits until a request is held there; false (the stall disarmed) if none came within 5 s.
+ */
+const stallNext = (server: ServerHandle, when: "before" | "after", prefix: string) =>
+  Effect.gen(function*() {
+    yield* server.child.send(`stall ${when} ${prefix}`)
+    const stalled = yield* server.child.take("stalled").pipe(Effect.timeout("5 seconds"), Effect.either)
+    if (stalled._tag === "Right") return true
+    yield* server.child.send("cancel")
+    yield* server.child.send("release")
+    return false
+  })
+
 const startServer = (args: ModelServer.ModelServerArgs) =>
   Effect.gen(function*() {
     const child = yield* spawnTs("test/support/modelServer.ts", [JSON.stringify(args)])
@@ -573,11 +587,7 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
           case "serverKill": {
             const server = servers[r % servers.length]!
             const when = r % 2 === 0 ? "before" : "after"
-            yield* server.child.send(`stall ${when} -`)
-            const stalled = yield* server.child.take("stalled").pipe(Effect.timeout("5 seconds"), Effect.either)
-            if (stalled._tag === "Left") {
-              yield* server.child.send("cancel")
-              yield* server.child.send("release")
+            if (!(yield* stallNext(server, when, "-"))) {
               skipped++
               return
             }
@@ -592,11 +602,7 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
             const server = servers[Math.floor(r / workers.length) % servers.length]!
             const when = r % 3 === 0 ? "after" : "before"
             const prefix = `w${w.index}s`
-            yield* server.child.send(`stall ${when} ${prefix}`)
-            const stalled = yield* server.child.take("stalled").pipe(Effect.timeout("5 seconds"), Effect.either)
-            if (stalled._tag === "Left") {
-              yield* server.child.send("cancel")
-              yield* server.child.send("release")
+            if (!(yield* stallNext(server, when, prefix))) {
               skipped++
               return
             }
