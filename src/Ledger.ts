@@ -22,6 +22,8 @@ import * as Cause from "effect/Cause"
 import * as Deferred from "effect/Deferred"
 import * as FiberId from "effect/FiberId"
 import * as MysqlClient from "@effect/sql-mysql2/MysqlClient"
+import { SqlError } from "@effect/sql/SqlError"
+import * as Mysql from "mysql2"
 import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
 import * as fs from "node:fs"
 import * as path from "node:path"
@@ -593,7 +595,10 @@ const fromStore = <E, R>(
 export interface MysqlOptions extends LeaseOptions {
   /** `mysql://user:password@host:3306/database` (or SQLAlchemy's `mysql+pymysql://…`). */
   readonly url: string | Redacted.Redacted<string>
-  /** Pool size. Default 10. */
+  /**
+   * Connections for the lease's statements (take, read, write, release). Default 10. Queries, schema
+   * checks and soft deletes use a second pool of at most 4.
+   */
   readonly maxConnections?: number | undefined
 }
 
@@ -614,17 +619,44 @@ export const layerMysql = (
       DmsError.invalid("config", "db_url", typeof location === "string" ? location : "expected a mysql:// URL")
     )
   }
+  const maxConnections = options.maxConnections ?? 10
+  // DATETIME values are UTC (every write uses UTC_TIMESTAMP()), so read them as UTC.
+  const poolConfig = { timezone: "Z", connectTimeout: 10_000 }
+  // Queries, schema checks and soft deletes go through @effect/sql; the lease's own statements through
+  // a plain mysql2 pool (see SqlStore.make).
   const client = MysqlClient.layer({
     host: location.host,
     port: location.port,
     database: location.database,
     username: location.user,
     password: location.password,
-    maxConnections: options.maxConnections ?? 10,
-    // DATETIME values are UTC (every write uses UTC_TIMESTAMP()), so read them as UTC.
-    poolConfig: { timezone: "Z", connectTimeout: 10_000 }
+    maxConnections: Math.min(4, maxConnections),
+    poolConfig
   })
-  return fromStore(SqlStore.make("mysql"), options).pipe(
+  const leasePool = Effect.acquireRelease(
+    Effect.sync(() =>
+      Mysql.createPool({
+        ...poolConfig,
+        host: location.host,
+        port: location.port,
+        database: location.database,
+        ...(location.user === undefined ? {} : { user: location.user }),
+        ...(location.password === undefined ? {} : { password: Redacted.value(location.password) }),
+        connectionLimit: maxConnections,
+        multipleStatements: true,
+        supportBigNumbers: true
+      })
+    ),
+    (pool) => Effect.async<void>((resume) => void pool.end(() => resume(Effect.void)))
+  )
+  const store = Effect.flatMap(leasePool, (pool) =>
+    SqlStore.make("mysql", (text, params) =>
+      Effect.async<unknown, SqlError>((resume) => {
+        pool.query({ sql: text, values: params as Array<unknown> }, (cause, result) =>
+          resume(cause ? Effect.fail(new SqlError({ cause, message: "Failed to execute statement" })) : Effect.succeed(result))
+        )
+      })))
+  return Layer.scoped(Ledger, Effect.map(store, (s) => make(s, options))).pipe(
     Layer.provide(client),
     Layer.catchAllCause((cause) => Layer.fail(buildError(`connect to ${Urls.redactUrl(raw)}`)(cause)))
   )
