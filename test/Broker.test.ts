@@ -592,10 +592,14 @@ describe("layerAmqp (RabbitMQ)", () => {
       yield* Effect.sleep(Duration.millis(Math.max(0, published + 3_000 - Date.now())))
       const server = yield* spawnResponder({ url: RABBIT_URL, host })
       // A fresh request: the queue is FIFO, so the stale one, had it survived, would come first.
-      const fresh = yield* broker.request(host, { action: "mount", seq: 2 }, { timeout: "30 seconds" })
-      assert.strictEqual((fresh as Record<string, unknown>).seq, 2)
+      const fresh = (yield* broker.request(host, { action: "mount", seq: 2 }, { timeout: "30 seconds" })) as Record<string, unknown>
+      assert.strictEqual(fresh.seq, 2)
+      // The reply comes over AMQP, the server's events over its stdout: they race. The server prints
+      // "replied" before it sends the reply, and after every earlier "received"; once that line is read,
+      // every request it took before the fresh one has been read too.
+      yield* server.waitFor((e) => e.event === "replied" && e.correlationId === fresh.correlation)
       const received = server.events().filter((e) => e.event === "received")
-      assert.deepStrictEqual(received.map((e) => e.correlationId), [(fresh as Record<string, unknown>).correlation])
+      assert.deepStrictEqual(received.map((e) => e.correlationId), [fresh.correlation])
     }), { timeout: 60_000 })
 
   it.scopedLive("expiry: a server checking x-dms-deadline refuses a request whose turn comes too late", () =>

@@ -13,7 +13,9 @@
  * - **s3**: credentials from Barbican, handed to the FUSE driver — `s3fs -f` through a 0600 passwd file
  *   (removed once mounted), or `s3vaultfuse` through its environment — never on a command line, never
  *   in a log. The daemon runs in its own session; `<run dir>/s3/<target>.pid` names it, and a restarted
- *   server adopts the live ones.
+ *   server adopts the live ones. Mounted means: the mount shows, a lookup through it reaches the bucket
+ *   with the keys ("no such file" for a name that does not exist), and the same mount still shows after
+ *   that answer.
  * - **Unmount** is idempotent (not mounted → success): `umount`, then `umount -f`, then `umount -l`, each
  *   time-bounded; then the FUSE daemon is stopped (SIGTERM, then SIGKILL), its files removed, and the
  *   empty mount directory removed.
@@ -33,7 +35,7 @@ import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
-import { createHash } from "node:crypto"
+import { createHash, randomUUID } from "node:crypto"
 import * as fs from "node:fs/promises"
 import * as path from "node:path"
 import * as KeyedMutex from "../internal/keyedMutex.js"
@@ -913,14 +915,29 @@ export const make = (
                 return yield* fail(`${spec.path} shows ${entry.source} (${entry.fsType}) instead of the S3 bucket ${creds.bucket}`)
               }
               // The mount shows before the driver has checked the bucket and the keys (s3fs does that in
-              // FUSE's init, after the mount): one request through the file system, in a time-bounded
-              // child process, waits for that check; a driver that gave up answers it with an error.
+              // FUSE's init, after the mount; when the check fails it unmounts and exits). So: one lookup
+              // of a name that does not exist, in a time-bounded child process. It waits for that check,
+              // and goes to the bucket with the keys: a driver that serves it answers "no such file";
+              // refused keys give another error. The answer counts only if the same mount is still there
+              // afterwards: a driver that gave up unmounts before it exits, and a lookup that lands in
+              // that gap answers from the bare directory underneath ("no such file" too).
               const probeTimeout = yield* timeLeft("mount", spec.path, deadline, "checking the new mount")
-              const probe = yield* Effect.either(runner.run({ command: "stat", args: ["-c", "%F", mountPoint], timeout: probeTimeout }))
-              if (Either.isLeft(probe) || daemon.hasExited()) {
+              const probe = yield* Effect.either(
+                runner.run({ command: "stat", args: ["-c", "%F", path.join(mountPoint, `.dms-mount-check-${randomUUID()}`)], timeout: probeTimeout })
+              )
+              const answered = Either.isRight(probe) || (probe.left.reason === "exit" && /No such file or directory/.test(probe.left.stderr))
+              const after = yield* Effect.map(mountTable("mount", spec.path), (t) => MountInfo.at(t, mountPoint))
+              const stillMounted = after !== undefined && after.id === entry.id
+              if (!answered || !stillMounted || daemon.hasExited()) {
                 // A driver that gave up exits right away: let it, so its log says why.
                 yield* Effect.ignore(Effect.timeout(daemon.exited, stopGrace))
-                return yield* driverFailed(daemon.hasExited() ? "it exited" : "the new mount does not answer")
+                return yield* driverFailed(
+                  daemon.hasExited()
+                    ? "it exited"
+                    : !stillMounted
+                    ? "the mount went away"
+                    : `the new mount does not answer (${Either.isLeft(probe) ? probe.left.message : "?"})`
+                )
               }
               yield* removeFile(f.passwd)
               yield* writeState({
