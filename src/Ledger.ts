@@ -343,7 +343,8 @@ export const make = (store: Store, options: LeaseOptions = {}): Service => {
 
       const markSpec = callOptions?.mark
       const markTimeoutMs = markSpec === undefined ? 0 : Duration.toMillis(Duration.decode(markSpec.timeout))
-      const run = Effect.gen(function*() {
+      // A finalizer rather than a Scope: closing a scope per operation cost more than its release.
+      const run = Effect.suspend(() => {
         const owner = randomUUID()
         // "held" errs on the side of releasing: a failed acquire statement may still have committed.
         const state: LeaseState = { held: false, releasing: false }
@@ -365,117 +366,118 @@ export const make = (store: Store, options: LeaseOptions = {}): Service => {
             pending: mine ? Option.none() : s.pending
           }
         }
-        yield* Effect.addFinalizer(() =>
-          state.held
-            ? Effect.suspend(() => {
-              state.releasing = true
-              return store.release(key, owner, own !== undefined && unpublished)
-            }).pipe(
-              Effect.catchAll((e) => Effect.logWarning("could not release the target lock; it will expire", e.message)),
-              Effect.annotateLogs({ backupTargetId, host })
-            )
-            : Effect.void
-        )
-        const readJobId = callOptions?.readJobId
-        // The target's state, when the backend read it with the lease (one round trip less); handed to
-        // the body's first read of the same job if nothing was written before it.
-        let prefetched: TargetState | undefined
-        const attempt = Effect.flatMap(Clock.currentTimeMillis, (now) => {
-          state.held = true
-          const mark: PendingOperation | undefined = markSpec === undefined ? undefined : {
-            op: markSpec.op,
-            deadline: new Date(now + markTimeoutMs),
-            mountPath: markSpec.mountPath,
-            targetType: markSpec.targetType
-          }
-          return store.tryAcquire(key, owner, leaseMs, client, readJobId, mark)
-        }).pipe(
-          Effect.tap((got) =>
-            Effect.sync(() => {
-              state.held = got !== false
-              if (typeof got === "object") prefetched = ownState(got)
-            })
-          ),
-          Effect.uninterruptible,
-          Effect.flatMap((got) => (got !== false ? Effect.void : Effect.fail(new NotYet())))
-        )
-        const budget = yield* remaining
-        // Each attempt is uninterruptible (we must know whether we hold the lease); the waits between
-        // them are interruptible even when the caller's region is not, so the lock timeout always fires.
-        // The retry schedule is only built when the first attempt finds the lease taken: building it for
-        // every operation cost more CPU than the attempt itself.
-        yield* attempt.pipe(
-          Effect.catchIf(
-            (e): e is NotYet => e instanceof NotYet,
-            () =>
-              attempt.pipe(
-                Effect.retry({
-                  // Polls at most ~60 ms apart, so this client's reservation of the next turn stays fresh.
-                  schedule: Schedule.exponential(Duration.millis(5), 1.6).pipe(
-                    Schedule.union(Schedule.spaced(Duration.millis(50))),
-                    Schedule.jittered,
-                    Schedule.upTo(budget)
+        const finalize = Effect.suspend(() => {
+          held.delete(owner)
+          if (!state.held) return Effect.void
+          state.releasing = true
+          return store.release(key, owner, own !== undefined && unpublished).pipe(
+            Effect.catchAll((e) => Effect.logWarning("could not release the target lock; it will expire", e.message)),
+            Effect.annotateLogs({ backupTargetId, host })
+          )
+        })
+        const operation = Effect.gen(function*() {
+          const readJobId = callOptions?.readJobId
+          // The target's state, when the backend read it with the lease (one round trip less); handed to
+          // the body's first read of the same job if nothing was written before it.
+          let prefetched: TargetState | undefined
+          const attempt = Effect.flatMap(Clock.currentTimeMillis, (now) => {
+            state.held = true
+            const mark: PendingOperation | undefined = markSpec === undefined ? undefined : {
+              op: markSpec.op,
+              deadline: new Date(now + markTimeoutMs),
+              mountPath: markSpec.mountPath,
+              targetType: markSpec.targetType
+            }
+            return store.tryAcquire(key, owner, leaseMs, client, readJobId, mark)
+          }).pipe(
+            Effect.tap((got) =>
+              Effect.sync(() => {
+                state.held = got !== false
+                if (typeof got === "object") prefetched = ownState(got)
+              })
+            ),
+            Effect.uninterruptible,
+            Effect.flatMap((got) => (got !== false ? Effect.void : Effect.fail(new NotYet())))
+          )
+          const budget = yield* remaining
+          // Each attempt is uninterruptible (we must know whether we hold the lease); the waits between
+          // them are interruptible even when the caller's region is not, so the lock timeout always fires.
+          // The retry schedule is only built when the first attempt finds the lease taken: building it for
+          // every operation cost more CPU than the attempt itself.
+          yield* attempt.pipe(
+            Effect.catchIf(
+              (e): e is NotYet => e instanceof NotYet,
+              () =>
+                attempt.pipe(
+                  Effect.retry({
+                    // Polls at most ~60 ms apart, so this client's reservation of the next turn stays fresh.
+                    schedule: Schedule.exponential(Duration.millis(5), 1.6).pipe(
+                      Schedule.union(Schedule.spaced(Duration.millis(50))),
+                      Schedule.jittered,
+                      Schedule.upTo(budget)
+                    ),
+                    while: (e) => e instanceof NotYet
+                  }),
+                  Effect.delay(Duration.millis(2 + Math.random() * 3)),
+                  Effect.catchIf(
+                    (e): e is NotYet => e instanceof NotYet,
+                    () => Effect.fail(lockTimeoutError(backupTargetId, host, timeout))
                   ),
-                  while: (e) => e instanceof NotYet
-                }),
-                Effect.delay(Duration.millis(2 + Math.random() * 3)),
-                Effect.catchIf(
-                  (e): e is NotYet => e instanceof NotYet,
-                  () => Effect.fail(lockTimeoutError(backupTargetId, host, timeout))
-                ),
-                Effect.interruptible
-              )
-          )
-        )
-        yield* renewWhileHeld(key, owner, state)
-
-        const whileHeld = <A>(operation: string, effect: () => Effect.Effect<A, DmsError.DatabaseError>) =>
-          Effect.suspend(() =>
-            state.held
-              ? effect()
-              : Effect.fail(new DmsError.DatabaseError({ operation, reason: "the lease was already released" }))
-          )
-        const lease: Lease = {
-          backupTargetId,
-          host,
-          read: (jobId) =>
-            Effect.suspend(() => {
-              const state = prefetched
-              prefetched = undefined
-              return state !== undefined && jobId === readJobId
-                ? Effect.succeed(state)
-                : Effect.map(store.read(key, jobId), ownState)
-            }),
-          write: (changes) =>
-            whileHeld("ledger write", () =>
-              Effect.suspend(() => {
-                prefetched = undefined
-                if (changes.release === true) state.releasing = true
-                return store.write(key, owner, leaseMs, changes)
-              }).pipe(
-                Effect.tap(() =>
-                  Effect.sync(() => {
-                    if (changes.release === true) state.held = false
-                    if (changes.pending !== undefined) {
-                      own = changes.pending ?? undefined
-                      unpublished = false
-                    }
-                  })
+                  Effect.interruptible
                 )
-              )),
-          softDelete: (entryId) =>
-            whileHeld("softDeleteEntry", () =>
+            )
+          )
+          yield* renewWhileHeld(key, owner, state)
+
+          const whileHeld = <A>(operation: string, effect: () => Effect.Effect<A, DmsError.DatabaseError>) =>
+            Effect.suspend(() =>
+              state.held
+                ? effect()
+                : Effect.fail(new DmsError.DatabaseError({ operation, reason: "the lease was already released" }))
+            )
+          const lease: Lease = {
+            backupTargetId,
+            host,
+            read: (jobId) =>
               Effect.suspend(() => {
+                const state = prefetched
                 prefetched = undefined
-                return store.softDelete(key, owner, leaseMs, entryId)
-              })),
-          ownMark: () => Option.fromNullable(own),
-          markSent: () => {
-            unpublished = false
+                return state !== undefined && jobId === readJobId
+                  ? Effect.succeed(state)
+                  : Effect.map(store.read(key, jobId), ownState)
+              }),
+            write: (changes) =>
+              whileHeld("ledger write", () =>
+                Effect.suspend(() => {
+                  prefetched = undefined
+                  if (changes.release === true) state.releasing = true
+                  return store.write(key, owner, leaseMs, changes)
+                }).pipe(
+                  Effect.tap(() =>
+                    Effect.sync(() => {
+                      if (changes.release === true) state.held = false
+                      if (changes.pending !== undefined) {
+                        own = changes.pending ?? undefined
+                        unpublished = false
+                      }
+                    })
+                  )
+                )),
+            softDelete: (entryId) =>
+              whileHeld("softDeleteEntry", () =>
+                Effect.suspend(() => {
+                  prefetched = undefined
+                  return store.softDelete(key, owner, leaseMs, entryId)
+                })),
+            ownMark: () => Option.fromNullable(own),
+            markSent: () => {
+              unpublished = false
+            }
           }
-        }
-        return yield* body(lease)
-      }).pipe(Effect.scoped)
+          return yield* body(lease)
+        })
+        return Effect.ensuring(operation, finalize)
+      })
 
       const wait = yield* remaining
       return yield* mutex.withLock(key.key, wait, () => lockTimeoutError(backupTargetId, host, timeout), run)
@@ -516,17 +518,19 @@ export const make = (store: Store, options: LeaseOptions = {}): Service => {
       })
     }
   })
+  /** Hands a taken lease to the renewer (the operation's finalizer takes it back). */
   const renewWhileHeld = (key: LockKey, owner: string, state: LeaseState) =>
-    Effect.gen(function*() {
+    Effect.suspend(() => {
       held.set(owner, { key, state })
-      yield* Effect.addFinalizer(() => Effect.sync(() => held.delete(owner)))
       if (!renewerStarted) {
         renewerStarted = true
-        yield* Effect.forkDaemon(renewer)
-      } else if (wake !== undefined) {
+        return Effect.asVoid(Effect.forkDaemon(renewer))
+      }
+      if (wake !== undefined) {
         Deferred.unsafeDone(wake, Effect.void)
         wake = undefined
       }
+      return Effect.void
     })
 
   const checkJob = (jobId: unknown) => validate(Protocol.JobId, "query", "jobId", jobId)
