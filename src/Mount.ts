@@ -98,20 +98,20 @@ export const operationDuration = Metric.histogram(
 )
 
 const measured = (operation: string) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-  Effect.gen(function*() {
-    const start = yield* Clock.currentTimeMillis
-    const exit = yield* Effect.exit(effect)
-    const end = yield* Clock.currentTimeMillis
-    const outcome = Exit.isSuccess(exit)
-      ? "success"
-      : Option.match(Exit.causeOption(exit).pipe(Option.flatMap((c) => Option.fromNullable(failureTag(c)))), {
-        onNone: () => "defect",
-        onSome: (tag) => tag
-      })
-    yield* Metric.update(counterFor(operation, outcome), 1)
-    yield* Metric.update(durationFor(operation), (end - start) / 1000)
-    return yield* exit
-  })
+  Effect.flatMap(Clock.currentTimeMillis, (start) =>
+    Effect.onExit(effect, (exit) =>
+      Effect.flatMap(Clock.currentTimeMillis, (end) => {
+        const outcome = Exit.isSuccess(exit)
+          ? "success"
+          : Option.match(Exit.causeOption(exit).pipe(Option.flatMap((c) => Option.fromNullable(failureTag(c)))), {
+            onNone: () => "defect",
+            onSome: (tag) => tag
+          })
+        return Effect.zipRight(
+          Metric.update(counterFor(operation, outcome), 1),
+          Metric.update(durationFor(operation), (end - start) / 1000)
+        )
+      })))
 
 // Tagged metrics are looked up by a hash of their key; built once per (operation, outcome), not per call.
 const taggedCounters = new Map<string, Metric.Metric.Counter<number>>()
