@@ -21,7 +21,11 @@
  *   client gave up) or after executing, before replying (a late reply);
  * - `stall <before|after> <prefix>`: stop there and print `stalled <request_id> <action> <before|after>`,
  *   until `release` (or a SIGKILL);
- * - `release`: lets every stalled request go on; `cancel`: drops the armed delays and stalls.
+ * - `release`: lets every stalled request go on (each prints `answered <request_id>` once replied);
+ *   `cancel`: drops the armed delays and stalls;
+ * - `reboot`: the host reboots: it forgets every mount at once, each logged as a transition with
+ *   `cause: "reboot"` (no operation caused it), and prints `rebooted <count>`;
+ * - `drain`: prints `drained` once no request is in progress or waiting for its turn.
  * It prints `ready` once consuming.
  */
 import amqp from "amqplib"
@@ -51,6 +55,8 @@ export interface Transition {
   readonly to: "mounted" | "unmounted"
   /** The `context.request_id` of the request that caused it (the test's operation id). */
   readonly opId: string | null
+  /** Set when no request caused it: the host rebooted and lost the mount. */
+  readonly cause?: "reboot"
   readonly jobId: number | null
   readonly correlationId: string
   readonly redelivered: boolean
@@ -117,7 +123,15 @@ const run = async (args: ModelServerArgs) => {
   }
   writeState()
 
+  const log = (t: Transition) => {
+    fs.appendFileSync(logFile, `${JSON.stringify(t)}\n`)
+    if (t.to === "mounted") table.set(t.path, t.targetId)
+    else table.delete(t.path)
+    writeState()
+  }
+
   const armed: Array<Armed> = []
+  const drainers: Array<() => void> = []
   const stalled: Array<() => void> = []
   readline.createInterface({ input: process.stdin }).on("line", (line) => {
     const [cmd, a, b, c] = line.trim().split(" ")
@@ -125,6 +139,29 @@ const run = async (args: ModelServerArgs) => {
     else if (cmd === "stall") armed.push({ kind: "stall", ms: 0, when: a as "before" | "after", prefix: b ?? "-" })
     else if (cmd === "release") for (const go of stalled.splice(0)) go()
     else if (cmd === "cancel") armed.splice(0)
+    else if (cmd === "reboot") {
+      const lost = [...table]
+      for (const [where, targetId] of lost) {
+        log({
+          seq: ++seq,
+          at: Date.now(),
+          host: args.host,
+          path: where,
+          targetId,
+          to: "unmounted",
+          opId: null,
+          cause: "reboot",
+          jobId: null,
+          correlationId: "",
+          redelivered: false,
+          pid: process.pid
+        })
+      }
+      say(`rebooted ${lost.length}`)
+    } else if (cmd === "drain") {
+      if (lanes.size === 0) say("drained")
+      else drainers.push(() => say("drained"))
+    }
   })
   const take = (opId: string) => {
     const i = armed.findIndex((x) => x.prefix === "-" || opId.startsWith(x.prefix))
@@ -168,7 +205,7 @@ const run = async (args: ModelServerArgs) => {
     const action = String(body.action)
     const record = (to: "mounted" | "unmounted") => {
       const job = body.job as { jobid?: unknown } | undefined
-      const t: Transition = {
+      log({
         seq: ++seq,
         at: Date.now(),
         host: args.host,
@@ -180,11 +217,7 @@ const run = async (args: ModelServerArgs) => {
         correlationId: String(msg.properties.correlationId),
         redelivered: msg.fields.redelivered,
         pid: process.pid
-      }
-      fs.appendFileSync(logFile, `${JSON.stringify(t)}\n`)
-      if (to === "mounted") table.set(where, targetId)
-      else table.delete(where)
-      writeState()
+      })
     }
     if (action === "mount") {
       if (table.has(where)) return { ...Protocol.success(`Already mounted at ${where}`), already_mounted: true }
@@ -212,6 +245,7 @@ const run = async (args: ModelServerArgs) => {
         fresh.shift()
       }
       lanes.delete(key)
+      if (lanes.size === 0) for (const done of drainers.splice(0)) done()
     })()
   }
 
@@ -252,6 +286,7 @@ const run = async (args: ModelServerArgs) => {
       const reply = execute(msg, body)
       await pause(fault, "after", opId, String(body.action))
       answer(msg, reply)
+      if (fault?.kind === "stall") say(`answered ${opId}`)
     })
   }, { exclusive: true })
   say("ready")
