@@ -3,7 +3,8 @@
  * from fibers of the test process and from separate client processes, over a few targets and hosts,
  * against model DMS servers (test/support/modelServer.ts) whose mount table is a file and whose every
  * state transition is logged with the operation that caused it. Optionally with faults injected while
- * it runs. After the run, {@link recover} resolves what the faults left pending, and {@link check}
+ * it runs; under faults the run then leaves drift that only reconcile repairs ({@link Drift}). After the
+ * run, {@link recover} resolves what the faults left pending, and {@link check}
  * compares the servers' tables, their transition logs, the ledger and what every operation was told.
  *
  * Everything is real: MariaDB (the run's own database), RabbitMQ (the run's own queue names),
