@@ -267,10 +267,17 @@ const leaveDrift = (
     ] as const
     for (const l of late) yield* last.child.send(`stall ${l.when} ${l.id}`)
     const fibers = yield* Effect.forEach(late, (l) => Effect.fork(op(l.id, l.action, l.pair, l.jobId)))
-    for (const l of late) {
-      yield* last.child.take(`stalled ${l.id} `).pipe(
+    for (const [i, l] of late.entries()) {
+      const reached = yield* Effect.raceFirst(
+        Effect.as(last.child.take(`stalled ${l.id} `), true),
+        Effect.as(Fiber.await(fibers[i]!), false)
+      ).pipe(
         Effect.timeoutFail({ duration: "10 seconds", onTimeout: () => new Error(`drift: ${l.id} never reached ${last.host}`) })
       )
+      if (!reached) {
+        const outcome = yield* Fiber.join(fibers[i]!)
+        return yield* Effect.fail(new Error(`drift: ${l.id} ended before it reached ${last.host}: ${JSON.stringify(outcome)}`))
+      }
     }
     // The clients give up (reply timeout, outcome unknown) while their requests are held.
     for (const [i, fiber] of fibers.entries()) {
@@ -918,7 +925,14 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
     // request delayed by a fault may still run); then recovery, then the observations.
     const driftBegan = Date.now()
     for (const s of servers) yield* drain(s)
-    const drift = options.faults ? yield* leaveDrift(driftPairs, servers, context, local, 3_000_000) : undefined
+    // A client of its own: the drift is set up, not a fault; the faults' leftovers in the run's client
+    // (a killed database connection still pooled) must not fail it.
+    const driftContext = options.faults
+      ? yield* Layer.buildWithScope(ModelClient.clientLayer(client("drift")), scope).pipe(
+        Effect.mapError((e) => new Error(`drift client layer: ${e.message}`))
+      )
+      : undefined
+    const drift = driftContext === undefined ? undefined : yield* leaveDrift(driftPairs, servers, driftContext, local, 3_000_000)
     for (const s of servers) yield* drain(s)
     const recoveryBegan = Date.now()
     const { ops: recoveryOps, reconciled, reconciles } = yield* recover(allPairs, context, local, 1_000_000)
