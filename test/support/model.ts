@@ -155,14 +155,19 @@ interface ServerHandle {
   readonly start: Effect.Effect<Child, Error, Scope.Scope>
 }
 
+let stallTags = 0
+
 /**
  * Arms a stall of the next request (whose id starts with `prefix`, or any for `-`) on the server and
  * waits until a request is held there; false (the stall disarmed) if none came within 5 s.
  */
 const stallNext = (server: ServerHandle, when: "before" | "after", prefix: string) =>
   Effect.gen(function*() {
-    yield* server.child.send(`stall ${when} ${prefix}`)
-    const stalled = yield* server.child.take("stalled").pipe(Effect.timeout("5 seconds"), Effect.either)
+    // Tagged: a stall given up on may still be hit after the cancel (and released at once); its line
+    // must not pass for a later stall's.
+    const tag = `s${++stallTags}`
+    yield* server.child.send(`stall ${when} ${prefix} ${tag}`)
+    const stalled = yield* server.child.take(`stalled ${tag} `).pipe(Effect.timeout("5 seconds"), Effect.either)
     if (stalled._tag === "Right") return true
     yield* server.child.send("cancel")
     yield* server.child.send("release")
@@ -265,11 +270,11 @@ const leaveDrift = (
       { id: "drift-orphan-0", action: "mount", pair: pairOf(last, 2), jobId: nextJob++, when: "before" },
       { id: "drift-orphan-1", action: "mount", pair: pairOf(last, 3), jobId: nextJob++, when: "before" }
     ] as const
-    for (const l of late) yield* last.child.send(`stall ${l.when} ${l.id}`)
+    for (const l of late) yield* last.child.send(`stall ${l.when} ${l.id} ${l.id}`)
     const fibers = yield* Effect.forEach(late, (l) => Effect.fork(op(l.id, l.action, l.pair, l.jobId)))
     for (const [i, l] of late.entries()) {
       const reached = yield* Effect.raceFirst(
-        Effect.as(last.child.take(`stalled ${l.id} `), true),
+        Effect.as(last.child.take(`stalled ${l.id} ${l.id} `), true),
         Effect.as(Fiber.await(fibers[i]!), false)
       ).pipe(
         Effect.timeoutFail({ duration: "10 seconds", onTimeout: () => new Error(`drift: ${l.id} never reached ${last.host}`) })
@@ -907,15 +912,20 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
         const kind = FAULT_KINDS[i % FAULT_KINDS.length]!
         yield* Effect.sleep(Duration.millis(gap))
         if (stop) return
+        console.error(`PHASE ${Date.now()} inject ${kind} ${r}`)
         yield* inject(kind, r)
+        console.error(`PHASE ${Date.now()} injected ${kind}`)
       }
     })
     const injecting = options.faults ? yield* Effect.fork(Effect.scoped(injector)) : undefined
 
     yield* Fiber.joinAll(localFibers)
+    console.error(`PHASE ${Date.now()} local fibers done`)
     yield* workersDone
+    console.error(`PHASE ${Date.now()} workers done`)
     stop = true
     if (injecting !== undefined) yield* Fiber.join(injecting)
+    console.error(`PHASE ${Date.now()} injector done`)
     for (const s of servers) yield* s.child.send("cancel")
     collectWorkerRecords()
     for (const r of records.values()) if (r.end === undefined) r.killed = true
@@ -935,8 +945,10 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
     const drift = driftContext === undefined ? undefined : yield* leaveDrift(driftPairs, servers, driftContext, local, 3_000_000)
     for (const s of servers) yield* drain(s)
     const recoveryBegan = Date.now()
+    console.error(`PHASE ${Date.now()} drift done`)
     const { ops: recoveryOps, reconciled, reconciles } = yield* recover(allPairs, context, local, 1_000_000)
     const recoverySeconds = (Date.now() - recoveryBegan) / 1000
+    console.error(`PHASE ${Date.now()} recovered`)
     const transitions = hosts.flatMap((h) => ModelServer.readTransitions(dir, h))
     const stateFiles = new Map(hosts.map((h) => [h, ModelServer.readState(dir, h)]))
     const statusReplies = new Map<string, Record<string, string>>()

@@ -19,7 +19,8 @@
  * turn comes (`prefix`: its `context.request_id` starts with it; `-` for any):
  * - `delay <ms> <before|after> <prefix>`: sleep before executing (a slow mount that completes after the
  *   client gave up) or after executing, before replying (a late reply);
- * - `stall <before|after> <prefix>`: stop there and print `stalled <request_id> <action> <before|after>`,
+ * - `stall <before|after> <prefix> <tag>`: stop there and print
+ *   `stalled <tag> <request_id> <action> <before|after>` (the tag tells whose stall was hit),
  *   until `release` (or a SIGKILL);
  * - `release`: lets every stalled request go on (each prints `answered <request_id>` once replied);
  *   `cancel`: drops the armed delays and stalls;
@@ -103,6 +104,7 @@ interface Armed {
   readonly ms: number
   readonly when: "before" | "after"
   readonly prefix: string
+  readonly tag: string
 }
 
 const run = async (args: ModelServerArgs) => {
@@ -135,8 +137,8 @@ const run = async (args: ModelServerArgs) => {
   const stalled: Array<() => void> = []
   readline.createInterface({ input: process.stdin }).on("line", (line) => {
     const [cmd, a, b, c] = line.trim().split(" ")
-    if (cmd === "delay") armed.push({ kind: "delay", ms: Number(a), when: b as "before" | "after", prefix: c ?? "-" })
-    else if (cmd === "stall") armed.push({ kind: "stall", ms: 0, when: a as "before" | "after", prefix: b ?? "-" })
+    if (cmd === "delay") armed.push({ kind: "delay", ms: Number(a), when: b as "before" | "after", prefix: c ?? "-", tag: "-" })
+    else if (cmd === "stall") armed.push({ kind: "stall", ms: 0, when: a as "before" | "after", prefix: b ?? "-", tag: c ?? "-" })
     else if (cmd === "release") for (const go of stalled.splice(0)) go()
     else if (cmd === "cancel") armed.splice(0)
     else if (cmd === "reboot") {
@@ -172,7 +174,7 @@ const run = async (args: ModelServerArgs) => {
       if (fault === undefined || fault.when !== when) return resolve()
       if (fault.kind === "delay") return void setTimeout(resolve, fault.ms)
       stalled.push(resolve)
-      say(`stalled ${opId} ${action} ${when}`)
+      say(`stalled ${fault.tag} ${opId} ${action} ${when}`)
     })
 
   const model = await amqp.connect(args.url, { noDelay: true, clientProperties: { connection_name: args.connectionName } })
