@@ -912,20 +912,15 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
         const kind = FAULT_KINDS[i % FAULT_KINDS.length]!
         yield* Effect.sleep(Duration.millis(gap))
         if (stop) return
-        console.error(`PHASE ${Date.now()} inject ${kind} ${r}`)
         yield* inject(kind, r)
-        console.error(`PHASE ${Date.now()} injected ${kind}`)
       }
     })
     const injecting = options.faults ? yield* Effect.fork(Effect.scoped(injector)) : undefined
 
     yield* Fiber.joinAll(localFibers)
-    console.error(`PHASE ${Date.now()} local fibers done`)
     yield* workersDone
-    console.error(`PHASE ${Date.now()} workers done`)
     stop = true
     if (injecting !== undefined) yield* Fiber.join(injecting)
-    console.error(`PHASE ${Date.now()} injector done`)
     for (const s of servers) yield* s.child.send("cancel")
     collectWorkerRecords()
     for (const r of records.values()) if (r.end === undefined) r.killed = true
@@ -945,10 +940,8 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
     const drift = driftContext === undefined ? undefined : yield* leaveDrift(driftPairs, servers, driftContext, local, 3_000_000)
     for (const s of servers) yield* drain(s)
     const recoveryBegan = Date.now()
-    console.error(`PHASE ${Date.now()} drift done`)
     const { ops: recoveryOps, reconciled, reconciles } = yield* recover(allPairs, context, local, 1_000_000)
     const recoverySeconds = (Date.now() - recoveryBegan) / 1000
-    console.error(`PHASE ${Date.now()} recovered`)
     const transitions = hosts.flatMap((h) => ModelServer.readTransitions(dir, h))
     const stateFiles = new Map(hosts.map((h) => [h, ModelServer.readState(dir, h)]))
     const statusReplies = new Map<string, Record<string, string>>()
