@@ -3,7 +3,8 @@
  * from fibers of the test process and from separate client processes, over a few targets and hosts,
  * against model DMS servers (test/support/modelServer.ts) whose mount table is a file and whose every
  * state transition is logged with the operation that caused it. Optionally with faults injected while
- * it runs. After the run, {@link recover} resolves what the faults left pending, and {@link check}
+ * it runs; under faults the run then leaves drift that only reconcile repairs ({@link Drift}). After the
+ * run, {@link recover} resolves what the faults left pending, and {@link check}
  * compares the servers' tables, their transition logs, the ledger and what every operation was told.
  *
  * Everything is real: MariaDB (the run's own database), RabbitMQ (the run's own queue names),
@@ -68,8 +69,10 @@ export interface Summary {
   readonly seed: number
   readonly ops: number
   readonly recoveryOps: number
-  /** What reconcile (with repair) found after the run, summed over the hosts. */
-  readonly reconciled: { readonly stale: number; readonly orphans: number; readonly pending: number; readonly repaired: number }
+  /** What reconcile (with repair) found after the run, summed over the hosts, and what it did about it. */
+  readonly reconciled: Reconciled
+  /** The drift left behind for reconcile after the run (under faults), as (target, host) keys. */
+  readonly drift: Drift | undefined
   readonly byOutcome: Record<string, number>
   readonly faults: Record<string, number>
   /** Faults attempted but not injected (e.g. no request came to stall in time). */
@@ -80,13 +83,57 @@ export interface Summary {
   readonly holdsAtEnd: number
   readonly violations: ReadonlyArray<string>
   readonly seconds: number
+  /** Of which: leaving the drift, and recovery (the wait for deadlines, reconcile, verifying operations). */
+  readonly driftSeconds: number
+  readonly recoverySeconds: number
+}
+
+/** What reconcile with repair found and did, summed over the hosts. */
+export interface Reconciled {
+  readonly stale: number
+  readonly orphans: number
+  readonly pending: number
+  readonly repaired: number
+  /** Stale targets remounted, orphans unmounted, pending marks resolved. */
+  readonly remounted: number
+  readonly unmounted: number
+  readonly resolved: number
+}
+
+/** One reconcile of a host during recovery: when it ran (the host's clock is ours) and what it reported. */
+export interface ReconcileRun {
+  readonly host: string
+  readonly repair: boolean
+  readonly start: number
+  readonly end: number
+  readonly report: Reconcile.Report
+}
+
+/**
+ * Drift left for reconcile alone, after the operations stopped (keys `target@host`): targets held on a
+ * host that then rebooted (stale), a last release whose reply came too late (stale and pending), a mount
+ * next to other holders whose reply came too late (pending), mounts that completed on the host after
+ * their client timed out, for pairs nobody holds (orphans and pending).
+ */
+export interface Drift {
+  readonly rebootedHost: string
+  /** Mounts the reboot took away (all, not only the drift's). */
+  readonly rebootLost: number
+  readonly ops: number
+  readonly stale: ReadonlyArray<string>
+  readonly orphans: ReadonlyArray<string>
+  readonly pending: ReadonlyArray<string>
 }
 
 /** A line for the test's output. */
 export const summaryLine = (s: Summary): string =>
-  `model run seed=${s.seed}: ${s.ops} ops (+${s.recoveryOps} recovery; reconcile found ${JSON.stringify(s.reconciled)}) in ${
+  `model run seed=${s.seed}: ${s.ops} ops (${
+    s.drift === undefined
+      ? ""
+      : `+${s.drift.ops} leaving drift: ${s.drift.rebootLost} mounts lost in a reboot of ${s.drift.rebootedHost}, ${s.drift.stale.length} stale, ${s.drift.orphans.length} orphans, ${s.drift.pending.length} pending; `
+  }+${s.recoveryOps} recovery; reconcile found ${JSON.stringify(s.reconciled)}) in ${
     s.seconds.toFixed(1)
-  } s; outcomes ${
+  } s (drift ${s.driftSeconds.toFixed(1)} s, recovery ${s.recoverySeconds.toFixed(1)} s); outcomes ${
     JSON.stringify(s.byOutcome)
   }; faults ${JSON.stringify(s.faults)} (${s.faultsSkipped} skipped); transitions ${s.transitions.mounted} mounted / ${s.transitions.unmounted} unmounted; holds at end ${s.holdsAtEnd}; violations ${s.violations.length}`
 
@@ -108,14 +155,19 @@ interface ServerHandle {
   readonly start: Effect.Effect<Child, Error, Scope.Scope>
 }
 
+let stallTags = 0
+
 /**
  * Arms a stall of the next request (whose id starts with `prefix`, or any for `-`) on the server and
  * waits until a request is held there; false (the stall disarmed) if none came within 5 s.
  */
 const stallNext = (server: ServerHandle, when: "before" | "after", prefix: string) =>
   Effect.gen(function*() {
-    yield* server.child.send(`stall ${when} ${prefix}`)
-    const stalled = yield* server.child.take("stalled").pipe(Effect.timeout("5 seconds"), Effect.either)
+    // Tagged: a stall given up on may still be hit after the cancel (and released at once); its line
+    // must not pass for a later stall's.
+    const tag = `s${++stallTags}`
+    yield* server.child.send(`stall ${when} ${prefix} ${tag}`)
+    const stalled = yield* server.child.take(`stalled ${tag} `).pipe(Effect.timeout("5 seconds"), Effect.either)
     if (stalled._tag === "Right") return true
     yield* server.child.send("cancel")
     yield* server.child.send("release")
@@ -131,6 +183,157 @@ const startServer = (args: ModelServer.ModelServerArgs) =>
     }
     return child
   })
+
+/** Asks a model server to print `drained` once it has no request in progress or waiting, and waits. */
+const drain = (server: ServerHandle) =>
+  Effect.gen(function*() {
+    yield* server.child.send("drain")
+    yield* server.child.take("drained").pipe(
+      Effect.timeoutFail({ duration: "30 seconds", onTimeout: () => new Error(`the model server of ${server.host} did not drain`) })
+    )
+  })
+
+// ---------------------------------------------------------------------------------------------------
+// Drift for reconcile
+
+/** How many targets the drift uses (on every host; see {@link leaveDrift}). */
+export const DRIFT_TARGETS = 4
+
+/**
+ * After the operations stopped, leaves drift behind that no later operation resolves, so that only
+ * reconcile can repair it (on the run's own `drift` pairs, `DRIFT_TARGETS` targets on every host, which
+ * the scripts never touch; at least two hosts):
+ * - on the first host, fresh jobs hold d0 and d1; then the host reboots (its model server forgets every
+ *   mount, the run's too): every target jobs hold there is stale;
+ * - on the last host, fresh jobs hold d0 and d1; d0's holder releases it and the server unmounts it but
+ *   its reply comes after the client's timeout (stale and pending: the ledger still has the holder); a
+ *   second job mounts d1 next to its holder and that reply comes too late (pending only); d2 and d3 are
+ *   mounted for fresh jobs by requests held at the server until their clients timed out (orphans, and
+ *   pending: nobody holds them).
+ * Each late request is held (`stall`) until its client has given up, then let go, and waited for until
+ * answered: the interleaving is forced, not timed.
+ */
+const leaveDrift = (
+  driftPairs: ReadonlyArray<ModelClient.Pair>,
+  servers: ReadonlyArray<ServerHandle>,
+  context: Context.Context<Dms.Services>,
+  record: ModelClient.Reporter,
+  firstJobId: number
+): Effect.Effect<Drift, Error> =>
+  Effect.gen(function*() {
+    const first = servers[0]!
+    const last = servers[servers.length - 1]!
+    if (first === last) return yield* Effect.fail(new Error("the drift needs two hosts"))
+    const pairOf = (server: ServerHandle, d: number) => {
+      const pair = driftPairs.find((p) => p.host === server.host && p.targetId.endsWith(`-d${d}`))
+      if (pair === undefined) throw new Error(`no drift pair d${d} on ${server.host}`)
+      return pair
+    }
+    let ops = 0
+    let nextJob = firstJobId
+    const op = (id: string, action: "mount" | "unmount", pair: ModelClient.Pair, jobId: number) =>
+      Effect.gen(function*() {
+        yield* record.start({
+          id,
+          slot: "drift",
+          jobId,
+          pair: -1,
+          targetId: pair.targetId,
+          host: pair.host,
+          action,
+          retry: false,
+          start: Date.now()
+        })
+        const outcome = yield* ModelClient.perform(action, ModelClient.request(pair, jobId, id)).pipe(Effect.provide(context))
+        yield* record.end({ id, end: Date.now(), outcome })
+        ops++
+        return outcome
+      })
+
+    const holds = [pairOf(first, 0), pairOf(first, 1), pairOf(last, 0), pairOf(last, 1)].map((pair) => ({ pair, jobId: nextJob++ }))
+    yield* Effect.forEach(holds, ({ jobId, pair }, i) =>
+      Effect.gen(function*() {
+        const outcome = yield* op(`drift-hold-${i}`, "mount", pair, jobId)
+        if (outcome._tag !== "success") {
+          return yield* Effect.fail(new Error(`drift: job ${jobId} could not mount ${pairKey(pair.targetId, pair.host)}: ${outcome.message}`))
+        }
+      }), { concurrency: "unbounded", discard: true })
+
+    yield* first.child.send("reboot")
+    const rebooted = yield* first.child.take("rebooted ").pipe(
+      Effect.timeoutFail({ duration: "10 seconds", onTimeout: () => new Error(`the model server of ${first.host} did not reboot`) })
+    )
+
+    const late = [
+      { id: "drift-late-release", action: "unmount", pair: pairOf(last, 0), jobId: holds[2]!.jobId, when: "after" },
+      { id: "drift-late-mount", action: "mount", pair: pairOf(last, 1), jobId: nextJob++, when: "after" },
+      { id: "drift-orphan-0", action: "mount", pair: pairOf(last, 2), jobId: nextJob++, when: "before" },
+      { id: "drift-orphan-1", action: "mount", pair: pairOf(last, 3), jobId: nextJob++, when: "before" }
+    ] as const
+    for (const l of late) yield* last.child.send(`stall ${l.when} ${l.id} ${l.id}`)
+    const fibers = yield* Effect.forEach(late, (l) => Effect.fork(op(l.id, l.action, l.pair, l.jobId)))
+    for (const [i, l] of late.entries()) {
+      const reached = yield* Effect.raceFirst(
+        Effect.as(last.child.take(`stalled ${l.id} ${l.id} `), true),
+        Effect.as(Fiber.await(fibers[i]!), false)
+      ).pipe(
+        Effect.timeoutFail({ duration: "10 seconds", onTimeout: () => new Error(`drift: ${l.id} never reached ${last.host}`) })
+      )
+      if (!reached) {
+        const outcome = yield* Fiber.join(fibers[i]!)
+        return yield* Effect.fail(new Error(`drift: ${l.id} ended before it reached ${last.host}: ${JSON.stringify(outcome)}`))
+      }
+    }
+    // The clients give up (reply timeout, outcome unknown) while their requests are held.
+    for (const [i, fiber] of fibers.entries()) {
+      const outcome = yield* Fiber.join(fiber)
+      if (outcome._tag !== "failure" || outcome.error !== "TimeoutError" || outcome.phase !== "reply") {
+        return yield* Effect.fail(new Error(`drift: ${late[i]!.id} should have timed out waiting for its reply: ${JSON.stringify(outcome)}`))
+      }
+    }
+    yield* last.child.send("release")
+    for (const l of late) {
+      yield* last.child.take(`answered ${l.id}`).pipe(
+        Effect.timeoutFail({ duration: "10 seconds", onTimeout: () => new Error(`drift: ${l.id} was not answered after its release`) })
+      )
+    }
+    const key = (p: ModelClient.Pair) => pairKey(p.targetId, p.host)
+    return {
+      rebootedHost: first.host,
+      rebootLost: Number(rebooted.split(" ")[1]),
+      ops,
+      stale: [key(pairOf(first, 0)), key(pairOf(first, 1)), key(pairOf(last, 0))],
+      orphans: [key(pairOf(last, 2)), key(pairOf(last, 3))],
+      pending: late.map((l) => key(l.pair))
+    }
+  })
+
+/**
+ * What the reconciles with repair did about the drift, as violations: each stale target remounted,
+ * each orphan unmounted, each pending mark resolved.
+ */
+export const checkDrift = (drift: Drift, reconciles: ReadonlyArray<ReconcileRun>): Array<string> => {
+  const v: Array<string> = []
+  const expect = (
+    kind: "stale" | "orphans" | "pending",
+    action: Reconcile.Action,
+    keys: ReadonlyArray<string>
+  ) => {
+    for (const key of keys) {
+      const found = reconciles.filter((r) => r.repair).flatMap((r) =>
+        (r.report[kind] as ReadonlyArray<Reconcile.Outcome & { readonly backupTargetId: string | null }>)
+          .filter((x) => x.backupTargetId !== null && pairKey(x.backupTargetId, r.host) === key)
+      )
+      if (found.length !== 1 || found[0]!.action !== action) {
+        v.push(`drift ${key}: reconcile should have found it ${kind} and ${action} it; it reported ${JSON.stringify(found)}`)
+      }
+    }
+  }
+  expect("stale", "remounted", drift.stale)
+  expect("orphans", "unmounted", drift.orphans)
+  expect("pending", "resolved", drift.pending)
+  return v
+}
 
 // ---------------------------------------------------------------------------------------------------
 // Recovery
@@ -150,7 +353,7 @@ export const recover = (
   record: ModelClient.Reporter,
   firstJobId: number
 ): Effect.Effect<
-  { readonly ops: number; readonly reconciled: Summary["reconciled"] },
+  { readonly ops: number; readonly reconciled: Reconciled; readonly reconciles: ReadonlyArray<ReconcileRun> },
   Error,
   TestDatabase
 > =>
@@ -166,18 +369,27 @@ export const recover = (
     // once), then again without: nothing may be left that it can see.
     const requestsOf = (host: string) =>
       pairs.flatMap((pair, i) => pair.host === host ? [ModelClient.request(pair, firstJobId + i, `reconcile-${i}`)] : [])
-    const reconciled = { stale: 0, orphans: 0, pending: 0, repaired: 0 }
+    const reconciled = { stale: 0, orphans: 0, pending: 0, repaired: 0, remounted: 0, unmounted: 0, resolved: 0 }
+    const reconciles: Array<ReconcileRun> = []
     for (const host of new Set(pairs.map((p) => p.host))) {
       const run = (repair: boolean) =>
-        Reconcile.reconcile(host, { repair, requests: requestsOf(host) }).pipe(
-          Effect.provide(context),
-          Effect.mapError((e) => new Error(`reconcile of ${host} failed: ${e.message}`))
-        )
+        Effect.gen(function*() {
+          const start = Date.now()
+          const report = yield* Reconcile.reconcile(host, { repair, requests: requestsOf(host) }).pipe(
+            Effect.provide(context),
+            Effect.mapError((e) => new Error(`reconcile of ${host} failed: ${e.message}`))
+          )
+          reconciles.push({ host, repair, start, end: Date.now(), report })
+          return report
+        })
       const repaired = yield* run(true)
       reconciled.stale += repaired.counts.stale
       reconciled.orphans += repaired.counts.orphans
       reconciled.pending += repaired.counts.pending
       reconciled.repaired += repaired.counts.repaired
+      reconciled.remounted += repaired.stale.filter((x) => x.action === "remounted").length
+      reconciled.unmounted += repaired.orphans.filter((x) => x.action === "unmounted").length
+      reconciled.resolved += repaired.pending.filter((x) => x.action === "resolved").length
       const after = yield* run(false)
       if (!after.clean) {
         return yield* Effect.fail(new Error(`reconcile of ${host} left drift behind: ${JSON.stringify(after)}`))
@@ -212,7 +424,7 @@ export const recover = (
         }
       }
     }
-    return { ops, reconciled }
+    return { ops, reconciled, reconciles }
   })
 
 // ---------------------------------------------------------------------------------------------------
@@ -229,6 +441,8 @@ export interface Observed {
   /** Active ledger rows (mounted = 1, deleted = 0). */
   readonly active: ReadonlyArray<{ readonly jobid: number; readonly backup_target_id: string; readonly host: string }>
   readonly lockRows: ReadonlyArray<{ readonly backup_target_id: string; readonly host: string; readonly owner: string | null; readonly pending_op: string | null }>
+  /** Every reconcile of the recovery, in order. */
+  readonly reconciles: ReadonlyArray<ReconcileRun>
   /** A run without faults: the counts must match exactly, and nothing may fail. */
   readonly exact: boolean
 }
@@ -247,13 +461,62 @@ export const check = (o: Observed): Array<string> => {
   const ops = new Map(o.records.map((r) => [r.start.id, r]))
 
   // The transition logs: a path alternates mounted/unmounted, starting unmounted, and every transition
-  // was caused by a request of an operation of this run.
+  // was caused by a request of an operation of this run, by a reconcile of its host while it ran (its
+  // requests carry no operation id, or the id of the recovery request it was given for the pair), or
+  // by a host reboot (the fault itself: it unmounts, and no operation caused it).
+  const byReconcile = new Map<ReconcileRun, Map<string, { mounted: number; unmounted: number }>>()
   for (const [key, ts] of byPair) {
     let mounted = false
     for (const t of ts) {
       if ((t.to === "mounted") === mounted) v.push(`${key}: transition #${t.seq} to ${t.to} while already ${t.to}`)
       mounted = t.to === "mounted"
-      if (t.opId === null || !ops.has(t.opId)) v.push(`${key}: transition #${t.seq} to ${t.to} by an unknown operation ${t.opId}`)
+      if (t.cause === "reboot") {
+        if (t.to !== "unmounted" || t.opId !== null) v.push(`${key}: reboot transition #${t.seq} to ${t.to} by ${t.opId}`)
+        continue
+      }
+      if (t.opId !== null && ops.has(t.opId)) continue
+      const by = o.reconciles.find((r) => r.host === t.host && r.start <= t.at && t.at <= r.end)
+      const given = t.opId?.startsWith("reconcile-") === true ? o.pairs[Number(t.opId.slice("reconcile-".length))] : undefined
+      const forPair = t.opId === null || (given !== undefined && pairKey(given.targetId, given.host) === key)
+      if (by === undefined || !forPair) {
+        v.push(`${key}: transition #${t.seq} to ${t.to} by an unknown operation ${t.opId}`)
+        continue
+      }
+      const caused = byReconcile.get(by) ?? new Map<string, { mounted: number; unmounted: number }>()
+      byReconcile.set(by, caused)
+      const c = caused.get(t.targetId) ?? { mounted: 0, unmounted: 0 }
+      if (t.to === "mounted") c.mounted++
+      else c.unmounted++
+      caused.set(t.targetId, c)
+    }
+  }
+
+  // Every reconcile caused exactly the transitions it reported: one mount per stale target it
+  // remounted, one unmount per orphan it unmounted, nothing else (the servers were idle and every
+  // deadline past, so a pending mark without either finding was in the ledger's state already; a
+  // reconcile without repair changes nothing).
+  for (const r of o.reconciles) {
+    const caused = byReconcile.get(r) ?? new Map<string, { mounted: number; unmounted: number }>()
+    const ids = new Set([
+      ...caused.keys(),
+      ...r.report.stale.map((x) => x.backupTargetId),
+      ...r.report.orphans.flatMap((x) => (x.backupTargetId === null ? [] : [x.backupTargetId])),
+      ...r.report.pending.map((x) => x.backupTargetId)
+    ])
+    for (const id of ids) {
+      const c = caused.get(id) ?? { mounted: 0, unmounted: 0 }
+      const stale = r.report.stale.find((x) => x.backupTargetId === id)
+      const orphan = r.report.orphans.find((x) => x.backupTargetId === id)
+      const pending = r.report.pending.find((x) => x.backupTargetId === id)
+      const mounts = r.repair && stale?.action === "remounted" ? 1 : 0
+      const unmounts = r.repair && orphan?.action === "unmounted" ? 1 : 0
+      if (c.mounted !== mounts || c.unmounted !== unmounts) {
+        v.push(
+          `reconcile of ${r.host} (repair ${r.repair}) on ${pairKey(id, r.host)}: reported stale ${stale?.action ?? "-"}, orphan ${
+            orphan?.action ?? "-"
+          }, pending ${pending?.action ?? "-"}; caused ${c.mounted} mount and ${c.unmounted} unmount transitions`
+        )
+      }
     }
   }
 
@@ -301,7 +564,8 @@ export const check = (o: Observed): Array<string> => {
           v.push(`${r.start.id}: job ${r.start.jobId} told it holds ${key} at ${r.end.end} while the host did not have it mounted`)
         }
         for (const t of ts) {
-          if (t.to === "unmounted" && t.at > r.end.end && t.at < until) {
+          // A reboot takes the mount from its holders: the fault, not an operation's doing.
+          if (t.to === "unmounted" && t.cause !== "reboot" && t.at > r.end.end && t.at < until) {
             v.push(`${r.start.id}: ${key} unmounted (#${t.seq} by ${t.opId}) while job ${r.start.jobId} held it`)
           }
         }
@@ -424,6 +688,15 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
         pairs.push({ targetId, host, mountPath: `/var/lib/trilio/triliovault-mounts/${targetId}` })
       }
     }
+    // Under faults, pairs the scripts never touch, for the drift left for reconcile at the end.
+    const driftPairs: Array<ModelClient.Pair> = []
+    for (let d = 0; options.faults && d < DRIFT_TARGETS; d++) {
+      for (const host of hosts) {
+        const targetId = `model-${runId}-d${d}`
+        driftPairs.push({ targetId, host, mountPath: `/var/lib/trilio/triliovault-mounts/${targetId}` })
+      }
+    }
+    const allPairs = [...pairs, ...driftPairs]
     const servers: Array<ServerHandle> = []
     for (const host of hosts) {
       const start = startServer({ url: RABBIT_URL, host, dir, connectionName: `dms-model-${runId}-server-${host}` })
@@ -653,8 +926,22 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
     for (const r of records.values()) if (r.end === undefined) r.killed = true
     const ops = records.size
 
-    // Recovery, then the observations.
-    const { ops: recoveryOps, reconciled } = yield* recover(pairs, context, local, 1_000_000)
+    // Drift that only reconcile repairs (under faults), with every server idle before and after (a
+    // request delayed by a fault may still run); then recovery, then the observations.
+    const driftBegan = Date.now()
+    for (const s of servers) yield* drain(s)
+    // A client of its own: the drift is set up, not a fault; the faults' leftovers in the run's client
+    // (a killed database connection still pooled) must not fail it.
+    const driftContext = options.faults
+      ? yield* Layer.buildWithScope(ModelClient.clientLayer(client("drift")), scope).pipe(
+        Effect.mapError((e) => new Error(`drift client layer: ${e.message}`))
+      )
+      : undefined
+    const drift = driftContext === undefined ? undefined : yield* leaveDrift(driftPairs, servers, driftContext, local, 3_000_000)
+    for (const s of servers) yield* drain(s)
+    const recoveryBegan = Date.now()
+    const { ops: recoveryOps, reconciled, reconciles } = yield* recover(allPairs, context, local, 1_000_000)
+    const recoverySeconds = (Date.now() - recoveryBegan) / 1000
     const transitions = hosts.flatMap((h) => ModelServer.readTransitions(dir, h))
     const stateFiles = new Map(hosts.map((h) => [h, ModelServer.readState(dir, h)]))
     const statusReplies = new Map<string, Record<string, string>>()
@@ -672,8 +959,11 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
       "SELECT backup_target_id, host, owner, pending_op FROM backup_target_mount_lock"
     )
     const all = [...records.values()]
-    if (process.env.DMS_MODEL_DUMP) fs.writeFileSync(process.env.DMS_MODEL_DUMP, JSON.stringify({ all, transitions, active, faultLog }, null, 1))
-    const violations = check({ pairs, records: all, transitions, stateFiles, statusReplies, active, lockRows, exact: !options.faults })
+    if (process.env.DMS_MODEL_DUMP) fs.writeFileSync(process.env.DMS_MODEL_DUMP, JSON.stringify({ all, transitions, active, faultLog, reconciles }, null, 1))
+    const violations = [
+      ...check({ pairs: allPairs, records: all, transitions, stateFiles, statusReplies, active, lockRows, reconciles, exact: !options.faults }),
+      ...(drift === undefined ? [] : checkDrift(drift, reconciles))
+    ]
 
     const byOutcome: Record<string, number> = {}
     let physicalMounts = 0
@@ -694,6 +984,7 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
       ops,
       recoveryOps,
       reconciled,
+      drift,
       byOutcome,
       faults,
       faultsSkipped: skipped,
@@ -705,6 +996,8 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
       physicalUnmounts,
       holdsAtEnd: active.length,
       violations,
-      seconds: (Date.now() - began) / 1000
+      seconds: (Date.now() - began) / 1000,
+      driftSeconds: (recoveryBegan - driftBegan) / 1000,
+      recoverySeconds
     }
   })

@@ -19,9 +19,14 @@
  * turn comes (`prefix`: its `context.request_id` starts with it; `-` for any):
  * - `delay <ms> <before|after> <prefix>`: sleep before executing (a slow mount that completes after the
  *   client gave up) or after executing, before replying (a late reply);
- * - `stall <before|after> <prefix>`: stop there and print `stalled <request_id> <action> <before|after>`,
+ * - `stall <before|after> <prefix> <tag>`: stop there and print
+ *   `stalled <tag> <request_id> <action> <before|after>` (the tag tells whose stall was hit),
  *   until `release` (or a SIGKILL);
- * - `release`: lets every stalled request go on; `cancel`: drops the armed delays and stalls.
+ * - `release`: lets every stalled request go on (each prints `answered <request_id>` once replied);
+ *   `cancel`: drops the armed delays and stalls;
+ * - `reboot`: the host reboots: it forgets every mount at once, each logged as a transition with
+ *   `cause: "reboot"` (no operation caused it), and prints `rebooted <count>`;
+ * - `drain`: prints `drained` once no request is in progress or waiting for its turn.
  * It prints `ready` once consuming.
  */
 import amqp from "amqplib"
@@ -51,6 +56,8 @@ export interface Transition {
   readonly to: "mounted" | "unmounted"
   /** The `context.request_id` of the request that caused it (the test's operation id). */
   readonly opId: string | null
+  /** Set when no request caused it: the host rebooted and lost the mount. */
+  readonly cause?: "reboot"
   readonly jobId: number | null
   readonly correlationId: string
   readonly redelivered: boolean
@@ -97,6 +104,7 @@ interface Armed {
   readonly ms: number
   readonly when: "before" | "after"
   readonly prefix: string
+  readonly tag: string
 }
 
 const run = async (args: ModelServerArgs) => {
@@ -117,14 +125,45 @@ const run = async (args: ModelServerArgs) => {
   }
   writeState()
 
+  const log = (t: Transition) => {
+    fs.appendFileSync(logFile, `${JSON.stringify(t)}\n`)
+    if (t.to === "mounted") table.set(t.path, t.targetId)
+    else table.delete(t.path)
+    writeState()
+  }
+
   const armed: Array<Armed> = []
+  const drainers: Array<() => void> = []
   const stalled: Array<() => void> = []
   readline.createInterface({ input: process.stdin }).on("line", (line) => {
     const [cmd, a, b, c] = line.trim().split(" ")
-    if (cmd === "delay") armed.push({ kind: "delay", ms: Number(a), when: b as "before" | "after", prefix: c ?? "-" })
-    else if (cmd === "stall") armed.push({ kind: "stall", ms: 0, when: a as "before" | "after", prefix: b ?? "-" })
+    if (cmd === "delay") armed.push({ kind: "delay", ms: Number(a), when: b as "before" | "after", prefix: c ?? "-", tag: "-" })
+    else if (cmd === "stall") armed.push({ kind: "stall", ms: 0, when: a as "before" | "after", prefix: b ?? "-", tag: c ?? "-" })
     else if (cmd === "release") for (const go of stalled.splice(0)) go()
     else if (cmd === "cancel") armed.splice(0)
+    else if (cmd === "reboot") {
+      const lost = [...table]
+      for (const [where, targetId] of lost) {
+        log({
+          seq: ++seq,
+          at: Date.now(),
+          host: args.host,
+          path: where,
+          targetId,
+          to: "unmounted",
+          opId: null,
+          cause: "reboot",
+          jobId: null,
+          correlationId: "",
+          redelivered: false,
+          pid: process.pid
+        })
+      }
+      say(`rebooted ${lost.length}`)
+    } else if (cmd === "drain") {
+      if (lanes.size === 0) say("drained")
+      else drainers.push(() => say("drained"))
+    }
   })
   const take = (opId: string) => {
     const i = armed.findIndex((x) => x.prefix === "-" || opId.startsWith(x.prefix))
@@ -135,7 +174,7 @@ const run = async (args: ModelServerArgs) => {
       if (fault === undefined || fault.when !== when) return resolve()
       if (fault.kind === "delay") return void setTimeout(resolve, fault.ms)
       stalled.push(resolve)
-      say(`stalled ${opId} ${action} ${when}`)
+      say(`stalled ${fault.tag} ${opId} ${action} ${when}`)
     })
 
   const model = await amqp.connect(args.url, { noDelay: true, clientProperties: { connection_name: args.connectionName } })
@@ -168,7 +207,7 @@ const run = async (args: ModelServerArgs) => {
     const action = String(body.action)
     const record = (to: "mounted" | "unmounted") => {
       const job = body.job as { jobid?: unknown } | undefined
-      const t: Transition = {
+      log({
         seq: ++seq,
         at: Date.now(),
         host: args.host,
@@ -180,11 +219,7 @@ const run = async (args: ModelServerArgs) => {
         correlationId: String(msg.properties.correlationId),
         redelivered: msg.fields.redelivered,
         pid: process.pid
-      }
-      fs.appendFileSync(logFile, `${JSON.stringify(t)}\n`)
-      if (to === "mounted") table.set(where, targetId)
-      else table.delete(where)
-      writeState()
+      })
     }
     if (action === "mount") {
       if (table.has(where)) return { ...Protocol.success(`Already mounted at ${where}`), already_mounted: true }
@@ -212,6 +247,7 @@ const run = async (args: ModelServerArgs) => {
         fresh.shift()
       }
       lanes.delete(key)
+      if (lanes.size === 0) for (const done of drainers.splice(0)) done()
     })()
   }
 
@@ -252,6 +288,7 @@ const run = async (args: ModelServerArgs) => {
       const reply = execute(msg, body)
       await pause(fault, "after", opId, String(body.action))
       answer(msg, reply)
+      if (fault?.kind === "stall") say(`answered ${opId}`)
     })
   }, { exclusive: true })
   say("ready")

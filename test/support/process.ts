@@ -65,7 +65,10 @@ export const spawnTs = (script: string, args: ReadonlyArray<string>) =>
           }),
         take: (prefix) =>
           Effect.async<string, Error>((resume) => {
+            // An interrupted take (e.g. timed out) must not take a line later: another take waits for it.
+            let waiting = true
             const attempt = () => {
+              if (!waiting) return
               const i = lines.findIndex((l, n) => !taken.has(n) && l.startsWith(prefix))
               if (i >= 0) {
                 taken.add(i)
@@ -77,6 +80,9 @@ export const spawnTs = (script: string, args: ReadonlyArray<string>) =>
               }
             }
             attempt()
+            return Effect.sync(() => {
+              waiting = false
+            })
           }),
         send: (line) => Effect.sync(() => void child.stdin!.write(`${line}\n`)),
         kill: (signal) => Effect.sync(() => {
