@@ -4,7 +4,10 @@
 import * as Effect from "effect/Effect"
 import type * as ManagedRuntime from "effect/ManagedRuntime"
 import type * as Dms from "../src/Dms.js"
+import amqp from "amqplib"
+import * as Broker from "../src/Broker.js"
 import * as Mount from "../src/Mount.js"
+import { RABBIT_URL } from "../test/support/rabbit.js"
 
 export interface Stats {
   readonly n: number
@@ -91,3 +94,11 @@ export const paced = async (rt: Runtime, rate: number, targets: number, host: st
   return { cyclesPerSecond: count / elapsed, latency: stats(latencies), late }
 }
 
+
+/** Deletes the durable queue a responder declared for `host`. */
+export const deleteQueue = async (host: string) => {
+  const conn = await amqp.connect(RABBIT_URL)
+  const ch = await conn.createChannel()
+  await ch.deleteQueue(Broker.queueName(host)).catch(() => undefined)
+  await conn.close()
+}

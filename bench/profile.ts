@@ -12,7 +12,7 @@ import * as readline from "node:readline"
 import * as Dms from "../src/Dms.js"
 import * as Protocol from "../src/Protocol.js"
 import { RABBIT_URL } from "../test/support/rabbit.js"
-import { round, type Runtime, sequential } from "./common.js"
+import { deleteQueue, round, type Runtime, sequential } from "./common.js"
 
 const mode = process.argv[2] ?? "memory"
 const n = Number(process.argv[3] ?? 5000)
@@ -51,6 +51,7 @@ if (mode === "memory") {
     await run(ManagedRuntime.make(Dms.layer({ dbUrl: `mysql://root@127.0.0.1:3306/${db}`, rabbitmqUrl: RABBIT_URL, timeout: 30 })), host)
   } finally {
     process.kill(-responder.pid!, "SIGKILL")
+    await deleteQueue(host)
     await admin.query(`DROP DATABASE ${db}`)
     await admin.end()
   }

@@ -16,7 +16,7 @@ import * as readline from "node:readline"
 import * as Dms from "../src/Dms.js"
 import * as Mount from "../src/Mount.js"
 import { RABBIT_URL } from "../test/support/rabbit.js"
-import { request } from "./common.js"
+import { deleteQueue, request } from "./common.js"
 
 const events: Array<[string, number, number]> = []
 const native = await Effect.runPromise(Effect.tracer)
@@ -72,6 +72,7 @@ try {
 } finally {
   await rt.dispose()
   process.kill(-responder.pid!, "SIGKILL")
+  await deleteQueue(host)
   await admin.query(`DROP DATABASE ${db}`)
   await admin.end()
 }
