@@ -15,23 +15,15 @@ import * as Barbican from "../../src/server/Barbican.js"
 import * as CommandRunner from "../../src/server/CommandRunner.js"
 import * as Mounter from "../../src/server/Mounter.js"
 import * as MountInfo from "../../src/server/MountInfo.js"
-import { startBarbican } from "../support/barbican.js"
 import { awaitGone, type Call, failWith, processesUsing, recordingRunner, serverDirs, sh } from "../support/dmsServer.js"
-import { S3_ACCESS_KEY, S3_SECRET_KEY, startS3 } from "../support/s3.js"
+import { startS3WithSecret } from "../support/s3.js"
 
 const TOKEN = "gAAAA-probe-token"
 
 const setup = (check: (call: Call, ctx: { readonly pidFile: string; readonly mountPath: string }) => Effect.Effect<CommandRunner.Output, CommandRunner.CommandError>) =>
   Effect.gen(function*() {
     const dirs = yield* serverDirs
-    const s3 = yield* startS3()
-    const barbican = yield* startBarbican
-    const secretRef = barbican.addSecret("creds", TOKEN, {
-      aws_access_key_id: S3_ACCESS_KEY,
-      aws_secret_access_key: S3_SECRET_KEY,
-      bucket: s3.bucket,
-      endpoint_url: s3.endpoint
-    })
+    const { secretRef } = yield* startS3WithSecret(TOKEN)
     const mountPath = path.join(dirs.base, "target-s3")
     const pidFile = path.join(dirs.run, "s3", "target-s3.pid")
     const runner = recordingRunner()

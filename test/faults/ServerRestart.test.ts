@@ -10,24 +10,16 @@ import * as fs from "node:fs"
 import * as path from "node:path"
 import * as Broker from "../../src/Broker.js"
 import * as MountInfo from "../../src/server/MountInfo.js"
-import { startBarbican } from "../support/barbican.js"
 import { awaitGone, isAlive, rpc, serverDirs, spawnServer } from "../support/dmsServer.js"
 import { deleteOnClose, RABBIT_URL, uniqueHost } from "../support/rabbit.js"
-import { S3_ACCESS_KEY, S3_SECRET_KEY, startS3 } from "../support/s3.js"
+import { startS3WithSecret } from "../support/s3.js"
 
 const TOKEN = "gAAAA-restart-token"
 
 const setup = (label: string) =>
   Effect.gen(function*() {
     const dirs = yield* serverDirs
-    const s3 = yield* startS3()
-    const barbican = yield* startBarbican
-    const secretRef = barbican.addSecret("creds", TOKEN, {
-      aws_access_key_id: S3_ACCESS_KEY,
-      aws_secret_access_key: S3_SECRET_KEY,
-      bucket: s3.bucket,
-      endpoint_url: s3.endpoint
-    })
+    const { barbican, s3, secretRef } = yield* startS3WithSecret(TOKEN)
     const host = uniqueHost(label)
     const queue = Broker.queueName(host)
     yield* deleteOnClose(queue)

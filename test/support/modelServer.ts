@@ -125,7 +125,8 @@ const run = async (args: ModelServerArgs) => {
   }
   writeState()
 
-  const log = (t: Transition) => {
+  const log = (change: Omit<Transition, "seq" | "at" | "host" | "pid">) => {
+    const t: Transition = { seq: ++seq, at: Date.now(), host: args.host, ...change, pid: process.pid }
     fs.appendFileSync(logFile, `${JSON.stringify(t)}\n`)
     if (t.to === "mounted") table.set(t.path, t.targetId)
     else table.delete(t.path)
@@ -144,20 +145,7 @@ const run = async (args: ModelServerArgs) => {
     else if (cmd === "reboot") {
       const lost = [...table]
       for (const [where, targetId] of lost) {
-        log({
-          seq: ++seq,
-          at: Date.now(),
-          host: args.host,
-          path: where,
-          targetId,
-          to: "unmounted",
-          opId: null,
-          cause: "reboot",
-          jobId: null,
-          correlationId: "",
-          redelivered: false,
-          pid: process.pid
-        })
+        log({ path: where, targetId, to: "unmounted", opId: null, cause: "reboot", jobId: null, correlationId: "", redelivered: false })
       }
       say(`rebooted ${lost.length}`)
     } else if (cmd === "drain") {
@@ -208,17 +196,13 @@ const run = async (args: ModelServerArgs) => {
     const record = (to: "mounted" | "unmounted") => {
       const job = body.job as { jobid?: unknown } | undefined
       log({
-        seq: ++seq,
-        at: Date.now(),
-        host: args.host,
         path: where,
         targetId,
         to,
         opId: typeof (body.context as any)?.request_id === "string" ? (body.context as any).request_id : null,
         jobId: typeof job?.jobid === "number" ? job.jobid : null,
         correlationId: String(msg.properties.correlationId),
-        redelivered: msg.fields.redelivered,
-        pid: process.pid
+        redelivered: msg.fields.redelivered
       })
     }
     if (action === "mount") {

@@ -12,6 +12,7 @@ import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import * as readline from "node:readline"
+import { startBarbican } from "./barbican.js"
 
 export const S3_ACCESS_KEY = "S3RVER"
 export const S3_SECRET_KEY = "S3RVER"
@@ -88,4 +89,21 @@ export const startS3 = (bucket = "dms-test-bucket"): Effect.Effect<LocalS3, Erro
         return out
       })
     }
+  })
+
+/**
+ * A local S3 bucket and a fake Barbican holding its keys (the payload existing deployments store),
+ * readable with `token`: what an S3 mount request's `secret_ref` points to.
+ */
+export const startS3WithSecret = (token: string) =>
+  Effect.gen(function*() {
+    const s3 = yield* startS3()
+    const barbican = yield* startBarbican
+    const secretRef = barbican.addSecret("creds", token, {
+      aws_access_key_id: S3_ACCESS_KEY,
+      aws_secret_access_key: S3_SECRET_KEY,
+      bucket: s3.bucket,
+      endpoint_url: s3.endpoint
+    })
+    return { s3, barbican, secretRef }
   })
