@@ -6,13 +6,9 @@
  *
  * @since 0.1.0
  */
-import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
-import * as Metric from "effect/Metric"
-import * as MetricBoundaries from "effect/MetricBoundaries"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
@@ -22,6 +18,8 @@ import * as DmsConfig from "./DmsConfig.js"
 import * as DmsError from "./DmsError.js"
 import * as Ledger from "./Ledger.js"
 import * as Protocol from "./Protocol.js"
+import * as Operation from "./internal/operation.js"
+import * as OperationMetrics from "./internal/operationMetrics.js"
 
 /**
  * What a successful mount tells the caller.
@@ -69,10 +67,7 @@ export type Services = Ledger.Ledger | Broker.Broker | DmsConfig.DmsConfig
  * @since 0.1.0
  * @category constants
  */
-export const PENDING_GRACE = Duration.seconds(1)
-
-// ---------------------------------------------------------------------------------------------------
-// Metrics
+export const PENDING_GRACE = Operation.PENDING_GRACE
 
 /**
  * Mount and unmount calls by operation and outcome (`success`, or the error's tag).
@@ -80,10 +75,7 @@ export const PENDING_GRACE = Duration.seconds(1)
  * @since 0.1.0
  * @category metrics
  */
-export const operationsTotal = Metric.counter("dms_operations_total", {
-  description: "mount and unmount calls by operation and outcome",
-  incremental: true
-})
+export const operationsTotal = OperationMetrics.operationsTotal
 
 /**
  * Duration of mount and unmount calls, in seconds.
@@ -91,56 +83,7 @@ export const operationsTotal = Metric.counter("dms_operations_total", {
  * @since 0.1.0
  * @category metrics
  */
-export const operationDuration = Metric.histogram(
-  "dms_operation_duration_seconds",
-  MetricBoundaries.exponential({ start: 0.0005, factor: 2, count: 20 }),
-  "duration of mount and unmount calls"
-)
-
-const measured = (operation: string) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-  Effect.flatMap(Clock.currentTimeMillis, (start) =>
-    Effect.onExit(effect, (exit) =>
-      Effect.flatMap(Clock.currentTimeMillis, (end) => {
-        const outcome = Exit.isSuccess(exit)
-          ? "success"
-          : Option.match(Exit.causeOption(exit).pipe(Option.flatMap((c) => Option.fromNullable(failureTag(c)))), {
-            onNone: () => "defect",
-            onSome: (tag) => tag
-          })
-        return Effect.zipRight(
-          Metric.update(counterFor(operation, outcome), 1),
-          Metric.update(durationFor(operation), (end - start) / 1000)
-        )
-      })))
-
-// Tagged metrics are looked up by a hash of their key; built once per (operation, outcome), not per call.
-const taggedCounters = new Map<string, Metric.Metric.Counter<number>>()
-const counterFor = (operation: string, outcome: string) => {
-  const key = `${operation}\0${outcome}`
-  let counter = taggedCounters.get(key)
-  if (counter === undefined) {
-    counter = operationsTotal.pipe(Metric.tagged("operation", operation), Metric.tagged("outcome", outcome))
-    taggedCounters.set(key, counter)
-  }
-  return counter
-}
-const taggedDurations = new Map<string, Metric.Metric.Histogram<number>>()
-const durationFor = (operation: string) => {
-  let histogram = taggedDurations.get(operation)
-  if (histogram === undefined) {
-    histogram = operationDuration.pipe(Metric.tagged("operation", operation))
-    taggedDurations.set(operation, histogram)
-  }
-  return histogram
-}
-
-const failureTag = (cause: unknown): string | undefined => {
-  const c = cause as { _tag?: string; error?: { _tag?: string }; left?: unknown }
-  if (c._tag === "Fail") return c.error?._tag ?? "error"
-  if (c._tag === "Interrupt") return "interrupted"
-  if (c._tag === "Sequential" || c._tag === "Parallel") return failureTag(c.left)
-  return undefined
-}
+export const operationDuration = OperationMetrics.operationDuration
 
 // ---------------------------------------------------------------------------------------------------
 // Holds of one job in this process (one job backing up two VMs in two mount contexts)
@@ -159,225 +102,32 @@ const holdKey = (jobId: number, targetId: string, host: string) => `${jobId}\0${
 // ---------------------------------------------------------------------------------------------------
 // The operations
 
-/**
- * One (job, target, host) an operation works on, and how to build its wire body. Used by reconcile too.
- *
- * @since 0.1.0
- * @category internals
- */
-export interface Target {
-  readonly jobId: number
-  readonly id: string
-  readonly host: string
-  readonly type: "nfs" | "s3"
-  readonly mountPath: string
-  /** The wire body for an action, with the target's path and type as given. */
-  readonly body: (action: Protocol.Action, mountPath: string, type: "nfs" | "s3") => Record<string, unknown>
-}
-
-/**
- * The services an operation runs with.
- *
- * @since 0.1.0
- * @category internals
- */
-export interface Env {
-  readonly config: DmsConfig.Settings
-  readonly ledger: Ledger.Service
-  readonly broker: Broker.Service
-}
-
-/**
- * Reads the services into an {@link Env}.
- *
- * @since 0.1.0
- * @category internals
- */
-export const env = Effect.all({ config: DmsConfig.DmsConfig, ledger: Ledger.Ledger, broker: Broker.Broker })
-
-/**
- * The {@link Target} of a validated request (the token falls back to the configured one).
- *
- * @since 0.1.0
- * @category internals
- */
-export const fromRequest = (request: Protocol.MountRequest, config: DmsConfig.Settings): Target => {
-  const token = request.keystone_token ?? Option.getOrUndefined(config.keystoneToken)
-  return {
-    jobId: request.job.jobid,
-    id: request.backup_target.id,
-    host: request.host,
-    type: request.backup_target.type,
-    mountPath: request.backup_target.filesystem_export_mount_path,
-    body: (action, mountPath, type) => {
-      const wire = Protocol.encodeMountRequest(request, action) as Record<string, unknown>
-      return {
-        ...wire,
-        keystone_token: token === undefined ? wire.keystone_token ?? null : Redacted.value(token),
-        backup_target: { ...(wire.backup_target as Record<string, unknown>), filesystem_export_mount_path: mountPath, type }
-      }
-    }
-  }
-}
-
-/**
- * Validates a request for an operation before any I/O (an S3 mount needs a Keystone token).
- *
- * @since 0.1.0
- * @category internals
- */
-export const validate = (operation: Protocol.Action, input: unknown) =>
-  Effect.gen(function*() {
-    const request = yield* Protocol.decodeMountRequest(input)
-    const { config } = yield* env
-    if (
-      operation === "mount" && request.backup_target.type === "s3" && request.keystone_token == null &&
-      Option.isNone(config.keystoneToken)
-    ) {
-      return yield* Effect.fail(
-        DmsError.invalid(
-          "request",
-          "keystone_token",
-          "an S3 target needs a Keystone token to read its credentials from Barbican: set keystone_token in the request or KEYSTONE_TOKEN"
-        )
-      )
-    }
-    return request
-  })
-
-const serverError = (target: Target, reply: Protocol.Reply) =>
-  new DmsError.MountError({
-    reason: "server",
-    errorMsg: reply.error_msg ?? "the DMS server reported an error without a message",
-    backupTargetId: target.id,
-    host: target.host,
-    jobId: target.jobId
-  })
-
-/**
- * Sends one action to the host's server under the lease, recorded as pending first so that an outcome
- * the caller never learns is resolved by the next operation: usually by the mark the lease was taken
- * with (no round trip), else by a write of its own. A broker failure that certainly reached no server
- * clears the mark again.
- *
- * @since 0.1.0
- * @category internals
- */
-export const send = (
-  e: Env,
-  lease: Ledger.Lease,
-  target: Target,
-  action: Protocol.Action,
-  mountPath: string,
-  type: "nfs" | "s3"
-) =>
-  Effect.gen(function*() {
-    const own = Option.filter(
-      lease.ownMark(),
-      (m) => m.op === action && m.mountPath === mountPath && m.targetType === type
-    )
-    let deadline: number
-    if (Option.isSome(own)) {
-      deadline = own.value.deadline.getTime()
-    } else {
-      deadline = (yield* Clock.currentTimeMillis) + Duration.toMillis(e.config.requestTimeout)
-      yield* lease.write({ pending: { op: action, deadline: new Date(deadline), mountPath, targetType: type } })
-    }
-    lease.markSent()
-    // Interruptible even inside mountScoped's acquire: the reply timeout must fire, and an interrupted
-    // wait is safe (the pending mark stays for the next operation).
-    return yield* e.broker.request(target.host, target.body(action, mountPath, type), {
-      timeout: e.config.requestTimeout,
-      deadline
-    }).pipe(
-      Effect.interruptible,
-      Effect.tapError((error) =>
-        error._tag === "BrokerError" && error.notDelivered === true ? lease.write({ pending: null }) : Effect.void
-      )
-    )
-  })
-
-const alreadyMounted = (reply: Protocol.Reply, hadHolders: boolean): boolean => {
-  const flag = (reply as { already_mounted?: unknown }).already_mounted
-  if (typeof flag === "boolean") return flag
-  const message = reply.success_msg ?? ""
-  if (/^already mounted/i.test(message)) return true
-  if (/mounted successfully|mount successful/i.test(message)) return false
-  return hadHolders
-}
-
-/**
- * Drives the host to the state the ledger implies (mounted iff there are holders) when an earlier
- * operation's outcome is unknown, after its deadline has passed (no stale request can still run then).
- *
- * @since 0.1.0
- * @category internals
- */
-export const resolvePending = (e: Env, lease: Ledger.Lease, target: Target, state: Ledger.TargetState) =>
-  Effect.gen(function*() {
-    if (Option.isNone(state.pending)) return { state, remounted: false }
-    const pending = state.pending.value
-    const now = yield* Clock.currentTimeMillis
-    const wait = pending.deadline.getTime() + Duration.toMillis(PENDING_GRACE) - now
-    if (wait > 0) {
-      yield* Effect.logInfo(`waiting ${wait} ms for an earlier ${pending.op} whose outcome is unknown to expire`)
-      yield* Effect.interruptible(Effect.sleep(Duration.millis(wait)))
-    }
-    const desired: Protocol.Action = state.holders.length > 0 ? "mount" : "unmount"
-    // Holders: the path they hold. None: where the operation of unknown outcome may have mounted.
-    const recordedPath = Option.getOrUndefined(state.mountPath)
-    const mountPath = (desired === "mount" ? recordedPath ?? pending.mountPath : pending.mountPath ?? recordedPath) ??
-      target.mountPath
-    const type = pending.targetType ?? Option.getOrElse(state.targetType, () => target.type)
-    yield* Effect.logInfo(`resolving an earlier ${pending.op} of unknown outcome: ${desired} (${state.holders.length} holders)`)
-    const reply = yield* send(e, lease, target, desired, mountPath, type)
-    if (reply.status === "error") {
-      // The server answered, so nothing stale is in flight: the next operation retries at once.
-      yield* lease.write({
-        pending: { op: desired, deadline: new Date(yield* Clock.currentTimeMillis), mountPath, targetType: type }
-      })
-      return yield* Effect.fail(
-        new DmsError.MountError({
-          reason: "server",
-          errorMsg: `could not bring ${target.host} to the ledger's state after an earlier ${pending.op} of unknown outcome (${desired}): ${
-            reply.error_msg ?? "no message"
-          }`,
-          backupTargetId: target.id,
-          host: target.host,
-          jobId: target.jobId
-        })
-      )
-    }
-    yield* lease.write({ pending: null })
-    return { state, remounted: desired === "mount" && !alreadyMounted(reply, false) }
-  }).pipe(Effect.annotateLogs({ backupTargetId: target.id, host: target.host }))
-
-const pathMismatch = (target: Target, recorded: string) =>
+const pathMismatch = (target: Operation.Target, recorded: string) =>
   DmsError.invalid(
     "request",
     "backup_target.filesystem_export_mount_path",
     `target ${target.id} is mounted on ${target.host} at ${recorded}; a target has one mount path per host`
   )
 
-const mountUnderLease = (e: Env, target: Target) => (lease: Ledger.Lease) =>
+const mountUnderLease = (e: Operation.Env, target: Operation.Target) => (lease: Ledger.Lease) =>
   Effect.gen(function*() {
-    const { remounted, state } = yield* resolvePending(e, lease, target, yield* lease.read(target.jobId))
+    const { remounted, state } = yield* Operation.resolvePending(e, lease, target, yield* lease.read(target.jobId))
     const hadHolders = state.holders.length > 0
     if (hadHolders && Option.isSome(state.mountPath) && state.mountPath.value !== target.mountPath) {
       return yield* Effect.fail(pathMismatch(target, state.mountPath.value))
     }
     // Always ask the server, even when other jobs hold the target: it verifies the mount is really there
     // (a host reboot or a late unmount must never hand out a path that is the local disk).
-    const reply = yield* send(e, lease, target, "mount", target.mountPath, target.type)
+    const reply = yield* Operation.send(e, lease, target, "mount", target.mountPath, target.type)
     if (reply.status === "error") {
       yield* lease.write({ pending: null, release: true })
-      return yield* Effect.fail(serverError(target, reply))
+      return yield* Effect.fail(Operation.serverError(target, reply))
     }
     // Remounted while resolving an earlier operation (the host had lost it): this call mounted it.
     // Without holders (pending marks resolved) a mount the server already has belongs to no other job:
     // typically this very request, run by a server that died before replying and answered again after
     // its restart (the model test found it). The first holder is the physical mount.
-    const reused = hadHolders && alreadyMounted(reply, hadHolders) && !remounted
+    const reused = hadHolders && Operation.alreadyMounted(reply, hadHolders) && !remounted
     const entryId = Option.match(state.job, { onNone: () => null, onSome: (j) => j.id })
     yield* lease.write({
       job: { jobId: target.jobId, mounted: true, entryId },
@@ -401,10 +151,10 @@ const mountUnderLease = (e: Env, target: Target) => (lease: Ledger.Lease) =>
     return result
   })
 
-const unmountUnderLease = (e: Env, target: Target, options: { readonly release: boolean; readonly force: boolean }) =>
+const unmountUnderLease = (e: Operation.Env, target: Operation.Target, options: { readonly release: boolean; readonly force: boolean }) =>
 (lease: Ledger.Lease) =>
   Effect.gen(function*() {
-    const { state } = yield* resolvePending(e, lease, target, yield* lease.read(target.jobId))
+    const { state } = yield* Operation.resolvePending(e, lease, target, yield* lease.read(target.jobId))
     const mine = Option.filter(state.job, (j) => j.mounted)
     if (Option.isNone(mine)) {
       // No active row, so no holds in this process either (see mountUnderLease).
@@ -450,10 +200,10 @@ const unmountUnderLease = (e: Env, target: Target, options: { readonly release: 
       return result
     }
     const type = Option.getOrElse(state.targetType, () => target.type)
-    const reply = yield* send(e, lease, target, "unmount", recordedPath, type)
+    const reply = yield* Operation.send(e, lease, target, "unmount", recordedPath, type)
     if (reply.status === "error") {
       yield* lease.write({ pending: null, release: options.release })
-      return yield* Effect.fail(serverError(target, reply))
+      return yield* Effect.fail(Operation.serverError(target, reply))
     }
     yield* lease.write({
       job: { jobId: target.jobId, mounted: false, entryId: mine.value.id },
@@ -488,15 +238,15 @@ export const mount = (
   request: unknown
 ): Effect.Effect<MountResult, DmsError.DmsError, Services> =>
   Effect.gen(function*() {
-    const valid = yield* validate("mount", request)
-    const e = yield* env
-    const target = fromRequest(valid, e.config)
+    const valid = yield* Operation.validate("mount", request)
+    const e = yield* Operation.env
+    const target = Operation.fromRequest(valid, e.config)
     return yield* e.ledger.withTargetLock(target.id, target.host, mountUnderLease(e, target), {
       timeout: e.config.lockTimeout,
       readJobId: target.jobId,
       mark: { op: "mount", timeout: e.config.requestTimeout, mountPath: target.mountPath, targetType: target.type }
     }).pipe(Effect.withSpan("dms.mount", { attributes: spanAttributes(valid), captureStackTrace: false }))
-  }).pipe(measured("mount"))
+  }).pipe(OperationMetrics.measured("mount"))
 
 /**
  * Releases the job's hold on the target. The last holder causes one `unmount` message, and only its
@@ -510,9 +260,9 @@ export const unmount = (
   request: unknown
 ): Effect.Effect<UnmountResult, DmsError.DmsError, Services> =>
   Effect.gen(function*() {
-    const valid = yield* validate("unmount", request)
-    const e = yield* env
-    const target = fromRequest(valid, e.config)
+    const valid = yield* Operation.validate("unmount", request)
+    const e = yield* Operation.env
+    const target = Operation.fromRequest(valid, e.config)
     return yield* e.ledger.withTargetLock(
       target.id,
       target.host,
@@ -523,7 +273,7 @@ export const unmount = (
         mark: { op: "unmount", timeout: e.config.requestTimeout, mountPath: target.mountPath, targetType: target.type }
       }
     ).pipe(Effect.withSpan("dms.unmount", { attributes: spanAttributes(valid), captureStackTrace: false }))
-  }).pipe(measured("unmount"))
+  }).pipe(OperationMetrics.measured("unmount"))
 
 /**
  * Options of {@link mountScoped}.
@@ -611,7 +361,7 @@ export const softDeleteEntry = (
   options: { readonly host?: string | undefined; readonly force?: boolean | undefined } = {}
 ): Effect.Effect<boolean, DmsError.DmsError, Services> =>
   Effect.gen(function*() {
-    const e = yield* env
+    const e = yield* Operation.env
     if (options.force !== true) {
       return yield* e.ledger.softDeleteEntry(jobId, backupTargetId, { host: options.host, timeout: e.config.lockTimeout })
     }
@@ -624,7 +374,7 @@ export const softDeleteEntry = (
           const state = yield* lease.read(jobId)
           const mountPath = Option.getOrElse(state.mountPath, () => "")
           const type = Option.getOrElse(state.targetType, () => "nfs" as const)
-          const target: Target = {
+          const target: Operation.Target = {
             jobId,
             id: backupTargetId,
             host: row.host,

@@ -22,7 +22,8 @@ import * as Redacted from "effect/Redacted"
 import * as Schema from "effect/Schema"
 import * as DmsError from "./DmsError.js"
 import type * as Ledger from "./Ledger.js"
-import * as Mount from "./Mount.js"
+import type * as Mount from "./Mount.js"
+import * as Operation from "./internal/operation.js"
 import * as Protocol from "./Protocol.js"
 
 /**
@@ -224,10 +225,10 @@ export const hostStatus = (host: string): Effect.Effect<HostStatus, DmsError.Dms
       Effect.fail(
         DmsError.invalid("hostStatus", "host", DmsError.fromParseError("hostStatus", error).issues[0]?.message ?? "invalid host")
       ),
-    onRight: (valid) => Effect.flatMap(Mount.env, (e) => queryStatus(e, valid))
+    onRight: (valid) => Effect.flatMap(Operation.env, (e) => queryStatus(e, valid))
   })
 
-const queryStatus = (e: Mount.Env, host: string): Effect.Effect<HostStatus, DmsError.DmsError> =>
+const queryStatus = (e: Operation.Env, host: string): Effect.Effect<HostStatus, DmsError.DmsError> =>
   e.broker.request(host, { action: "status" }, { timeout: e.config.requestTimeout }).pipe(
     Effect.flatMap((reply): Effect.Effect<HostStatus, DmsError.MountError> => {
       if (reply.status === "error") {
@@ -307,7 +308,7 @@ const validateOptions = (host: unknown, options: unknown) =>
       issue("requests", "Expected an array of mount requests")
     } else if (Array.isArray(opts.requests)) {
       for (const [i, raw] of opts.requests.entries()) {
-        const decoded = yield* Effect.either(Mount.validate("mount", raw))
+        const decoded = yield* Effect.either(Operation.validate("mount", raw))
         if (Either.isLeft(decoded)) {
           for (const x of decoded.left.issues) issue(x.path === "" ? `requests[${i}]` : `requests[${i}].${x.path}`, x.message)
           continue
@@ -346,7 +347,7 @@ interface PairOutcome {
 const outcome = (action: Action, detail: string): Outcome => ({ action, detail })
 
 /** A target without its request: enough to unmount it (the server needs id, type and path). */
-const bareTarget = (e: Mount.Env, id: string, host: string, type: "nfs" | "s3", mountPath: string): Mount.Target => ({
+const bareTarget = (e: Operation.Env, id: string, host: string, type: "nfs" | "s3", mountPath: string): Operation.Target => ({
   jobId: 0,
   id,
   host,
@@ -365,7 +366,7 @@ const asType = (t: string | null | undefined): "nfs" | "s3" | undefined => (t ==
 const jobsOf = (state: Ledger.TargetState) => state.holders.map((h) => h.jobId)
 
 const repairPair = (
-  e: Mount.Env,
+  e: Operation.Env,
   host: string,
   id: string,
   findings: PairFindings,
@@ -375,7 +376,7 @@ const repairPair = (
   e.ledger.withTargetLock(id, host, (lease) =>
     Effect.gen(function*() {
       const out: PairOutcome = {}
-      const grace = Duration.toMillis(Mount.PENDING_GRACE)
+      const grace = Duration.toMillis(Operation.PENDING_GRACE)
       let state = yield* lease.read()
       const now = yield* Clock.currentTimeMillis
       const past = () => new Date(now - grace)
@@ -396,11 +397,11 @@ const repairPair = (
         if (state.holders.length === 0) {
           const entryPath = Option.getOrElse(state.mountPath, () => "")
           const type = Option.getOrElse(state.targetType, () => "nfs" as const)
-          yield* Mount.resolvePending(e, lease, bareTarget(e, id, host, type, entryPath), state)
+          yield* Operation.resolvePending(e, lease, bareTarget(e, id, host, type, entryPath), state)
           out.pending = outcome("resolved", "no job holds it: the host was asked to unmount it, and the mark cleared")
           if (findings.orphan) out.orphan = outcome("unmounted", "unmounted while resolving the pending mark")
         } else if (request !== undefined && !requestPathDiffers) {
-          const r = yield* Mount.resolvePending(e, lease, Mount.fromRequest(request, e.config), state)
+          const r = yield* Operation.resolvePending(e, lease, Operation.fromRequest(request, e.config), state)
           const how = r.remounted ? "remounted with the given request" : "the host has it: verified with the given request"
           out.pending = outcome("resolved", `${how}; the mark cleared`)
           if (findings.stale) out.stale = outcome("remounted", how)
@@ -452,7 +453,7 @@ const repairPair = (
           return out
         }
         const type = asType(entry.type) ?? Option.getOrElse(state.targetType, () => "nfs" as const)
-        const reply = yield* Mount.send(e, lease, bareTarget(e, id, host, type, entry.mountPath), "unmount", entry.mountPath, type)
+        const reply = yield* Operation.send(e, lease, bareTarget(e, id, host, type, entry.mountPath), "unmount", entry.mountPath, type)
         // The server answered: nothing is in flight, whatever it said.
         yield* lease.write({ pending: null })
         out.orphan = reply.status === "success"
@@ -470,8 +471,8 @@ const repairPair = (
       }
       const reason = missingReason(entry)
       if (request !== undefined && !requestPathDiffers) {
-        const target = Mount.fromRequest(request, e.config)
-        const reply = yield* Mount.send(e, lease, target, "mount", target.mountPath, target.type)
+        const target = Operation.fromRequest(request, e.config)
+        const reply = yield* Operation.send(e, lease, target, "mount", target.mountPath, target.type)
         if (reply.status === "success") {
           yield* lease.write({ pending: null })
           out.stale = outcome("remounted", reply.success_msg ?? `mounted at ${target.mountPath}`)
@@ -528,11 +529,11 @@ export const reconcile = (
 ): Effect.Effect<Report, DmsError.DmsError, Mount.Services> =>
   Effect.gen(function*() {
     const valid = yield* validateOptions(host, options)
-    const e = yield* Mount.env
+    const e = yield* Operation.env
     const ledger = yield* e.ledger.getHostState(valid.host)
     const status = yield* queryStatus(e, valid.host)
     const now = yield* Clock.currentTimeMillis
-    const grace = Duration.toMillis(Mount.PENDING_GRACE)
+    const grace = Duration.toMillis(Operation.PENDING_GRACE)
     const supported = status.supported
     const mounts = status.supported ? status.mounts : []
     const locks = new Map(ledger.locks.map((l) => [l.backupTargetId, l]))

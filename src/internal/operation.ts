@@ -1,0 +1,204 @@
+/**
+ * The steps an operation takes under a (target, host) lease, shared by `Mount` and `Reconcile`: the
+ * target and its wire body, validation, sending one action with its pending mark, and resolving an
+ * earlier operation whose outcome is unknown.
+ */
+import * as Clock from "effect/Clock"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
+import * as Broker from "../Broker.js"
+import * as DmsConfig from "../DmsConfig.js"
+import * as DmsError from "../DmsError.js"
+import * as Ledger from "../Ledger.js"
+import * as Protocol from "../Protocol.js"
+
+/**
+ * How long after a pending operation's deadline the next operation waits before resolving it, so a
+ * server whose clock runs a little behind the client's cannot still run the stale request.
+ *
+ */
+export const PENDING_GRACE = Duration.seconds(1)
+
+/**
+ * One (job, target, host) an operation works on, and how to build its wire body. Used by reconcile too.
+ *
+ */
+export interface Target {
+  readonly jobId: number
+  readonly id: string
+  readonly host: string
+  readonly type: "nfs" | "s3"
+  readonly mountPath: string
+  /** The wire body for an action, with the target's path and type as given. */
+  readonly body: (action: Protocol.Action, mountPath: string, type: "nfs" | "s3") => Record<string, unknown>
+}
+
+/**
+ * The services an operation runs with.
+ *
+ */
+export interface Env {
+  readonly config: DmsConfig.Settings
+  readonly ledger: Ledger.Service
+  readonly broker: Broker.Service
+}
+
+/**
+ * Reads the services into an {@link Env}.
+ *
+ */
+export const env = Effect.all({ config: DmsConfig.DmsConfig, ledger: Ledger.Ledger, broker: Broker.Broker })
+
+/**
+ * The {@link Target} of a validated request (the token falls back to the configured one).
+ *
+ */
+export const fromRequest = (request: Protocol.MountRequest, config: DmsConfig.Settings): Target => {
+  const token = request.keystone_token ?? Option.getOrUndefined(config.keystoneToken)
+  return {
+    jobId: request.job.jobid,
+    id: request.backup_target.id,
+    host: request.host,
+    type: request.backup_target.type,
+    mountPath: request.backup_target.filesystem_export_mount_path,
+    body: (action, mountPath, type) => {
+      const wire = Protocol.encodeMountRequest(request, action) as Record<string, unknown>
+      return {
+        ...wire,
+        keystone_token: token === undefined ? wire.keystone_token ?? null : Redacted.value(token),
+        backup_target: { ...(wire.backup_target as Record<string, unknown>), filesystem_export_mount_path: mountPath, type }
+      }
+    }
+  }
+}
+
+/**
+ * Validates a request for an operation before any I/O (an S3 mount needs a Keystone token).
+ *
+ */
+export const validate = (operation: Protocol.Action, input: unknown) =>
+  Effect.gen(function*() {
+    const request = yield* Protocol.decodeMountRequest(input)
+    const { config } = yield* env
+    if (
+      operation === "mount" && request.backup_target.type === "s3" && request.keystone_token == null &&
+      Option.isNone(config.keystoneToken)
+    ) {
+      return yield* Effect.fail(
+        DmsError.invalid(
+          "request",
+          "keystone_token",
+          "an S3 target needs a Keystone token to read its credentials from Barbican: set keystone_token in the request or KEYSTONE_TOKEN"
+        )
+      )
+    }
+    return request
+  })
+
+/** The error for a server's `status: "error"` reply. */
+export const serverError = (target: Target, reply: Protocol.Reply) =>
+  new DmsError.MountError({
+    reason: "server",
+    errorMsg: reply.error_msg ?? "the DMS server reported an error without a message",
+    backupTargetId: target.id,
+    host: target.host,
+    jobId: target.jobId
+  })
+
+/**
+ * Sends one action to the host's server under the lease, recorded as pending first so that an outcome
+ * the caller never learns is resolved by the next operation: usually by the mark the lease was taken
+ * with (no round trip), else by a write of its own. A broker failure that certainly reached no server
+ * clears the mark again.
+ *
+ */
+export const send = (
+  e: Env,
+  lease: Ledger.Lease,
+  target: Target,
+  action: Protocol.Action,
+  mountPath: string,
+  type: "nfs" | "s3"
+) =>
+  Effect.gen(function*() {
+    const own = Option.filter(
+      lease.ownMark(),
+      (m) => m.op === action && m.mountPath === mountPath && m.targetType === type
+    )
+    let deadline: number
+    if (Option.isSome(own)) {
+      deadline = own.value.deadline.getTime()
+    } else {
+      deadline = (yield* Clock.currentTimeMillis) + Duration.toMillis(e.config.requestTimeout)
+      yield* lease.write({ pending: { op: action, deadline: new Date(deadline), mountPath, targetType: type } })
+    }
+    lease.markSent()
+    // Interruptible even inside mountScoped's acquire: the reply timeout must fire, and an interrupted
+    // wait is safe (the pending mark stays for the next operation).
+    return yield* e.broker.request(target.host, target.body(action, mountPath, type), {
+      timeout: e.config.requestTimeout,
+      deadline
+    }).pipe(
+      Effect.interruptible,
+      Effect.tapError((error) =>
+        error._tag === "BrokerError" && error.notDelivered === true ? lease.write({ pending: null }) : Effect.void
+      )
+    )
+  })
+
+/** Whether a successful mount reply says the target was mounted already (flag, or the Python server's text). */
+export const alreadyMounted = (reply: Protocol.Reply, hadHolders: boolean): boolean => {
+  const flag = (reply as { already_mounted?: unknown }).already_mounted
+  if (typeof flag === "boolean") return flag
+  const message = reply.success_msg ?? ""
+  if (/^already mounted/i.test(message)) return true
+  if (/mounted successfully|mount successful/i.test(message)) return false
+  return hadHolders
+}
+
+/**
+ * Drives the host to the state the ledger implies (mounted iff there are holders) when an earlier
+ * operation's outcome is unknown, after its deadline has passed (no stale request can still run then).
+ *
+ */
+export const resolvePending = (e: Env, lease: Ledger.Lease, target: Target, state: Ledger.TargetState) =>
+  Effect.gen(function*() {
+    if (Option.isNone(state.pending)) return { state, remounted: false }
+    const pending = state.pending.value
+    const now = yield* Clock.currentTimeMillis
+    const wait = pending.deadline.getTime() + Duration.toMillis(PENDING_GRACE) - now
+    if (wait > 0) {
+      yield* Effect.logInfo(`waiting ${wait} ms for an earlier ${pending.op} whose outcome is unknown to expire`)
+      yield* Effect.interruptible(Effect.sleep(Duration.millis(wait)))
+    }
+    const desired: Protocol.Action = state.holders.length > 0 ? "mount" : "unmount"
+    // Holders: the path they hold. None: where the operation of unknown outcome may have mounted.
+    const recordedPath = Option.getOrUndefined(state.mountPath)
+    const mountPath = (desired === "mount" ? recordedPath ?? pending.mountPath : pending.mountPath ?? recordedPath) ??
+      target.mountPath
+    const type = pending.targetType ?? Option.getOrElse(state.targetType, () => target.type)
+    yield* Effect.logInfo(`resolving an earlier ${pending.op} of unknown outcome: ${desired} (${state.holders.length} holders)`)
+    const reply = yield* send(e, lease, target, desired, mountPath, type)
+    if (reply.status === "error") {
+      // The server answered, so nothing stale is in flight: the next operation retries at once.
+      yield* lease.write({
+        pending: { op: desired, deadline: new Date(yield* Clock.currentTimeMillis), mountPath, targetType: type }
+      })
+      return yield* Effect.fail(
+        new DmsError.MountError({
+          reason: "server",
+          errorMsg: `could not bring ${target.host} to the ledger's state after an earlier ${pending.op} of unknown outcome (${desired}): ${
+            reply.error_msg ?? "no message"
+          }`,
+          backupTargetId: target.id,
+          host: target.host,
+          jobId: target.jobId
+        })
+      )
+    }
+    yield* lease.write({ pending: null })
+    return { state, remounted: desired === "mount" && !alreadyMounted(reply, false) }
+  }).pipe(Effect.annotateLogs({ backupTargetId: target.id, host: target.host }))
+

@@ -1,0 +1,76 @@
+/**
+ * `dms_operations_total` and `dms_operation_duration_seconds`, and the wrapper that records them
+ * around an operation.
+ */
+import * as Clock from "effect/Clock"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Metric from "effect/Metric"
+import * as MetricBoundaries from "effect/MetricBoundaries"
+import * as Option from "effect/Option"
+
+/**
+ * Mount and unmount calls by operation and outcome (`success`, or the error's tag).
+ *
+ */
+export const operationsTotal = Metric.counter("dms_operations_total", {
+  description: "mount and unmount calls by operation and outcome",
+  incremental: true
+})
+
+/**
+ * Duration of mount and unmount calls, in seconds.
+ *
+ */
+export const operationDuration = Metric.histogram(
+  "dms_operation_duration_seconds",
+  MetricBoundaries.exponential({ start: 0.0005, factor: 2, count: 20 }),
+  "duration of mount and unmount calls"
+)
+
+/** Records an operation's outcome and duration when it ends. */
+export const measured = (operation: string) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+  Effect.flatMap(Clock.currentTimeMillis, (start) =>
+    Effect.onExit(effect, (exit) =>
+      Effect.flatMap(Clock.currentTimeMillis, (end) => {
+        const outcome = Exit.isSuccess(exit)
+          ? "success"
+          : Option.match(Exit.causeOption(exit).pipe(Option.flatMap((c) => Option.fromNullable(failureTag(c)))), {
+            onNone: () => "defect",
+            onSome: (tag) => tag
+          })
+        return Effect.zipRight(
+          Metric.update(counterFor(operation, outcome), 1),
+          Metric.update(durationFor(operation), (end - start) / 1000)
+        )
+      })))
+
+// Tagged metrics are looked up by a hash of their key; built once per (operation, outcome), not per call.
+const taggedCounters = new Map<string, Metric.Metric.Counter<number>>()
+const counterFor = (operation: string, outcome: string) => {
+  const key = `${operation}\0${outcome}`
+  let counter = taggedCounters.get(key)
+  if (counter === undefined) {
+    counter = operationsTotal.pipe(Metric.tagged("operation", operation), Metric.tagged("outcome", outcome))
+    taggedCounters.set(key, counter)
+  }
+  return counter
+}
+const taggedDurations = new Map<string, Metric.Metric.Histogram<number>>()
+const durationFor = (operation: string) => {
+  let histogram = taggedDurations.get(operation)
+  if (histogram === undefined) {
+    histogram = operationDuration.pipe(Metric.tagged("operation", operation))
+    taggedDurations.set(operation, histogram)
+  }
+  return histogram
+}
+
+const failureTag = (cause: unknown): string | undefined => {
+  const c = cause as { _tag?: string; error?: { _tag?: string }; left?: unknown }
+  if (c._tag === "Fail") return c.error?._tag ?? "error"
+  if (c._tag === "Interrupt") return "interrupted"
+  if (c._tag === "Sequential" || c._tag === "Parallel") return failureTag(c.left)
+  return undefined
+}
+
