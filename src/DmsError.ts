@@ -108,12 +108,14 @@ export class BrokerError extends Schema.TaggedError<BrokerError>()("BrokerError"
  * The mount or unmount was refused.
  * - `reason: "server"`: the DMS server answered `status: "error"`; `errorMsg` is its `error_msg`.
  * - `reason: "no-active-mount"`: the job holds no mount of the target on the host.
+ * - `reason: "unknown-mount"`: an unmount was needed, but the ledger records no mount path or type for
+ *   the target on the host (rows written by a client that records none); nothing was sent.
  *
  * @since 0.1.0
  * @category errors
  */
 export class MountError extends Schema.TaggedError<MountError>()("MountError", {
-  reason: Schema.Literal("server", "no-active-mount"),
+  reason: Schema.Literal("server", "no-active-mount", "unknown-mount"),
   errorMsg: Schema.String,
   backupTargetId: Schema.optional(Schema.String),
   host: Schema.optional(Schema.String),

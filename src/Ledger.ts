@@ -187,6 +187,12 @@ export interface HostState {
  */
 export interface Service {
   /**
+   * Which database this ledger writes to (`mysql://host:port/database`, `sqlite:<absolute path>`,
+   * `memory:<tables>`; never a password). Ledgers of one process with the same location share the
+   * in-process count of a job's scoped holds (see `Mount`).
+   */
+  readonly location: string
+  /**
    * Runs `body` holding the lease on (target, host). Fibers of this process queue in order; other
    * processes are waited for by polling with jittered backoff, holding no database connection. Fails
    * with `TimeoutError { phase: "lock" }` if the lease is not taken within `timeout`.
@@ -266,6 +272,11 @@ export interface LeaseOptions {
   readonly lockTimeout?: Duration.DurationInput | undefined
 }
 
+/** Where a store's tables are ({@link Service.location}); unset, a location of its own. */
+interface StoreOptions extends LeaseOptions {
+  readonly location?: string | undefined
+}
+
 const DEFAULT_LEASE = Duration.seconds(30)
 
 /** Whether an operation holds its lease, and whether it has started to give it back. */
@@ -311,7 +322,7 @@ const HistoryLimit = Schema.Int.pipe(Schema.between(1, MAX_HISTORY_LIMIT))
  * @since 0.1.0
  * @category constructors
  */
-export const make = (store: Store, options: LeaseOptions = {}): Service => {
+export const make = (store: Store, options: LeaseOptions & { readonly location?: string | undefined } = {}): Service => {
   const leaseMs = Math.max(1, Math.round(Duration.toMillis(options.leaseDuration ?? DEFAULT_LEASE)))
   const renewEvery = Duration.decode(options.renewInterval ?? Duration.millis(Math.max(1, Math.floor(leaseMs / 3))))
   const defaultLockTimeout = Duration.decode(options.lockTimeout ?? DEFAULT_LOCK_TIMEOUT)
@@ -538,6 +549,7 @@ export const make = (store: Store, options: LeaseOptions = {}): Service => {
   const checkHost = (host: unknown) => (host === undefined ? Either.right(undefined) : validate(Protocol.Host, "query", "host", host))
 
   return {
+    location: options.location ?? `${store.dialect}:${randomUUID()}`,
     withTargetLock,
     getMountStatus: (jobId, backupTargetId, host) =>
       Effect.gen(function*() {
@@ -587,7 +599,7 @@ const buildError = (operation: string) => (cause: Cause.Cause<unknown>): DmsErro
 
 const fromStore = <E, R>(
   store: Effect.Effect<Store, E, R>,
-  options: LeaseOptions
+  options: StoreOptions
 ): Layer.Layer<Ledger, E, R> => Layer.effect(Ledger, Effect.map(store, (s) => make(s, options)))
 
 /**
@@ -660,7 +672,8 @@ export const layerMysql = (
           resume(cause ? Effect.fail(new SqlError({ cause, message: "Failed to execute statement" })) : Effect.succeed(result))
         )
       })))
-  return Layer.scoped(Ledger, Effect.map(store, (s) => make(s, options))).pipe(
+  const where = `mysql://${location.host.toLowerCase()}:${location.port}/${location.database}`
+  return Layer.scoped(Ledger, Effect.map(store, (s) => make(s, { ...options, location: where }))).pipe(
     Layer.provide(client),
     Layer.catchAllCause((cause) => Layer.fail(buildError(`connect to ${Urls.redactUrl(raw)}`)(cause)))
   )
@@ -691,7 +704,8 @@ export const layerSqlite = (
     Effect.try({
       try: () => {
         if (options.filename !== ":memory:") fs.mkdirSync(path.dirname(path.resolve(options.filename)), { recursive: true })
-        return fromStore(SqlStore.make("sqlite"), options).pipe(
+        const where = options.filename === ":memory:" ? undefined : `sqlite:${path.resolve(options.filename)}`
+        return fromStore(SqlStore.make("sqlite"), { ...options, location: where }).pipe(
           Layer.provide(SqliteClient.layer({ filename: options.filename }))
         )
       },
@@ -734,7 +748,21 @@ export const makeMemoryState: () => MemoryState = MemoryStore.makeState
  * @category layers
  */
 export const layerMemory = (options: MemoryOptions = {}): Layer.Layer<Ledger> =>
-  Layer.sync(Ledger, () => make(MemoryStore.make(options.state), options))
+  Layer.sync(Ledger, () => {
+    const state = options.state ?? MemoryStore.makeState()
+    return make(MemoryStore.make(state), { ...options, location: `memory:${memoryLocation(state)}` })
+  })
+
+// Two memory ledgers over the same tables are one ledger, as two clients of one database are.
+const memoryLocations = new WeakMap<MemoryState, string>()
+const memoryLocation = (state: MemoryState) => {
+  let id = memoryLocations.get(state)
+  if (id === undefined) {
+    id = randomUUID()
+    memoryLocations.set(state, id)
+  }
+  return id
+}
 
 /**
  * The ledger named by a URL: `mysql://…` / `mysql+pymysql://…`, `sqlite:…`, or `memory:`.

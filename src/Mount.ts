@@ -8,6 +8,7 @@
  */
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
@@ -19,6 +20,7 @@ import * as DmsError from "./DmsError.js"
 import * as Ledger from "./Ledger.js"
 import * as Protocol from "./Protocol.js"
 import * as Operation from "./internal/operation.js"
+import * as Holds from "./internal/holds.js"
 import * as OperationMetrics from "./internal/operationMetrics.js"
 
 /**
@@ -86,18 +88,58 @@ export const operationsTotal = OperationMetrics.operationsTotal
 export const operationDuration = OperationMetrics.operationDuration
 
 // ---------------------------------------------------------------------------------------------------
-// Holds of one job in this process (one job backing up two VMs in two mount contexts)
+// Holds: which calls count (one job backing up two VMs in two mount contexts holds the target twice)
 
-const holdsByLedger = new WeakMap<Ledger.Service, Map<string, number>>()
-const holdsOf = (ledger: Ledger.Service) => {
-  let holds = holdsByLedger.get(ledger)
-  if (holds === undefined) {
-    holds = new Map()
-    holdsByLedger.set(ledger, holds)
-  }
-  return holds
-}
-const holdKey = (jobId: number, targetId: string, host: string) => `${jobId}\0${targetId}\0${host}`
+/** How an operation holds or releases: a plain `mount`/`unmount`, or a scope's. */
+type Kind = "plain" | "scope"
+
+const holdKey = (e: Operation.Env, target: Operation.Target): Holds.HoldKey => ({
+  location: e.ledger.location,
+  jobId: target.jobId,
+  targetId: target.id,
+  host: target.host
+})
+
+/** How long a write whose failure may still have committed is checked again before giving up. */
+const CONFIRM_FOR = Duration.seconds(15)
+
+const rowHolds = (state: Ledger.TargetState) => Option.exists(state.job, (j) => j.mounted)
+
+/**
+ * The operation's last ledger write, which decides whether the job holds the target. A write that
+ * reports a failure may still have committed (the connection lost after COMMIT; the lease lost between
+ * the row's write and the lock row's), so the job's row is read again before the failure is reported:
+ * if it says what the write was to say, the operation succeeded.
+ */
+const commit = (lease: Ledger.Lease, jobId: number, holds: boolean, changes: Ledger.LeaseWrite) =>
+  lease.write(changes).pipe(
+    Effect.catchTag("DatabaseError", (error) =>
+      lease.read(jobId).pipe(
+        Effect.retry(Schedule.exponential(Duration.millis(50), 2).pipe(Schedule.jittered, Schedule.upTo(CONFIRM_FOR))),
+        Effect.matchEffect({
+          onFailure: () =>
+            Effect.fail(
+              new DmsError.DatabaseError({
+                operation: error.operation,
+                reason: `${error.reason ?? error.message}; whether it was written is not known (the ledger did not answer for ${
+                  Duration.format(CONFIRM_FOR)
+                })`,
+                cause: error
+              })
+            ),
+          onSuccess: (state) =>
+            rowHolds(state) === holds
+              ? Effect.logWarning("a ledger write reported a failure but is in the ledger; going on", error.message)
+              : Effect.fail(error)
+        })
+      ))
+  )
+
+/** A write that only hands the lease back (nothing depends on it: the lease expires otherwise). */
+const releaseLease = (lease: Ledger.Lease, release: boolean) =>
+  lease.write({ pending: null, release }).pipe(
+    Effect.catchAll((error) => Effect.logWarning("could not hand back the target lock; it will expire", error.message))
+  )
 
 // ---------------------------------------------------------------------------------------------------
 // The operations
@@ -109,18 +151,25 @@ const pathMismatch = (target: Operation.Target, recorded: string) =>
     `target ${target.id} is mounted on ${target.host} at ${recorded}; a target has one mount path per host`
   )
 
-const mountUnderLease = (e: Operation.Env, target: Operation.Target) => (lease: Ledger.Lease) =>
+const mountUnderLease = (
+  e: Operation.Env,
+  target: Operation.RequestTarget,
+  kind: Kind,
+  /** Told, once the hold is in the ledger, whether this call added a hold (a repeated plain mount adds none). */
+  committed: (madeHold: boolean) => void
+) =>
+(lease: Ledger.Lease) =>
   Effect.gen(function*() {
     const { remounted, state } = yield* Operation.resolvePending(e, lease, target, yield* lease.read(target.jobId))
     const hadHolders = state.holders.length > 0
     if (hadHolders && Option.isSome(state.mountPath) && state.mountPath.value !== target.mountPath) {
       return yield* Effect.fail(pathMismatch(target, state.mountPath.value))
     }
-    // Always ask the server, even when other jobs hold the target: it verifies the mount is really there
-    // (a host reboot or a late unmount must never hand out a path that is the local disk).
+    // Always ask the server, even when other jobs (or this one) hold the target: it verifies the mount
+    // is really there (a host reboot or a late unmount must never hand out a path that is the local disk).
     const reply = yield* Operation.send(e, lease, target, "mount", target.mountPath, target.type)
     if (reply.status === "error") {
-      yield* lease.write({ pending: null, release: true })
+      yield* releaseLease(lease, true)
       return yield* Effect.fail(Operation.serverError(target, reply))
     }
     // Remounted while resolving an earlier operation (the host had lost it): this call mounted it.
@@ -129,19 +178,27 @@ const mountUnderLease = (e: Operation.Env, target: Operation.Target) => (lease: 
     // its restart (the model test found it). The first holder is the physical mount.
     const reused = hadHolders && Operation.alreadyMounted(reply, hadHolders) && !remounted
     const entryId = Option.match(state.job, { onNone: () => null, onSome: (j) => j.id })
-    yield* lease.write({
-      job: { jobId: target.jobId, mounted: true, entryId },
-      mountPath: target.mountPath,
-      targetType: target.type,
-      pending: null,
-      release: true
-    })
-    const holds = holdsOf(e.ledger)
-    const key = holdKey(target.jobId, target.id, target.host)
-    // The ledger is the truth: without an active row the job has no holds here, whatever an earlier
-    // operation that failed after its write committed left in this count.
-    const before = Option.exists(state.job, (j) => j.mounted) ? holds.get(key) ?? 0 : 0
-    holds.set(key, before + 1)
+    const key = holdKey(e, target)
+    const held = rowHolds(state)
+    // The write and the count are one step: an interruption cannot separate them.
+    yield* Effect.uninterruptible(
+      commit(lease, target.jobId, true, {
+        job: { jobId: target.jobId, mounted: true, entryId },
+        mountPath: target.mountPath,
+        targetType: target.type,
+        pending: null,
+        release: true
+      }).pipe(
+        Effect.tap(() =>
+          Effect.sync(() => {
+            // Read now, not before the round trips: a scope of the job may have ended meanwhile.
+            const before = Holds.current(key, held)
+            Holds.set(key, kind === "plain" ? { ...before, plain: true } : { ...before, scopes: before.scopes + 1 })
+            committed(kind === "scope" || !before.plain)
+          })
+        )
+      )
+    )
     const result: MountResult = {
       mountPath: target.mountPath,
       reusedExisting: reused,
@@ -151,14 +208,18 @@ const mountUnderLease = (e: Operation.Env, target: Operation.Target) => (lease: 
     return result
   })
 
-const unmountUnderLease = (e: Operation.Env, target: Operation.Target, options: { readonly release: boolean; readonly force: boolean }) =>
+const unmountUnderLease = (
+  e: Operation.Env,
+  target: Operation.Target,
+  options: { readonly kind: Kind | "force"; readonly release: boolean }
+) =>
 (lease: Ledger.Lease) =>
   Effect.gen(function*() {
     const { state } = yield* Operation.resolvePending(e, lease, target, yield* lease.read(target.jobId))
+    const key = holdKey(e, target)
     const mine = Option.filter(state.job, (j) => j.mounted)
     if (Option.isNone(mine)) {
-      // No active row, so no holds in this process either (see mountUnderLease).
-      holdsOf(e.ledger).delete(holdKey(target.jobId, target.id, target.host))
+      Holds.set(key, Holds.current(key, false))
       return yield* Effect.fail(
         new DmsError.MountError({
           reason: "no-active-mount",
@@ -170,28 +231,32 @@ const unmountUnderLease = (e: Operation.Env, target: Operation.Target, options: 
       )
     }
     const recordedPath = Option.getOrElse(state.mountPath, () => target.mountPath)
-    if (!options.force && recordedPath !== target.mountPath) return yield* Effect.fail(pathMismatch(target, recordedPath))
-    const holds = holdsOf(e.ledger)
-    const key = holdKey(target.jobId, target.id, target.host)
-    const inProcess = holds.get(key) ?? 0
-    if (!options.force && inProcess >= 2) {
-      holds.set(key, inProcess - 1)
-      yield* lease.write({ pending: null, release: options.release })
+    if (options.kind !== "force" && recordedPath !== target.mountPath) return yield* Effect.fail(pathMismatch(target, recordedPath))
+    // A scope gave its count back when its release began (Holds.endScope); a plain unmount gives back
+    // the job's plain hold. Either way, what else the job holds in this process keeps the row.
+    const holds = Holds.current(key, true)
+    const remaining = options.kind === "plain" ? { ...holds, plain: false } : holds
+    if (options.kind !== "force" && Holds.keepsRow(remaining)) {
+      Holds.set(key, remaining)
+      yield* releaseLease(lease, options.release)
+      const why = remaining.scopes > 0
+        ? `${remaining.scopes} open scope(s) of the job in this process keep it`
+        : `the job's own mount (not a scope) keeps it`
       const result: UnmountResult = {
         unmounted: false,
-        activeMountsRemaining: state.holders.length - 1 + inProcess - 1,
-        message: `Released one of job ${target.jobId}'s holds; ${inProcess - 1} more in this process keep it`
+        activeMountsRemaining: state.holders.length,
+        message: `Released ${options.kind === "plain" ? `job ${target.jobId}'s mount` : `a scope of job ${target.jobId}`}; ${why}`
       }
       return result
     }
     const others = state.holders.filter((h) => h.jobId !== target.jobId)
+    const released = { jobId: target.jobId, mounted: false, entryId: mine.value.id }
     if (others.length > 0) {
-      yield* lease.write({
-        job: { jobId: target.jobId, mounted: false, entryId: mine.value.id },
-        pending: null,
-        release: options.release
-      })
-      holds.delete(key)
+      yield* Effect.uninterruptible(
+        commit(lease, target.jobId, false, { job: released, pending: null, release: options.release }).pipe(
+          Effect.tap(() => Effect.sync(() => Holds.set(key, Holds.current(key, false))))
+        )
+      )
       const result: UnmountResult = {
         unmounted: false,
         activeMountsRemaining: others.length,
@@ -199,18 +264,18 @@ const unmountUnderLease = (e: Operation.Env, target: Operation.Target, options: 
       }
       return result
     }
-    const type = Option.getOrElse(state.targetType, () => target.type)
+    const type = Option.getOrUndefined(state.targetType) ?? target.type
+    if (recordedPath === "" || type === undefined) return yield* Effect.fail(Operation.unknownMount(target))
     const reply = yield* Operation.send(e, lease, target, "unmount", recordedPath, type)
     if (reply.status === "error") {
-      yield* lease.write({ pending: null, release: options.release })
+      yield* releaseLease(lease, options.release)
       return yield* Effect.fail(Operation.serverError(target, reply))
     }
-    yield* lease.write({
-      job: { jobId: target.jobId, mounted: false, entryId: mine.value.id },
-      pending: null,
-      release: options.release
-    })
-    holds.delete(key)
+    yield* Effect.uninterruptible(
+      commit(lease, target.jobId, false, { job: released, pending: null, release: options.release }).pipe(
+        Effect.tap(() => Effect.sync(() => Holds.set(key, Holds.current(key, false))))
+      )
+    )
     const result: UnmountResult = {
       unmounted: true,
       activeMountsRemaining: 0,
@@ -226,54 +291,80 @@ const spanAttributes = (request: Protocol.MountRequest) => ({
   ...(request.context?.request_id ? { "dms.request_id": request.context.request_id } : {})
 })
 
+const mountWith = (request: unknown, kind: Kind) =>
+  Effect.gen(function*() {
+    const valid = yield* Operation.validate("mount", request)
+    const e = yield* Operation.env
+    const target = Operation.fromRequest(valid, e.config)
+    let madeHold = false
+    return yield* e.ledger.withTargetLock(
+      target.id,
+      target.host,
+      mountUnderLease(e, target, kind, (made) => {
+        madeHold = made
+      }),
+      {
+        timeout: e.config.lockTimeout,
+        readJobId: target.jobId,
+        mark: { op: "mount", timeout: e.config.requestTimeout, mountPath: target.mountPath, targetType: target.type }
+      }
+    ).pipe(
+      Effect.withSpan("dms.mount", { attributes: spanAttributes(valid), captureStackTrace: false }),
+      // Interrupted after the hold was written (an Effect.timeout around the call, say): the caller never
+      // learns of it, so it is given back before the interruption completes.
+      Effect.onExit((exit) =>
+        Exit.isInterrupted(exit) && madeHold
+          ? detached(unmountWith(request, kind), "could not give back the hold of an interrupted mount", DEFAULT_RELEASE_TIMEOUT)
+          : Effect.void
+      )
+    )
+  })
+
+const unmountWith = (request: unknown, kind: Kind, lockTimeout?: Duration.Duration) =>
+  Effect.gen(function*() {
+    const valid = yield* Operation.validate("unmount", request)
+    const e = yield* Operation.env
+    const target = Operation.fromRequest(valid, e.config)
+    if (kind === "scope") Holds.endScope(holdKey(e, target))
+    return yield* e.ledger.withTargetLock(
+      target.id,
+      target.host,
+      unmountUnderLease(e, target, { kind, release: true }),
+      {
+        timeout: lockTimeout === undefined ? e.config.lockTimeout : Duration.min(lockTimeout, e.config.lockTimeout),
+        readJobId: target.jobId,
+        mark: { op: "unmount", timeout: e.config.requestTimeout, mountPath: target.mountPath, targetType: target.type }
+      }
+    ).pipe(Effect.withSpan("dms.unmount", { attributes: spanAttributes(valid), captureStackTrace: false }))
+  })
+
 /**
  * Mounts the request's target on its host for its job. Validates first (no I/O on bad input); then,
  * under the (target, host) lease, always asks the server to mount (idempotent: verifies an existing
- * mount) and records the job as a holder.
+ * mount) and records the job as a holder. Idempotent per (job, target, host): a job that already holds
+ * the target holds it once, however often it mounts it; one {@link unmount} releases it. (Scopes are
+ * counted: see {@link mountScoped}.) Interrupted after its hold was written, it gives the hold back
+ * before the interruption completes.
  *
  * @since 0.1.0
  * @category operations
  */
 export const mount = (
   request: unknown
-): Effect.Effect<MountResult, DmsError.DmsError, Services> =>
-  Effect.gen(function*() {
-    const valid = yield* Operation.validate("mount", request)
-    const e = yield* Operation.env
-    const target = Operation.fromRequest(valid, e.config)
-    return yield* e.ledger.withTargetLock(target.id, target.host, mountUnderLease(e, target), {
-      timeout: e.config.lockTimeout,
-      readJobId: target.jobId,
-      mark: { op: "mount", timeout: e.config.requestTimeout, mountPath: target.mountPath, targetType: target.type }
-    }).pipe(Effect.withSpan("dms.mount", { attributes: spanAttributes(valid), captureStackTrace: false }))
-  }).pipe(OperationMetrics.measured("mount"))
+): Effect.Effect<MountResult, DmsError.DmsError, Services> => mountWith(request, "plain").pipe(OperationMetrics.measured("mount"))
 
 /**
  * Releases the job's hold on the target. The last holder causes one `unmount` message, and only its
  * success marks the row unmounted; other holders remaining → ledger only. A job that holds nothing →
- * `MountError { reason: "no-active-mount" }`.
+ * `MountError { reason: "no-active-mount" }`. Scopes of the job still open in this process keep the
+ * target held (`unmounted: false`); they release it when they end.
  *
  * @since 0.1.0
  * @category operations
  */
 export const unmount = (
   request: unknown
-): Effect.Effect<UnmountResult, DmsError.DmsError, Services> =>
-  Effect.gen(function*() {
-    const valid = yield* Operation.validate("unmount", request)
-    const e = yield* Operation.env
-    const target = Operation.fromRequest(valid, e.config)
-    return yield* e.ledger.withTargetLock(
-      target.id,
-      target.host,
-      unmountUnderLease(e, target, { release: true, force: false }),
-      {
-        timeout: e.config.lockTimeout,
-        readJobId: target.jobId,
-        mark: { op: "unmount", timeout: e.config.requestTimeout, mountPath: target.mountPath, targetType: target.type }
-      }
-    ).pipe(Effect.withSpan("dms.unmount", { attributes: spanAttributes(valid), captureStackTrace: false }))
-  }).pipe(OperationMetrics.measured("unmount"))
+): Effect.Effect<UnmountResult, DmsError.DmsError, Services> => unmountWith(request, "plain").pipe(OperationMetrics.measured("unmount"))
 
 /**
  * Options of {@link mountScoped}.
@@ -282,48 +373,91 @@ export const unmount = (
  * @category models
  */
 export interface ScopedOptions {
-  /** How long the release keeps retrying a failing unmount in total. Default 60 s. */
+  /**
+   * How long the release may take in total: waiting for the lock and for the server's reply, and
+   * retrying a failing unmount. Default 60 s. What it could not release by then stays recorded: as a
+   * pending mark when the unmount was sent, else as the job's hold (given up by this process, so the
+   * job's next operation here releases it), for the next operation or a reconcile.
+   */
+  readonly releaseTimeout?: Duration.DurationInput | undefined
+  /** The former name of `releaseTimeout`. */
   readonly releaseRetryFor?: Duration.DurationInput | undefined
 }
+
+/**
+ * The default total time of a scoped mount's release.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const DEFAULT_RELEASE_TIMEOUT = Duration.seconds(60)
 
 const retryable = (e: DmsError.DmsError) =>
   e._tag === "TimeoutError" || e._tag === "BrokerError" || e._tag === "DatabaseError" ||
   (e._tag === "MountError" && e.reason === "server")
 
 /**
- * The release of a scoped mount: unmount, retried with backoff for a bounded time; a job that holds
- * nothing any more counts as released. It never fails: what it cannot release is logged, and stays
- * recorded (as a holder, or as a pending operation) for the next operation or a reconcile.
- *
- * @since 0.1.0
- * @category operations
+ * Runs a release on a fiber of its own, within `total`, and logs what it could not do. A fiber of its
+ * own: when the scope closes because its fiber was interrupted, the unmount's interruptible waits (reply,
+ * lock, backoff) must not inherit that interruption.
  */
-export const release = (request: unknown, options: ScopedOptions = {}): Effect.Effect<void, never, Services> =>
-  unmount(request).pipe(
+const detached = <R>(
+  effect: Effect.Effect<unknown, DmsError.DmsError, R>,
+  what: string,
+  total: Duration.DurationInput
+): Effect.Effect<void, never, R> =>
+  effect.pipe(
     Effect.asVoid,
     Effect.catchIf((e) => e._tag === "MountError" && e.reason === "no-active-mount", () => Effect.void),
     Effect.retry({
-      schedule: Schedule.exponential(Duration.millis(200), 2).pipe(
-        Schedule.jittered,
-        Schedule.upTo(options.releaseRetryFor ?? Duration.seconds(60))
-      ),
+      schedule: Schedule.exponential(Duration.millis(200), 2).pipe(Schedule.jittered, Schedule.upTo(total)),
       while: retryable
     }),
+    Effect.timeoutFail({
+      duration: total,
+      onTimeout: () => `gave up after ${Duration.format(Duration.decode(total))}`
+    }),
     Effect.catchAll((e) =>
-      Effect.logError(
-        "could not release a scoped mount; it stays recorded for the next operation or a reconcile",
-        e.message
-      )
+      Effect.logError(`${what}; it stays recorded for the next operation or a reconcile`, typeof e === "string" ? e : e.message)
     ),
-    // A fiber of its own: when the scope closes because its fiber was interrupted, the unmount's
-    // interruptible waits (reply, lock, backoff) must not inherit that interruption.
     Effect.forkDaemon,
     Effect.flatMap(Fiber.join)
   )
 
 /**
+ * The release of a scoped mount: gives its scope back, and releases the job's hold when no other scope
+ * of the job in this process (and no plain mount of it) still holds the target; the unmount is retried
+ * with backoff. It finishes or gives up within `releaseTimeout` (default 60 s) in total, and never fails:
+ * what it cannot release is logged, and stays recorded (see {@link ScopedOptions}).
+ *
+ * @since 0.1.0
+ * @category operations
+ */
+export const release = (request: unknown, options: ScopedOptions = {}): Effect.Effect<void, never, Services> => {
+  const total = Duration.decode(options.releaseTimeout ?? options.releaseRetryFor ?? DEFAULT_RELEASE_TIMEOUT)
+  return detached(
+    unmountWith(request, "scope", total).pipe(OperationMetrics.measured("unmount")),
+    "could not release a scoped mount",
+    total
+  )
+}
+
+/**
+ * The acquire half of {@link mountScoped}, for code that manages the scope itself (the Promise facade's
+ * `MountContext`): a hold of its own, counted as a scope, that {@link release} with the same request
+ * gives back. Interrupted after its hold was written, it gives the hold back.
+ *
+ * @since 0.1.0
+ * @category operations
+ */
+export const acquire = (request: unknown): Effect.Effect<MountResult, DmsError.DmsError, Services> =>
+  mountWith(request, "scope").pipe(OperationMetrics.measured("mount"))
+
+/**
  * A mount that is always released: unmounted when the scope closes, whether the body succeeded, failed
  * or was interrupted. A failing release is retried, logged, and never masks the body's own error.
+ * Each scope is a hold of its own: one job backing up two VMs in two scopes (through one client, or two
+ * clients of one process on the same ledger) keeps the target until the last scope ends.
  *
  * @since 0.1.0
  * @category operations
@@ -332,7 +466,7 @@ export const mountScoped = (
   request: unknown,
   options: ScopedOptions = {}
 ): Effect.Effect<MountResult, DmsError.DmsError, Services | Scope.Scope> =>
-  Effect.acquireRelease(mount(request), () => release(request, options))
+  Effect.acquireRelease(acquire(request), () => release(request, options))
 
 /**
  * Runs `use` with the target mounted, and unmounts afterwards however `use` ends.
@@ -350,7 +484,10 @@ export const withMount = <A, E, R>(
 /**
  * Soft-deletes the job's newest row for the target (sets `deleted`). Without `force`, only a row that is
  * not mounted is marked and `false` is returned otherwise; with `force`, a mounted row is first released
- * through the normal unmount path (the server unmounts it if the job was the last holder).
+ * through the normal unmount path (the server unmounts it if the job was the last holder), whatever
+ * holds of the job this process counts. A last holder whose mount path or type the ledger does not
+ * record (rows written by a client that records none) fails with `MountError { reason: "unknown-mount" }`
+ * and sends nothing.
  *
  * @since 0.1.0
  * @category operations
@@ -372,14 +509,12 @@ export const softDeleteEntry = (
       Effect.gen(function*() {
         if (row.mounted) {
           const state = yield* lease.read(jobId)
-          const mountPath = Option.getOrElse(state.mountPath, () => "")
-          const type = Option.getOrElse(state.targetType, () => "nfs" as const)
           const target: Operation.Target = {
             jobId,
             id: backupTargetId,
             host: row.host,
-            type,
-            mountPath,
+            type: Option.getOrUndefined(state.targetType),
+            mountPath: Option.getOrElse(state.mountPath, () => ""),
             body: (action, path, t) => ({
               action,
               job: { jobid: jobId },
@@ -388,7 +523,7 @@ export const softDeleteEntry = (
               backup_target: { id: backupTargetId, type: t, filesystem_export_mount_path: path }
             })
           }
-          yield* unmountUnderLease(e, target, { release: false, force: true })(lease).pipe(
+          yield* unmountUnderLease(e, target, { kind: "force", release: false })(lease).pipe(
             Effect.catchIf((err) => err._tag === "MountError" && err.reason === "no-active-mount", () => Effect.void)
           )
         }

@@ -351,15 +351,20 @@ export class MountContext {
   private constructor(
     private readonly client: DMSClient,
     private readonly request: unknown,
+    private readonly options: Mount.ScopedOptions,
     /** What the mount reported. */
     readonly result: Mount.MountResult
   ) {}
 
-  /** Mounts; throws the guide's exceptions, and `MountException` when the server answered an error. */
-  static async enter(client: DMSClient, request: unknown): Promise<MountContext> {
+  /**
+   * Mounts; throws the guide's exceptions, and `MountException` when the server answered an error.
+   * Each context is a hold of its own (`Mount.mountScoped`): two contexts of one job, through one
+   * client or several clients of the process, keep the target until the last one exits.
+   */
+  static async enter(client: DMSClient, request: unknown, options: Mount.ScopedOptions = {}): Promise<MountContext> {
     precheck(request)
-    const result = await client.run(Mount.mount(request))
-    return new MountContext(client, request, result)
+    const result = await client.run(Mount.acquire(request))
+    return new MountContext(client, request, options, result)
   }
 
   /** Where the target is mounted. */
@@ -367,9 +372,14 @@ export class MountContext {
     return this.result.mountPath
   }
 
-  /** Unmounts (once, however often called). */
+  /**
+   * Unmounts (once, however often called): this context's hold is released, and the target unmounted
+   * if it was the last hold. Never throws; it finishes or gives up within the release timeout (60 s by
+   * default), and what it could not release stays recorded for the next operation or a reconcile.
+   */
   exit(): Promise<void> {
-    this.exited ??= this.client.run(Mount.release(this.request)).catch(() => undefined)
+    // Through the client's runtime of now: a client closed and used again since still releases it.
+    this.exited ??= this.client.run(Mount.release(this.request, this.options)).catch(() => undefined)
     return this.exited
   }
 

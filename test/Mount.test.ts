@@ -121,10 +121,10 @@ describe("Mount", () => {
     }).pipe(Effect.provide(layer))
   })
 
-  it.live("a release whose ledger write committed but reported an error leaves no phantom hold in the process", () => {
+  it.live("a release whose ledger write committed but reported an error is found in the ledger: released, no phantom hold", () => {
     const server = FakeServer.make()
     const state = Ledger.makeMemoryState()
-    // The connection dies after the commit: the write is done, the caller sees a DatabaseError.
+    // The connection dies after the commit: the write is done, but the write reports a DatabaseError.
     const lostAck = { armed: false }
     const flaky = Layer.map(Ledger.layerMemory({ state }), (ctx) => {
       const ledger = Context.get(ctx, Ledger.Ledger)
@@ -153,8 +153,10 @@ describe("Mount", () => {
       yield* Mount.mount(nfs(2)) // another holder, so job 1's release is a ledger write only
       yield* Mount.mount(nfs(1))
       lostAck.armed = true
-      const lost = yield* Effect.flip(Mount.unmount(nfs(1)))
-      assert.instanceOf(lost, DatabaseError)
+      // The failure is checked against the ledger before it is reported: the release is in it.
+      const lost = yield* Mount.unmount(nfs(1))
+      assert.deepInclude(lost, { unmounted: false, activeMountsRemaining: 1 })
+      assert.isFalse(lostAck.armed, "the write did report a failure")
       const retried = yield* Effect.flip(Mount.unmount(nfs(1)))
       assert.strictEqual((retried as MountError).reason, "no-active-mount", "the write had committed")
       // Found by the model test (seed 381641672): the stale count made every later release of the job
@@ -261,7 +263,7 @@ describe("Mount", () => {
     }).pipe(Effect.provide(layer))
   })
 
-  it.live("every call repeated 10 times gives the same outcome and ledger", () => {
+  it.live("every call repeated 10 times gives the same outcome and ledger: a repeated mount holds once", () => {
     const { server, layer } = setup()
     return Effect.gen(function*() {
       for (let i = 0; i < 10; i++) {
@@ -270,8 +272,7 @@ describe("Mount", () => {
       }
       assert.strictEqual((yield* Mount.getLedgerHistory("t1")).length, 1)
       assert.deepStrictEqual(yield* holders(), [7])
-      // Ten holds of job 7 in this process: nine releases keep it, the tenth unmounts.
-      for (let i = 0; i < 9; i++) assert.isFalse((yield* Mount.unmount(nfs(7))).unmounted)
+      // A repeated mount is a no-op: job 7 holds the target once, and one unmount releases it.
       assert.isTrue((yield* Mount.unmount(nfs(7))).unmounted)
       for (let i = 0; i < 10; i++) {
         const e = yield* Effect.flip(Mount.unmount(nfs(7)))

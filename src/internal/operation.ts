@@ -29,10 +29,17 @@ export interface Target {
   readonly jobId: number
   readonly id: string
   readonly host: string
-  readonly type: "nfs" | "s3"
+  /** Unknown for a target known only from the ledger's rows (nothing is sent for it then). */
+  readonly type: "nfs" | "s3" | undefined
+  /** Empty when unknown. */
   readonly mountPath: string
   /** The wire body for an action, with the target's path and type as given. */
   readonly body: (action: Protocol.Action, mountPath: string, type: "nfs" | "s3") => Record<string, unknown>
+}
+
+/** A target built from its request: its type is known. */
+export interface RequestTarget extends Target {
+  readonly type: "nfs" | "s3"
 }
 
 /**
@@ -55,7 +62,7 @@ export const env = Effect.all({ config: DmsConfig.DmsConfig, ledger: Ledger.Ledg
  * The {@link Target} of a validated request (the token falls back to the configured one).
  *
  */
-export const fromRequest = (request: Protocol.MountRequest, config: DmsConfig.Settings): Target => {
+export const fromRequest = (request: Protocol.MountRequest, config: DmsConfig.Settings): RequestTarget => {
   const token = request.keystone_token ?? Option.getOrUndefined(config.keystoneToken)
   return {
     jobId: request.job.jobid,
@@ -108,11 +115,19 @@ export const serverError = (target: Target, reply: Protocol.Reply) =>
   })
 
 /**
+ * Whether a failed request certainly reached no server: refused before it was published (no consumer,
+ * no connection, a nack), or its deadline passed before it was published.
+ */
+export const neverPublished = (error: DmsError.DmsError): boolean =>
+  (error._tag === "BrokerError" && error.notDelivered === true) ||
+  (error._tag === "TimeoutError" && (error.phase as string) === "publish")
+
+/**
  * Sends one action to the host's server under the lease, recorded as pending first so that an outcome
  * the caller never learns is resolved by the next operation: usually by the mark the lease was taken
- * with (no round trip), else by a write of its own. A broker failure that certainly reached no server
- * clears the mark again.
- *
+ * with (no round trip), else by a write of its own. A request that certainly reached no server leaves
+ * the mark as it found it: cleared when it was this operation's own, and when `resolving` an earlier
+ * operation's mark, that mark again (the host is not known to match the ledger yet).
  */
 export const send = (
   e: Env,
@@ -120,7 +135,8 @@ export const send = (
   target: Target,
   action: Protocol.Action,
   mountPath: string,
-  type: "nfs" | "s3"
+  type: "nfs" | "s3",
+  resolving?: Ledger.PendingOperation
 ) =>
   Effect.gen(function*() {
     const own = Option.filter(
@@ -128,11 +144,19 @@ export const send = (
       (m) => m.op === action && m.mountPath === mountPath && m.targetType === type
     )
     let deadline: number
-    if (Option.isSome(own)) {
+    if (Option.isSome(own) && resolving === undefined) {
       deadline = own.value.deadline.getTime()
     } else {
       deadline = (yield* Clock.currentTimeMillis) + Duration.toMillis(e.config.requestTimeout)
-      yield* lease.write({ pending: { op: action, deadline: new Date(deadline), mountPath, targetType: type } })
+      // While resolving, the mark keeps the earlier operation's path: a mount of unknown outcome may be there.
+      yield* lease.write({
+        pending: {
+          op: action,
+          deadline: new Date(deadline),
+          mountPath: resolving?.mountPath ?? mountPath,
+          targetType: resolving?.targetType ?? type
+        }
+      })
     }
     lease.markSent()
     // Interruptible even inside mountScoped's acquire: the reply timeout must fire, and an interrupted
@@ -142,10 +166,24 @@ export const send = (
       deadline
     }).pipe(
       Effect.interruptible,
-      Effect.tapError((error) =>
-        error._tag === "BrokerError" && error.notDelivered === true ? lease.write({ pending: null }) : Effect.void
-      )
+      Effect.tapError((error) => neverPublished(error) ? lease.write({ pending: resolving ?? null }) : Effect.void)
     )
+  })
+
+const nonEmpty = (path: string | null | undefined) => (path === undefined || path === null || path === "" ? undefined : path)
+
+/**
+ * The error for an unmount the ledger cannot address: it records no mount path or type for the pair
+ * (rows written by a client that records none, such as the Python client).
+ */
+export const unknownMount = (target: { readonly id: string; readonly host: string; readonly jobId: number }) =>
+  new DmsError.MountError({
+    reason: "unknown-mount",
+    errorMsg: `the ledger records no mount path or type for target ${target.id} on ${target.host}, so nothing was sent; ` +
+      `unmount it with its request, or run reconcile for the host`,
+    backupTargetId: target.id,
+    host: target.host,
+    jobId: target.jobId
   })
 
 /** Whether a successful mount reply says the target was mounted already (flag, or the Python server's text). */
@@ -176,15 +214,24 @@ export const resolvePending = (e: Env, lease: Ledger.Lease, target: Target, stat
     const desired: Protocol.Action = state.holders.length > 0 ? "mount" : "unmount"
     // Holders: the path they hold. None: where the operation of unknown outcome may have mounted.
     const recordedPath = Option.getOrUndefined(state.mountPath)
-    const mountPath = (desired === "mount" ? recordedPath ?? pending.mountPath : pending.mountPath ?? recordedPath) ??
-      target.mountPath
-    const type = pending.targetType ?? Option.getOrElse(state.targetType, () => target.type)
+    const mountPath = nonEmpty(desired === "mount" ? recordedPath ?? pending.mountPath : pending.mountPath ?? recordedPath) ??
+      nonEmpty(target.mountPath)
+    const type = pending.targetType ?? Option.getOrUndefined(state.targetType) ?? target.type
+    if (mountPath === undefined || type === undefined) {
+      // Nothing to send: an unmount of a guessed path or type could hit the wrong mount. The mark stays.
+      return yield* Effect.fail(unknownMount(target))
+    }
     yield* Effect.logInfo(`resolving an earlier ${pending.op} of unknown outcome: ${desired} (${state.holders.length} holders)`)
-    const reply = yield* send(e, lease, target, desired, mountPath, type)
+    const reply = yield* send(e, lease, target, desired, mountPath, type, pending)
     if (reply.status === "error") {
       // The server answered, so nothing stale is in flight: the next operation retries at once.
       yield* lease.write({
-        pending: { op: desired, deadline: new Date(yield* Clock.currentTimeMillis), mountPath, targetType: type }
+        pending: {
+          op: desired,
+          deadline: new Date(yield* Clock.currentTimeMillis),
+          mountPath: pending.mountPath ?? mountPath,
+          targetType: pending.targetType ?? type
+        }
       })
       return yield* Effect.fail(
         new DmsError.MountError({

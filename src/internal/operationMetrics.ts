@@ -2,6 +2,7 @@
  * `dms_operations_total` and `dms_operation_duration_seconds`, and the wrapper that records them
  * around an operation.
  */
+import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -32,18 +33,21 @@ export const operationDuration = Metric.histogram(
 export const measured = (operation: string) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
   Effect.flatMap(Clock.currentTimeMillis, (start) =>
     Effect.onExit(effect, (exit) =>
-      Effect.flatMap(Clock.currentTimeMillis, (end) => {
-        const outcome = Exit.isSuccess(exit)
-          ? "success"
-          : Option.match(Exit.causeOption(exit).pipe(Option.flatMap((c) => Option.fromNullable(failureTag(c)))), {
-            onNone: () => "defect",
-            onSome: (tag) => tag
-          })
-        return Effect.zipRight(
-          Metric.update(counterFor(operation, outcome), 1),
+      Effect.flatMap(Clock.currentTimeMillis, (end) =>
+        Effect.zipRight(
+          Metric.update(counterFor(operation, Exit.isSuccess(exit) ? "success" : outcomeOf(exit.cause)), 1),
           Metric.update(durationFor(operation), (end - start) / 1000)
-        )
-      })))
+        ))))
+
+/** A failed call's outcome label: its error's tag, `interrupted`, or `defect`. */
+const outcomeOf = (cause: Cause.Cause<unknown>): string =>
+  Option.match(Cause.failureOption(cause), {
+    onSome: (error) => {
+      const tag = (error as { readonly _tag?: unknown } | null)?._tag
+      return typeof tag === "string" ? tag : "error"
+    },
+    onNone: () => (Cause.isInterruptedOnly(cause) ? "interrupted" : "defect")
+  })
 
 // Tagged metrics are looked up by a hash of their key; built once per (operation, outcome), not per call.
 const taggedCounters = new Map<string, Metric.Metric.Counter<number>>()
@@ -65,12 +69,3 @@ const durationFor = (operation: string) => {
   }
   return histogram
 }
-
-const failureTag = (cause: unknown): string | undefined => {
-  const c = cause as { _tag?: string; error?: { _tag?: string }; left?: unknown }
-  if (c._tag === "Fail") return c.error?._tag ?? "error"
-  if (c._tag === "Interrupt") return "interrupted"
-  if (c._tag === "Sequential" || c._tag === "Parallel") return failureTag(c.left)
-  return undefined
-}
-
