@@ -282,6 +282,25 @@ describe.concurrent("trilio-dms (packed, installed)", () => {
         assert.strictEqual(after.stdout, `no active mounts on ${host}\n`)
       }), 120_000)
 
+    it.scoped("a repeated mount is a no-op: mount, mount again, one unmount leaves nothing mounted or held", () =>
+      Effect.gen(function*() {
+        const env = yield* liveEnv
+        const host = uniqueHost("cli-retry")
+        const target = uniqueTarget("retry")
+        const server = yield* modelServer(host)
+        expectCode(yield* cli(["migrate"], env), 0)
+        expectCode(yield* cli(["mount", ...nfsFlags(301, target, host)], env), 0)
+        const again = yield* cli(["mount", ...nfsFlags(301, target, host), "--json"], env)
+        expectCode(again, 0)
+        assert.deepInclude(parseJson(again), { status: "success", reused_existing: true, physically_mounted: false })
+        const released = yield* cli(["unmount", ...nfsFlags(301, target, host), "--json"], env)
+        expectCode(released, 0)
+        assert.deepInclude(parseJson(released), { status: "success", unmounted: true, active_mounts_remaining: 0 })
+        assert.deepStrictEqual(server.transitions.map((t) => t.to), ["mounted", "unmounted"])
+        const after = yield* cli(["mounts", "--host", host], env)
+        assert.strictEqual(after.stdout, `no active mounts on ${host}\n`)
+      }), 120_000)
+
     it.scoped("reconcile: drift exits 1 (table or --json), --repair repairs it, agreement exits 0", () =>
       Effect.gen(function*() {
         const env = yield* liveEnv
