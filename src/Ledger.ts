@@ -192,6 +192,8 @@ export interface Service {
    * in-process count of a job's scoped holds (see `Mount`).
    */
   readonly location: string
+  /** One trivial statement: fails with a `DatabaseError` unless the database answers now. */
+  readonly ping: Effect.Effect<void, DmsError.DatabaseError>
   /**
    * Runs `body` holding the lease on (target, host). Fibers of this process queue in order; other
    * processes are waited for by polling with jittered backoff, holding no database connection. Fails
@@ -550,6 +552,7 @@ export const make = (store: Store, options: LeaseOptions & { readonly location?:
 
   return {
     location: options.location ?? `${store.dialect}:${randomUUID()}`,
+    ping: store.ping,
     withTargetLock,
     getMountStatus: (jobId, backupTargetId, host) =>
       Effect.gen(function*() {

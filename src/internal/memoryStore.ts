@@ -206,6 +206,7 @@ export const make = (state: MemoryState = makeState()): Store => {
           )
           .map(copy)
       ),
+    ping: Effect.void,
     getHostState: (host) =>
       Effect.sync(() => ({
         host,

@@ -574,6 +574,7 @@ export const make = (
           Effect.map((rows) => rows.map(toEntry)),
           Effect.mapError(toDatabaseError("getActiveMounts"))
         ),
+      ping: sql`SELECT 1`.pipe(Effect.asVoid, Effect.mapError(toDatabaseError("ping"))),
       getHostState: (host) =>
         Effect.gen(function*() {
           const locks = yield* sql<{

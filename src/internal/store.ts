@@ -73,6 +73,8 @@ export interface Store {
     backupTargetId: string,
     limit: number
   ) => Effect.Effect<ReadonlyArray<LedgerEntry>, DatabaseError>
+  /** One trivial round trip: the database answers. */
+  readonly ping: Effect.Effect<void, DatabaseError>
   /** The lock rows and the holders of one host (no lease). */
   readonly getHostState: (host: string) => Effect.Effect<HostState, DatabaseError>
 }
