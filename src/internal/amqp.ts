@@ -53,7 +53,8 @@ export interface Settings {
 export interface Client {
   /**
    * Publishes a request and waits for the raw reply body, until `out.deadline` at most (then
-   * `DeadlineReached`). Interrupting it forgets the request.
+   * `DeadlineReached`, saying whether the request had been published). Interrupting it forgets the
+   * request.
    */
   readonly send: (out: Outgoing) => Effect.Effect<Buffer, DmsError.BrokerError | DeadlineReached>
 }
@@ -88,23 +89,27 @@ export const make = (settings: Settings): Effect.Effect<Client, never, Scope.Sco
         )
       })
 
-    const untilDeadline = (out: Outgoing) => <A, E>(self: Effect.Effect<A, E>) =>
+    // Nothing is published yet: a deadline reached here means no server can have the request.
+    const beforeDeadline = (out: Outgoing) => <A, E>(self: Effect.Effect<A, E>) =>
       Number.isFinite(out.deadline)
         ? Effect.timeoutFail(self, {
           duration: Duration.millis(Math.max(0, out.deadline - Date.now())),
-          onTimeout: () => new DeadlineReached()
+          onTimeout: () => new DeadlineReached({ published: false })
         })
         : self
 
-    // Not connected yet, or the queue not checked recently: wait for both, within the deadline.
+    // Not connected yet, or the queue not checked recently: wait for both within the deadline, then
+    // publish (which keeps the same deadline for the reply).
     const slowPath = (out: Outgoing) =>
       Effect.gen(function*() {
         yield* getLive(out)
         yield* queues.ensure(out.host, out.queue, modelNow)
         // The check may have waited: take the connection that is current now.
-        const live = yield* getLive(out)
-        return yield* requests.publish(live.connection, live.state, out)
-      }).pipe(untilDeadline(out))
+        return yield* getLive(out)
+      }).pipe(
+        beforeDeadline(out),
+        Effect.flatMap((live) => requests.publish(live.connection, live.state, out))
+      )
 
     return {
       send: (out) =>

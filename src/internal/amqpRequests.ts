@@ -44,7 +44,8 @@ export interface Requests {
   readonly failPending: (wire: Wire, loss: Loss) => number
   /**
    * Publishes a request and waits for the raw reply body, until `out.deadline` at most (then
-   * `DeadlineReached`). Interrupting it forgets the request.
+   * `DeadlineReached`, `published: false` when the deadline had passed before it could be published).
+   * Interrupting it forgets the request.
    */
   readonly publish: (
     connection: Connection,
@@ -153,7 +154,7 @@ export const make = (tools: Tools, forget: (queue: string) => void): Requests =>
       }
       const remaining = Number.isFinite(out.deadline) ? Math.floor(out.deadline - Date.now()) : undefined
       if (remaining !== undefined && remaining <= 0) {
-        resumeOnce(Effect.fail(new DeadlineReached()))
+        resumeOnce(Effect.fail(new DeadlineReached({ published: false })))
         return
       }
       let timer: ReturnType<typeof setTimeout> | undefined
@@ -173,7 +174,7 @@ export const make = (tools: Tools, forget: (queue: string) => void): Requests =>
           pending.delete(correlationId)
           // No answer in time: the server may be gone; check again before the next request.
           forget(queue)
-          resumeOnce(Effect.fail(new DeadlineReached()))
+          resumeOnce(Effect.fail(new DeadlineReached({ published: true })))
         }, remaining)
       }
       try {

@@ -2,6 +2,7 @@
  * The contract between the Broker and what carries its requests (AMQP, or the in-process broker): one
  * encoded request out, its raw reply back, and the signal that the request's deadline passed first.
  */
+import * as Data from "effect/Data"
 
 /**
  * One request, encoded, as the Broker hands it to a transport.
@@ -17,8 +18,8 @@ export interface Outgoing {
 }
 
 /**
- * A transport's signal that a request's deadline passed before its reply came.
+ * A transport's signal that a request's deadline passed before its reply came. `published: false`:
+ * it passed before the request was published (still connecting, or checking the queue), so no server
+ * can have it; `published: true`: the request went out and the outcome is unknown.
  */
-export class DeadlineReached {
-  readonly _tag = "DeadlineReached"
-}
+export class DeadlineReached extends Data.TaggedClass("DeadlineReached")<{ readonly published: boolean }> {}
