@@ -13,7 +13,7 @@ const backup = (mountPath: string) => Console.log(`backing up to ${mountPath}`)
 export const program = Mount.withMount(request, (mount) => backup(mount.mountPath)).pipe(
   Effect.catchTags({
     ValidationError: (e) => Console.error(`invalid request: ${e.message}`),
-    TimeoutError: (e) => Console.error(e.phase === "lock" ? `busy, retry later: ${e.message}` : `outcome unknown: ${e.message}`),
+    TimeoutError: (e) => Console.error(e.phase === "reply" ? `outcome unknown: ${e.message}` : `nothing happened, retry later: ${e.message}`),
     MountError: (e) => Console.error(`the server refused: ${e.errorMsg}`)
   })
 )

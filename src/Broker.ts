@@ -2,7 +2,8 @@
  * Request/reply with the DMS server of a host: `request(host, body, { timeout })` publishes the request
  * to the queue `dms.<host>` and waits for the server's {@link Protocol.Reply}.
  *
- * - It never hangs: past the deadline it fails with `TimeoutError { phase: "reply" }`.
+ * - It never hangs: past the deadline it fails with `TimeoutError`: `phase: "publish"` when the request
+ *   was never published (nothing happened), `phase: "reply"` when it was (the outcome is unknown).
  * - It never runs stale requests: every request carries `expiration` (the time left to the deadline) and
  *   the header `x-dms-deadline` (epoch ms), so the broker drops a request nobody took in time and a
  *   server refuses one that reaches it late ({@link isExpired}).
@@ -106,7 +107,10 @@ export interface RequestOptions {
 export interface Service {
   /**
    * Sends `body` (JSON) to the DMS server of `host` and waits for its reply.
-   * - `TimeoutError { phase: "reply" }`: no reply by the deadline; the outcome is unknown.
+   * - `TimeoutError { phase: "publish" }`: the deadline passed before the request was published (still
+   *   connecting or checking the host's queue, or already past when called); nothing was sent.
+   * - `TimeoutError { phase: "reply" }`: the request was published, no reply came by the deadline; the
+   *   outcome is unknown.
    * - `BrokerError`: the broker is unreachable, the connection was lost while waiting (outcome unknown),
    *   no server listens for the host (nothing was delivered), or the reply is not a DMS reply.
    */
@@ -127,7 +131,7 @@ export class Broker extends Context.Tag("trilio-dms/Broker")<Broker, Service>() 
 
 /**
  * What a layer plugs under the Broker: send one encoded request and return the raw reply body, giving
- * up at `out.deadline` with `DeadlineReached`.
+ * up at `out.deadline` with `DeadlineReached` (saying whether the request was published).
  */
 interface Transport {
   readonly send: (out: Amqp.Outgoing) => Effect.Effect<Buffer, DmsError.BrokerError | Amqp.DeadlineReached>
@@ -178,9 +182,9 @@ const makeService = (transport: Transport): Service => ({
         )
       }
       const timeoutMs = Duration.toMillis(Duration.decode(options.timeout))
-      const timeoutError = () =>
+      const timeoutError = (phase: "publish" | "reply") =>
         new DmsError.TimeoutError({
-          phase: "reply",
+          phase,
           operation: action ?? "request",
           host,
           timeoutMs,
@@ -189,7 +193,7 @@ const makeService = (transport: Transport): Service => ({
       const now = yield* Clock.currentTimeMillis
       const deadline = options.deadline ?? now + timeoutMs
       const wait = deadline - now
-      if (!(wait > 0)) return yield* Effect.fail(timeoutError())
+      if (!(wait > 0)) return yield* Effect.fail(timeoutError("publish"))
       let content: Buffer
       try {
         content = Buffer.from(JSON.stringify(body), "utf8")
@@ -208,7 +212,7 @@ const makeService = (transport: Transport): Service => ({
         content,
         deadline: finite ? Math.floor(deadline) : Infinity,
         headers: finite ? { [DEADLINE_HEADER]: Math.floor(deadline) } : {}
-      }).pipe(Effect.catchTag("DeadlineReached", () => Effect.fail(timeoutError())))
+      }).pipe(Effect.catchTag("DeadlineReached", (e) => Effect.fail(timeoutError(e.published ? "reply" : "publish"))))
       return yield* decodeReplyBody(raw, host, queue)
     }).pipe(Effect.withSpan("Broker.request", { kind: "client", attributes, captureStackTrace: false }))
   }
@@ -380,7 +384,8 @@ export const layerMemory = <R = never>(handler: MemoryHandler<R>): Layer.Layer<B
             Number.isFinite(out.deadline)
               ? Effect.timeoutFail({
                 duration: Duration.millis(Math.max(0, out.deadline - now)),
-                onTimeout: () => new Amqp.DeadlineReached()
+                // The handler already has the request: as on the wire, the outcome is unknown.
+                onTimeout: () => new Amqp.DeadlineReached({ published: true })
               })
               : identity,
             Effect.ensuring(Effect.sync(() => void (waiting.value = false)))

@@ -39,13 +39,15 @@ export class ValidationError extends Schema.TaggedError<ValidationError>()("Vali
 /**
  * Something did not happen in time.
  * - `phase: "lock"`: the (target, host) lock was not acquired; nothing was done, safe to retry.
+ * - `phase: "publish"`: the deadline passed before the request was published (the broker was still
+ *   being connected to, or the host's queue checked): nothing was sent, nothing happened; safe to retry.
  * - `phase: "reply"`: the DMS server did not answer; the outcome is unknown and recorded as pending.
  *
  * @since 0.1.0
  * @category errors
  */
 export class TimeoutError extends Schema.TaggedError<TimeoutError>()("TimeoutError", {
-  phase: Schema.Literal("lock", "reply"),
+  phase: Schema.Literal("lock", "publish", "reply"),
   /** The operation that timed out, e.g. `"mount"`. */
   operation: Schema.String,
   backupTargetId: Schema.optional(Schema.String),
@@ -56,9 +58,14 @@ export class TimeoutError extends Schema.TaggedError<TimeoutError>()("TimeoutErr
     const what = [this.operation, this.backupTargetId && `of ${this.backupTargetId}`, this.host && `on ${this.host}`]
       .filter(Boolean)
       .join(" ")
-    return this.phase === "lock"
-      ? `${what} could not take the target lock within ${this.timeoutMs} ms (nothing was done; safe to retry)`
-      : `${what} got no reply within ${this.timeoutMs} ms (outcome unknown; recorded as pending)`
+    switch (this.phase) {
+      case "lock":
+        return `${what} could not take the target lock within ${this.timeoutMs} ms (nothing was done; safe to retry)`
+      case "publish":
+        return `${what} could not be sent within ${this.timeoutMs} ms (nothing was sent, nothing was done; safe to retry)`
+      case "reply":
+        return `${what} got no reply within ${this.timeoutMs} ms (outcome unknown; recorded as pending)`
+    }
   }
 }
 

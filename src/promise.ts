@@ -53,7 +53,8 @@ export class RequestValidationException extends DMSClientException {
 }
 
 /**
- * The lock or the server's reply did not come in time (`error.phase` says which).
+ * The lock, the publish or the server's reply did not come in time (`error.phase` says which: `"lock"`
+ * and `"publish"`, nothing happened and it is safe to retry; `"reply"`, the outcome is unknown).
  *
  * @since 0.1.0
  * @category exceptions

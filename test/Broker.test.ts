@@ -42,6 +42,7 @@ import {
   uniqueHost
 } from "./support/rabbit.js"
 import { echo, noAnswer, raw, reply, spawnResponder, startResponder } from "./support/responder.js"
+import { holdingProxy, silentListener, urlOnPort } from "./support/tcp.js"
 import type { Answer, Received } from "./support/responder.js"
 
 afterAll(sweepQueues)
@@ -356,7 +357,7 @@ describe("layerMemory", () => {
       yield* TestClock.adjust("10 seconds")
       const error = yield* Effect.flip(broker.request("compute-01", { action: "unmount" }, { timeout: "1 minute", deadline: 5_000 }))
       assert.instanceOf(error, TimeoutError)
-      assert.deepInclude(error, { operation: "unmount", timeoutMs: 60_000 })
+      assert.deepInclude(error, { phase: "publish", operation: "unmount", timeoutMs: 60_000 })
       assert.strictEqual(yield* Ref.get(calls), 0)
       // and a deadline in the future overrides the timeout
       const result = yield* broker.request("compute-01", { action: "unmount" }, { timeout: "1 millis", deadline: 60_000 })
@@ -555,6 +556,65 @@ describe("layerAmqp (RabbitMQ)", () => {
         assert.match(error.message, /invalid host/)
       }))
   })
+
+  it.scopedLive("a deadline already past: TimeoutError { phase: 'publish' } at once, nothing is sent", () =>
+    Effect.gen(function*() {
+      const broker = yield* buildBroker({ connectionName: uniqueConnectionName("past") })
+      const host = uniqueHost("past")
+      const responder = yield* startResponder({ host })
+      yield* broker.request(host, { action: "mount", seq: 1 }, { timeout: "30 seconds" }) // connected and checked
+      yield* Queue.take(responder.received)
+      const error = yield* Effect.flip(
+        broker.request(host, { action: "unmount", seq: 2 }, { timeout: "1 minute", deadline: Date.now() - 1 })
+      )
+      assert.instanceOf(error, TimeoutError)
+      assert.deepInclude(error, { phase: "publish", operation: "unmount", host, timeoutMs: 60_000 })
+      const next = yield* broker.request(host, { action: "mount", seq: 3 }, { timeout: "30 seconds" })
+      assert.strictEqual((next as Record<string, unknown>).seq, 3)
+      assert.strictEqual((yield* Queue.take(responder.received)).body.seq, 3, "the late request never reached the server")
+    }), { timeout: 60_000 })
+
+  it.scopedLive("a deadline that passes while connecting: TimeoutError { phase: 'publish' }, safe to retry", () =>
+    Effect.gen(function*() {
+      const silent = yield* silentListener
+      const broker = yield* buildBroker({
+        url: urlOnPort(RABBIT_URL, silent.port),
+        connectionName: uniqueConnectionName("connecting"),
+        connectTimeout: "60 seconds"
+      })
+      // Closing the layer waits for its connection attempt: end that first.
+      yield* Effect.addFinalizer(() => silent.dropAll)
+      yield* Deferred.await(silent.accepted) // the client waits for the broker's first frame, which never comes
+      const error = yield* Effect.flip(broker.request(uniqueHost("connecting"), mountBody("t-connecting"), { timeout: "300 millis" }))
+      assert.instanceOf(error, TimeoutError)
+      assert.deepInclude(error, { phase: "publish", operation: "mount", backupTargetId: "t-connecting", timeoutMs: 300 })
+      assert.match(error.message, /nothing was sent.*safe to retry/)
+    }), { timeout: 60_000 })
+
+  it.scopedLive("a deadline that passes while the host's queue is checked: TimeoutError { phase: 'publish' }, nothing reaches the server", () =>
+    Effect.gen(function*() {
+      const proxy = yield* holdingProxy(RABBIT_URL)
+      const broker = yield* buildBroker({ url: urlOnPort(RABBIT_URL, proxy.port), connectionName: uniqueConnectionName("checking") })
+      // Closing the layer waits for what it sent: let it through first, even when the test fails.
+      yield* Effect.addFinalizer(() => proxy.release)
+      const other = uniqueHost("connected")
+      yield* startResponder({ host: other })
+      yield* broker.request(other, { action: "mount" }, { timeout: "30 seconds" }) // connected, through the proxy
+      const host = uniqueHost("checking")
+      const responder = yield* startResponder({ host })
+      // The first request to `host` checks its queue first; the check's channel open waits at the proxy.
+      yield* proxy.hold
+      const error = yield* Effect.flip(
+        broker.request(host, { ...mountBody("t-checking"), seq: 1 }, { timeout: "300 millis" })
+      )
+      assert.instanceOf(error, TimeoutError)
+      assert.deepInclude(error, { phase: "publish", operation: "mount", host, backupTargetId: "t-checking", timeoutMs: 300 })
+      yield* proxy.release
+      const next = yield* broker.request(host, { action: "mount", seq: 2 }, { timeout: "30 seconds" })
+      assert.strictEqual((next as Record<string, unknown>).seq, 2)
+      assert.strictEqual((yield* Queue.take(responder.received)).body.seq, 2, "the timed-out request never reached the server")
+      assert.strictEqual(yield* Queue.size(responder.received), 0)
+    }), { timeout: 60_000 })
 
   it.scopedLive("what the check missed: a queue deleted after it was checked → the broker returns the request → BrokerError", () =>
     Effect.gen(function*() {

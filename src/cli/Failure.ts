@@ -24,7 +24,7 @@ export const ExitCode = {
   failed: 1,
   /** Bad input: a flag, the request, or the configuration. */
   badInput: 2,
-  /** Timeout: the lock or the server's reply did not come in time. */
+  /** Timeout: the lock, the publish or the server's reply did not come in time (`TimeoutError.phase`). */
   timeout: 3,
   /** The ledger database failed or cannot be reached. */
   database: 4,

@@ -1,0 +1,113 @@
+/**
+ * What the AMQP modules share: readable error texts without the broker's password, `BrokerError`
+ * construction, quiet closing, and logging from inside amqplib's callbacks.
+ */
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Runtime from "effect/Runtime"
+import * as DmsError from "../DmsError.js"
+
+/**
+ * An error's message, with its code when the message does not already name it.
+ */
+export const describe = (e: unknown): string => {
+  if (e instanceof Error) {
+    const code = (e as { code?: unknown }).code
+    return typeof code === "string" && !e.message.includes(code) ? `${e.message} (${code})` : e.message
+  }
+  return String(e)
+}
+
+/**
+ * A duration in whole milliseconds, never negative.
+ */
+export const millis = (d: Duration.Duration): number => Math.max(0, Math.round(Duration.toMillis(d)))
+
+/**
+ * What a `BrokerError` may say besides its reason.
+ */
+export interface BrokerErrorExtra {
+  readonly host?: string
+  readonly queue?: string
+  readonly cause?: unknown
+  /** The request certainly reached no server (so the caller records no unknown outcome). */
+  readonly notDelivered?: boolean
+}
+
+/**
+ * A `BrokerError` with only the fields that are set.
+ */
+export const brokerError = (reason: string, extra: BrokerErrorExtra = {}): DmsError.BrokerError =>
+  new DmsError.BrokerError({
+    reason,
+    ...(extra.host === undefined ? {} : { host: extra.host }),
+    ...(extra.queue === undefined ? {} : { queue: extra.queue }),
+    ...(extra.cause === undefined ? {} : { cause: extra.cause }),
+    ...(extra.notDelivered === true ? { notDelivered: true } : {})
+  })
+
+/**
+ * Closes an amqplib object within 5 s, never failing: on error or timeout, runs `onFailure`.
+ */
+export const closeQuietly = (close: () => Promise<void>, onFailure: () => void = () => {}): Effect.Effect<void> =>
+  Effect.tryPromise(close).pipe(
+    Effect.timeout(Duration.seconds(5)),
+    Effect.catchAll(() => Effect.sync(onFailure))
+  )
+
+/**
+ * The log levels the AMQP modules use.
+ */
+export type LogLevel = "Debug" | "Info" | "Warning"
+
+/**
+ * Tools bound to one broker URL, usable from amqplib's callbacks (outside any fiber).
+ */
+export interface Tools {
+  /** The URL with the password masked, for messages. */
+  readonly displayUrl: string
+  /** `describe(e)`, scrubbed of the password. */
+  readonly safe: (e: unknown) => string
+  /** Logs in the background, annotated with the broker. */
+  readonly log: (level: LogLevel, message: string, annotations?: Record<string, unknown>) => void
+  /** Runs an event handler; what it throws is logged, never left to crash the process. */
+  readonly guard: (f: () => void) => void
+  /** The error of a client whose scope is closed. */
+  readonly closedError: () => DmsError.BrokerError
+}
+
+/**
+ * The {@link Tools} of one broker URL, logging with the current runtime.
+ */
+export const makeTools = (url: string, displayUrl: string): Effect.Effect<Tools> =>
+  Effect.map(Effect.runtime<never>(), (runtime) => {
+    const runFork = Runtime.runFork(runtime)
+    // Secrets must never reach a message. Our own texts use the redacted URL; amqplib's error messages
+    // do not carry the URL either, but are scrubbed of the password anyway.
+    const password = (() => {
+      try {
+        const p = new URL(url).password
+        return [p, decodeURIComponent(p)].filter((x) => x.length >= 3)
+      } catch {
+        return []
+      }
+    })()
+    const safe = (e: unknown): string => password.reduce((t, p) => t.split(p).join("***"), describe(e))
+    const log = (level: LogLevel, message: string, annotations: Record<string, unknown> = {}) => {
+      const effect = level === "Debug"
+        ? Effect.logDebug(message)
+        : level === "Info"
+        ? Effect.logInfo(message)
+        : Effect.logWarning(message)
+      runFork(effect.pipe(Effect.annotateLogs({ broker: displayUrl, ...annotations })))
+    }
+    const guard = (f: () => void) => {
+      try {
+        f()
+      } catch (e) {
+        log("Warning", "unexpected error in a broker event handler", { error: safe(e) })
+      }
+    }
+    const closedError = () => brokerError(`the broker client for ${displayUrl} is closed`, { notDelivered: true })
+    return { displayUrl, safe, log, guard, closedError }
+  })
