@@ -120,7 +120,7 @@ export const serverError = (target: Target, reply: Protocol.Reply) =>
  */
 export const neverPublished = (error: DmsError.DmsError): boolean =>
   (error._tag === "BrokerError" && error.notDelivered === true) ||
-  (error._tag === "TimeoutError" && (error.phase as string) === "publish")
+  (error._tag === "TimeoutError" && error.phase === "publish")
 
 /**
  * Sends one action to the host's server under the lease, recorded as pending first so that an outcome

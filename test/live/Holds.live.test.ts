@@ -4,16 +4,19 @@
  * and the Effect API; two scopes of one job in two `DMSClient`s of one process, and across `close()`.
  */
 import { assert, describe, layer } from "@effect/vitest"
+import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as ManagedRuntime from "effect/ManagedRuntime"
 import * as Dms from "../../src/Dms.js"
+import { TimeoutError } from "../../src/DmsError.js"
 import * as Mount from "../../src/Mount.js"
 import { DMSClient, MountContext } from "../../src/promise.js"
 import { Backend, mysqlBackend } from "../support/backends.js"
 import { RABBIT_URL, uniqueHost } from "../support/rabbit.js"
 import { guideNfs } from "../support/requests.js"
 import { modelServer } from "../support/responder.js"
+import { silentListener, urlOnPort } from "../support/tcp.js"
 
 const PATH = "/var/lib/trilio/triliovault-mounts/nfs-prod"
 const request = (jobid: number, host: string) => guideNfs({ jobid, host, mountPath: PATH })
@@ -145,6 +148,29 @@ describe("live: holds never leak", () => {
         assert.isFalse(server.isMounted(host, PATH))
         assert.deepStrictEqual(server.transitions.map((t) => t.to), ["mounted", "unmounted"])
         assert.deepStrictEqual(yield* Effect.promise(() => client.getActiveMounts({ host })), [])
+      }))
+
+    it.scoped("a mount whose deadline passed before it was published is 'nothing happened': no pending mark", () =>
+      Effect.gen(function*() {
+        const backend = yield* Backend
+        const silent = yield* silentListener // accepts, never speaks AMQP: the client waits in its handshake
+        const runtime = yield* Effect.acquireRelease(
+          Effect.sync(() =>
+            ManagedRuntime.make(Dms.layer({ dbUrl: backend.url!, rabbitmqUrl: urlOnPort(RABBIT_URL, silent.port), timeout: 0.5 }))
+          ),
+          (r) => Effect.zipRight(silent.dropAll, Effect.promise(() => r.dispose()))
+        )
+        const host = uniqueHost("never-published")
+        yield* Effect.promise(() => runtime.runPromise(Mount.getActiveMounts({ host }))) // the ledger is up
+        yield* Deferred.await(silent.accepted)
+        const error = yield* Effect.promise(() => runtime.runPromise(Effect.flip(Mount.mount(request(31, host)))))
+        assert.instanceOf(error, TimeoutError)
+        assert.strictEqual((error as TimeoutError).phase, "publish")
+        const locks = yield* backend.query!<Array<{ pending_op: string | null; owner: string | null }>>(
+          "SELECT pending_op, owner FROM backup_target_mount_lock WHERE host = ?",
+          [host]
+        )
+        assert.deepStrictEqual(locks.map((l) => [l.pending_op, l.owner]), [[null, null]], "no mark, no lease left")
       }))
   })
 })
