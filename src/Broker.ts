@@ -119,6 +119,11 @@ export interface Service {
     body: Protocol.MountRequestEncoded | Readonly<Record<string, unknown>>,
     options: RequestOptions
   ) => Effect.Effect<Protocol.Reply, DmsError.TimeoutError | DmsError.BrokerError>
+  /**
+   * Waits until the broker is connected (at most its connect timeout): a `BrokerError` says why not.
+   * Requests connect by themselves; this is for checking the broker up front.
+   */
+  readonly connected: Effect.Effect<void, DmsError.BrokerError>
 }
 
 /**
@@ -135,6 +140,7 @@ export class Broker extends Context.Tag("trilio-dms/Broker")<Broker, Service>() 
  */
 interface Transport {
   readonly send: (out: Amqp.Outgoing) => Effect.Effect<Buffer, DmsError.BrokerError | Amqp.DeadlineReached>
+  readonly connected: Effect.Effect<void, DmsError.BrokerError>
 }
 
 const stringField = (record: unknown, key: string): string | undefined => {
@@ -166,6 +172,7 @@ const decodeReplyBody = (raw: Buffer, host: string, queue: string): Effect.Effec
 }
 
 const makeService = (transport: Transport): Service => ({
+  connected: transport.connected,
   request: (host, body, options) => {
     const queue = queueName(host)
     const action = stringField(body, "action")
@@ -391,6 +398,6 @@ export const layerMemory = <R = never>(handler: MemoryHandler<R>): Layer.Layer<B
             Effect.ensuring(Effect.sync(() => void (waiting.value = false)))
           )
         })
-      return makeService({ send })
+      return makeService({ send, connected: Effect.void })
     })
   )

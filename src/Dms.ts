@@ -85,3 +85,16 @@ export const layer = (options: Options): Layer.Layer<Services, LayerError> => fr
  */
 export const layerConfig = (options: Options = {}): Layer.Layer<Services, LayerError> =>
   fromConfig(DmsConfig.layerConfig(options), options)
+
+/**
+ * Checks both services now, instead of on first use: the ledger answers a statement, and the broker is
+ * connected (within its connect timeout). Fails with the `DatabaseError` or `BrokerError` that says why.
+ *
+ * @since 0.1.0
+ * @category operations
+ */
+export const connect: Effect.Effect<void, DmsError.DatabaseError | DmsError.BrokerError, Ledger.Ledger | Broker.Broker> = Effect
+  .all([Effect.flatMap(Ledger.Ledger, (l) => l.ping), Effect.flatMap(Broker.Broker, (b) => b.connected)], {
+    concurrency: 2,
+    discard: true
+  })

@@ -221,8 +221,34 @@ export class DMSClient {
     this.layer = options.layer ?? Dms.layerConfig(options)
   }
 
+  /**
+   * Connects now and checks both services, as the guide's `try: client = DMSClient() except
+   * DatabaseException / RabbitMQException` expects: throws `DatabaseException` when the ledger does not
+   * answer, `RabbitMQException` when the broker cannot be reached (within its connect timeout), and
+   * `RequestValidationException` for a bad configuration. The client stays usable either way: a failed
+   * connect is not remembered.
+   */
+  async connect(): Promise<this> {
+    await this.run(Dms.connect)
+    return this
+  }
+
+  /**
+   * A client connected and checked now (see {@link DMSClient.connect}); the eager form of
+   * `new DMSClient(options)`, which connects on first use.
+   */
+  static async connect(options: ClientOptions = {}): Promise<DMSClient> {
+    const client = new DMSClient(options)
+    try {
+      return await client.connect()
+    } catch (e) {
+      await client.close()
+      throw e
+    }
+  }
+
   /** The runtime, built on first use; a failed build is disposed and forgotten. */
-  private connect(): Promise<Runtime> {
+  private runtimeOf(): Promise<Runtime> {
     if (this.runtime === undefined) {
       const runtime = ManagedRuntime.make(this.layer)
       this.runtime = Effect.runPromiseExit(runtime.runtimeEffect).then(async (exit) => {
@@ -239,7 +265,7 @@ export class DMSClient {
    * Runs an Effect of this package on the client's services; typed errors become the guide's exceptions.
    */
   async run<A>(effect: Effect.Effect<A, DmsError.DmsError, Dms.Services>): Promise<A> {
-    const runtime = await this.connect()
+    const runtime = await this.runtimeOf()
     const exit = await runtime.runPromiseExit(effect)
     if (Exit.isSuccess(exit)) return exit.value
     throw fromCause(exit.cause)

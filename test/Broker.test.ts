@@ -150,7 +150,7 @@ const memoryEnv = Layer.sync(Env, () => {
         )
         const inner = Context.get(ctx, Broker.Broker)
         // The handler's fiber is forked from the request's, so it logs with the request's logger.
-        const broker: Broker.Service = { request: (...args) => capture.locally(inner.request(...args)) }
+        const broker: Broker.Service = { ...inner, request: (...args) => capture.locally(inner.request(...args)) }
         return { broker, host, received, replied }
       })
   }

@@ -57,6 +57,8 @@ export interface Client {
    * request.
    */
   readonly send: (out: Outgoing) => Effect.Effect<Buffer, DmsError.BrokerError | DeadlineReached>
+  /** Succeeds once connected (at once when connected now); fails after `connectTimeout` without. */
+  readonly connected: Effect.Effect<void, DmsError.BrokerError>
 }
 
 /**
@@ -112,6 +114,10 @@ export const make = (settings: Settings): Effect.Effect<Client, never, Scope.Sco
       )
 
     return {
+      connected: Effect.suspend(() => {
+        if (connection.isClosing()) return Effect.fail(tools.closedError())
+        return connection.current() !== undefined ? Effect.void : Effect.asVoid(connection.next)
+      }),
       send: (out) =>
         Effect.suspend(() => {
           const live = connection.current()

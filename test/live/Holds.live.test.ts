@@ -5,13 +5,14 @@
  */
 import { assert, describe, layer } from "@effect/vitest"
 import * as Deferred from "effect/Deferred"
+import * as net from "node:net"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as ManagedRuntime from "effect/ManagedRuntime"
 import * as Dms from "../../src/Dms.js"
 import { TimeoutError } from "../../src/DmsError.js"
 import * as Mount from "../../src/Mount.js"
-import { DMSClient, MountContext } from "../../src/promise.js"
+import { DatabaseException, DMSClient, MountContext, RabbitMQException } from "../../src/promise.js"
 import { Backend, mysqlBackend } from "../support/backends.js"
 import { RABBIT_URL, uniqueHost } from "../support/rabbit.js"
 import { guideNfs } from "../support/requests.js"
@@ -171,6 +172,49 @@ describe("live: holds never leak", () => {
           [host]
         )
         assert.deepStrictEqual(locks.map((l) => [l.pending_op, l.owner]), [[null, null]], "no mark, no lease left")
+      }))
+  })
+})
+
+/** A loopback port nothing listens on (bound, then closed). */
+const closedPort = Effect.async<number>((resume) => {
+  const server = net.createServer()
+  server.listen(0, "127.0.0.1", () => {
+    const port = (server.address() as net.AddressInfo).port
+    server.close(() => resume(Effect.succeed(port)))
+  })
+})
+
+describe("live: DMSClient.connect checks both services up front", () => {
+  layer(Layer.fresh(mysqlBackend), { excludeTestServices: true, timeout: "60 seconds" })((it) => {
+    it.scoped("connects to the real MariaDB and RabbitMQ; an unreachable database or broker throws the guide's exception", () =>
+      Effect.gen(function*() {
+        const backend = yield* Backend
+        const client = yield* Effect.promise(() => DMSClient.connect({ dbUrl: backend.url!, rabbitmqUrl: RABBIT_URL }))
+        yield* Effect.promise(() => client.connect()) // again, on a connected client
+        yield* Effect.promise(() => client.close())
+
+        const port = yield* closedPort
+        const noDatabase = yield* Effect.promise(() =>
+          DMSClient.connect({ dbUrl: `mysql://root@127.0.0.1:${port}/nothing`, rabbitmqUrl: RABBIT_URL }).then(
+            () => undefined,
+            (e: unknown) => e
+          )
+        )
+        assert.instanceOf(noDatabase, DatabaseException)
+        const noBroker = yield* Effect.promise(() =>
+          DMSClient.connect({
+            dbUrl: backend.url!,
+            rabbitmqUrl: urlOnPort(RABBIT_URL, port),
+            broker: { connectTimeout: "1 second" }
+          }).then(() => undefined, (e: unknown) => e)
+        )
+        assert.instanceOf(noBroker, RabbitMQException)
+        // The lazy constructor does not connect: the same configuration fails only when used.
+        const lazy = new DMSClient({ dbUrl: backend.url!, rabbitmqUrl: urlOnPort(RABBIT_URL, port), broker: { connectTimeout: "1 second" } })
+        const later = yield* Effect.promise(() => lazy.connect().then(() => undefined, (e: unknown) => e))
+        assert.instanceOf(later, RabbitMQException)
+        yield* Effect.promise(() => lazy.close())
       }))
   })
 })
