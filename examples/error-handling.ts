@@ -26,6 +26,18 @@ export const handleExceptions = async (client: DMSClient, request: unknown) => {
   }
 }
 
+/** The guide's `try: client = DMSClient() except DatabaseException / RabbitMQException`: connect eagerly. */
+export const connectOrExplain = async (): Promise<DMSClient | undefined> => {
+  try {
+    return await DMSClient.connect()
+  } catch (e) {
+    if (e instanceof DatabaseException) console.log(`Database error: ${e.message}`) // Check database connectivity and credentials
+    else if (e instanceof RabbitMQException) console.log(`RabbitMQ error: ${e.message}`) // Check RabbitMQ connectivity
+    else throw e
+    return undefined
+  }
+}
+
 export const handleMountFailures = async (client: DMSClient, request: unknown) => {
   const response = await client.mount(request)
   if (response.status === "error") {
