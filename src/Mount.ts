@@ -314,7 +314,7 @@ const mountWith = (request: unknown, kind: Kind) =>
       // learns of it, so it is given back before the interruption completes.
       Effect.onExit((exit) =>
         Exit.isInterrupted(exit) && madeHold
-          ? detached(unmountWith(request, kind), "could not give back the hold of an interrupted mount", DEFAULT_RELEASE_TIMEOUT)
+          ? giveBack(request, kind, DEFAULT_RELEASE_TIMEOUT, "could not give back the hold of an interrupted mount")
           : Effect.void
       )
     )
@@ -325,7 +325,6 @@ const unmountWith = (request: unknown, kind: Kind, lockTimeout?: Duration.Durati
     const valid = yield* Operation.validate("unmount", request)
     const e = yield* Operation.env
     const target = Operation.fromRequest(valid, e.config)
-    if (kind === "scope") Holds.endScope(holdKey(e, target))
     return yield* e.ledger.withTargetLock(
       target.id,
       target.host,
@@ -433,14 +432,26 @@ const detached = <R>(
  * @since 0.1.0
  * @category operations
  */
-export const release = (request: unknown, options: ScopedOptions = {}): Effect.Effect<void, never, Services> => {
-  const total = Duration.decode(options.releaseTimeout ?? options.releaseRetryFor ?? DEFAULT_RELEASE_TIMEOUT)
-  return detached(
-    unmountWith(request, "scope", total).pipe(OperationMetrics.measured("unmount")),
-    "could not release a scoped mount",
-    total
+export const release = (request: unknown, options: ScopedOptions = {}): Effect.Effect<void, never, Services> =>
+  giveBack(
+    request,
+    "scope",
+    Duration.decode(options.releaseTimeout ?? options.releaseRetryFor ?? DEFAULT_RELEASE_TIMEOUT),
+    "could not release a scoped mount"
   )
-}
+
+/** Gives back one hold of `kind`: a scope's count once, however often its unmount is retried. */
+const giveBack = (request: unknown, kind: Kind, total: Duration.Duration, what: string): Effect.Effect<void, never, Services> =>
+  Effect.zipRight(
+    kind === "scope"
+      ? Effect.gen(function*() {
+        const valid = yield* Operation.validate("unmount", request)
+        const e = yield* Operation.env
+        Holds.endScope(holdKey(e, Operation.fromRequest(valid, e.config)))
+      }).pipe(Effect.ignore)
+      : Effect.void,
+    detached(unmountWith(request, kind, total).pipe(OperationMetrics.measured("unmount")), what, total)
+  )
 
 /**
  * The acquire half of {@link mountScoped}, for code that manages the scope itself (the Promise facade's

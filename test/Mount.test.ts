@@ -352,6 +352,54 @@ describe("Mount", () => {
 })
 
 describe("Mount.mountScoped", () => {
+  it.live("a scope's release that is retried gives its scope back once: another open scope of the job keeps the target", () => {
+    const server = FakeServer.make()
+    // The first lease taken after arming fails its read, as a dropped connection would: the release retries.
+    const failNextRead = { armed: false }
+    const flaky = Layer.map(Ledger.layerMemory(), (ctx) => {
+      const ledger = Context.get(ctx, Ledger.Ledger)
+      return Context.make(Ledger.Ledger, {
+        ...ledger,
+        withTargetLock: (id, host, body, options) =>
+          ledger.withTargetLock(id, host, (lease) =>
+            body({
+              ...lease,
+              read: (jobId) =>
+                failNextRead.armed
+                  ? Effect.zipRight(
+                    Effect.sync(() => void (failNextRead.armed = false)),
+                    Effect.fail(new DatabaseError({ operation: "read", reason: "connection lost" }))
+                  )
+                  : lease.read(jobId)
+            }), options)
+      })
+    })
+    const layer = Layer.mergeAll(
+      DmsConfig.layer({ dbUrl: "memory:", rabbitmqUrl: "memory:", timeout: 5, lockTimeout: 30 }),
+      flaky,
+      Broker.layerMemory(server.handler)
+    )
+    return Effect.gen(function*() {
+      const vm1Done = yield* Deferred.make<void>()
+      const vm2In = yield* Deferred.make<void>()
+      const vm1 = yield* Mount.withMount(nfs(5), () =>
+        Effect.zipRight(Deferred.await(vm2In), Effect.sync(() => void (failNextRead.armed = true)))).pipe(
+          Effect.zipRight(Deferred.succeed(vm1Done, undefined)),
+          Effect.fork
+        )
+      yield* Mount.withMount(nfs(5), () =>
+        Effect.gen(function*() {
+          yield* Deferred.succeed(vm2In, undefined)
+          yield* Deferred.await(vm1Done)
+          assert.isFalse(failNextRead.armed, "vm1's release failed once and was retried")
+          assert.isTrue(server.isMounted(HOST, PATH), "vm2's scope still holds it after vm1's retried release")
+        }))
+      yield* Fiber.join(vm1)
+      assert.isFalse(server.isMounted(HOST, PATH))
+      assert.deepStrictEqual(server.transitions.map((t) => t.to), ["mounted", "unmounted"])
+    }).pipe(Effect.provide(layer))
+  })
+
   it.live("releases on success, on failure and on interruption", () => {
     const { server, layer } = setup()
     return Effect.gen(function*() {
