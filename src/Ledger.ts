@@ -361,16 +361,14 @@ export const make = (store: Store, options: LeaseOptions & { readonly location?:
         const owner = randomUUID()
         // "held" errs on the side of releasing: a failed acquire statement may still have committed.
         const state: LeaseState = { held: false, releasing: false }
-        // The pending mark this operation holds, and whether it is the mark taken with the lease and not
-        // published yet (dropped on release: nothing can be running).
+        // The pending mark this operation holds, and whether a mark taken with the lease may be on the
+        // row unpublished (dropped on release: nothing can be running). Known before any read: a body
+        // whose first read fails must not leave the mark behind for the next operation to wait out.
         let own: PendingOperation | undefined
-        let unpublished = false
+        let unpublished = markSpec !== undefined
         const ownState = (s: StoreState): TargetState => {
           const mine = s.pendingOwner === owner && Option.isSome(s.pending)
-          if (mine && own === undefined) {
-            own = s.pending.value
-            unpublished = true
-          }
+          if (mine && own === undefined) own = s.pending.value
           return {
             holders: s.holders,
             job: s.job,
@@ -383,7 +381,8 @@ export const make = (store: Store, options: LeaseOptions & { readonly location?:
           held.delete(owner)
           if (!state.held) return Effect.void
           state.releasing = true
-          return store.release(key, owner, own !== undefined && unpublished).pipe(
+          // The store clears only a mark this owner wrote, so an earlier operation's mark stays.
+          return store.release(key, owner, unpublished).pipe(
             Effect.catchAll((e) => Effect.logWarning("could not release the target lock; it will expire", e.message)),
             Effect.annotateLogs({ backupTargetId, host })
           )

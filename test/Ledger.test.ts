@@ -223,6 +223,17 @@ for (const [name, backendLayer] of backends) {
           assertNone((yield* ledger.withTargetLock(t, HOST, (lease) => lease.read())).pending)
         }))
 
+      it.scoped("a mark taken with the lease is dropped when the body fails before it read anything or published", () =>
+        Effect.gen(function*() {
+          const ledger = yield* (yield* Backend).build()
+          const t = target()
+          const mark = { op: "unmount" as const, timeout: Duration.seconds(60), mountPath: "/m/t", targetType: "nfs" as const }
+          // A failing first read (a dropped connection, say) ends the body before it learnt of its mark.
+          const failed = yield* Effect.either(ledger.withTargetLock(t, HOST, () => Effect.fail("read failed"), { readJobId: 7, mark }))
+          assert.isTrue(failed._tag === "Left")
+          assertNone((yield* ledger.withTargetLock(t, HOST, (lease) => lease.read(7))).pending)
+        }))
+
       it.scoped("a lease held longer than its duration is renewed: nobody takes it over, and its writes land", () =>
         Effect.gen(function*() {
           const backend = yield* Backend
