@@ -15,12 +15,9 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
-import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import * as Either from "effect/Either"
 import * as Cause from "effect/Cause"
-import * as Deferred from "effect/Deferred"
-import * as FiberId from "effect/FiberId"
 import * as MysqlClient from "@effect/sql-mysql2/MysqlClient"
 import { SqlError } from "@effect/sql/SqlError"
 import * as Mysql from "mysql2"
@@ -32,9 +29,12 @@ import * as DmsConfig from "./DmsConfig.js"
 import * as DmsError from "./DmsError.js"
 import * as Protocol from "./Protocol.js"
 import * as KeyedMutex from "./internal/keyedMutex.js"
+import * as LeaseAcquire from "./internal/leaseAcquire.js"
+import * as LeaseHold from "./internal/leaseHold.js"
+import * as LeaseRenewer from "./internal/leaseRenewer.js"
 import * as MemoryStore from "./internal/memoryStore.js"
 import * as SqlStore from "./internal/sqlStore.js"
-import { type LockKey, lockKey, type Store, type StoreState } from "./internal/store.js"
+import { lockKey, type Store } from "./internal/store.js"
 import * as Urls from "./internal/urls.js"
 
 /**
@@ -280,20 +280,6 @@ interface StoreOptions extends LeaseOptions {
 }
 
 const DEFAULT_LEASE = Duration.seconds(30)
-
-/** Whether an operation holds its lease, and whether it has started to give it back. */
-interface LeaseState {
-  held: boolean
-  releasing: boolean
-}
-
-/** A sleep on a timer that does not keep the process alive. */
-const unrefSleep = (duration: Duration.Duration) =>
-  Effect.async<void>((resume) => {
-    const timer = setTimeout(() => resume(Effect.void), Duration.toMillis(duration))
-    timer.unref()
-    return Effect.sync(() => clearTimeout(timer))
-  })
 const DEFAULT_LOCK_TIMEOUT = Duration.seconds(330)
 
 /**
@@ -329,21 +315,8 @@ export const make = (store: Store, options: LeaseOptions & { readonly location?:
   const renewEvery = Duration.decode(options.renewInterval ?? Duration.millis(Math.max(1, Math.floor(leaseMs / 3))))
   const defaultLockTimeout = Duration.decode(options.lockTimeout ?? DEFAULT_LOCK_TIMEOUT)
   const mutex = KeyedMutex.make()
-  // This client (process) among those sharing the ledger: it reserves the next turn of a lease it waits for.
-  const client = randomUUID()
-
-  const lockTimeoutError = (backupTargetId: string, host: string, timeout: Duration.Duration) =>
-    new DmsError.TimeoutError({
-      phase: "lock",
-      operation: "lock",
-      backupTargetId,
-      host,
-      timeoutMs: Duration.toMillis(timeout)
-    })
-
-  class NotYet {
-    readonly _tag = "NotYet"
-  }
+  const renewer = LeaseRenewer.make(store, leaseMs, renewEvery)
+  const settings: LeaseHold.Settings = { store, leaseMs, client: randomUUID() }
 
   const withTargetLock: Service["withTargetLock"] = (backupTargetId, host, body, callOptions) =>
     Effect.gen(function*() {
@@ -353,197 +326,35 @@ export const make = (store: Store, options: LeaseOptions & { readonly location?:
       const key = lockKey(backupTargetId, host)
       const start = yield* Clock.currentTimeMillis
       const remaining = Effect.map(Clock.currentTimeMillis, (now) => Duration.millis(Math.max(0, start + Duration.toMillis(timeout) - now)))
+      const onTimeout = () =>
+        new DmsError.TimeoutError({
+          phase: "lock",
+          operation: "lock",
+          backupTargetId,
+          host,
+          timeoutMs: Duration.toMillis(timeout)
+        })
 
-      const markSpec = callOptions?.mark
-      const markTimeoutMs = markSpec === undefined ? 0 : Duration.toMillis(Duration.decode(markSpec.timeout))
       // A finalizer rather than a Scope: closing a scope per operation cost more than its release.
       const run = Effect.suspend(() => {
         const owner = randomUUID()
-        // "held" errs on the side of releasing: a failed acquire statement may still have committed.
-        const state: LeaseState = { held: false, releasing: false }
-        // The pending mark this operation holds, and whether a mark taken with the lease may be on the
-        // row unpublished (dropped on release: nothing can be running). Known before any read: a body
-        // whose first read fails must not leave the mark behind for the next operation to wait out.
-        let own: PendingOperation | undefined
-        let unpublished = markSpec !== undefined
-        const ownState = (s: StoreState): TargetState => {
-          const mine = s.pendingOwner === owner && Option.isSome(s.pending)
-          if (mine && own === undefined) own = s.pending.value
-          return {
-            holders: s.holders,
-            job: s.job,
-            mountPath: s.mountPath,
-            targetType: s.targetType,
-            pending: mine ? Option.none() : s.pending
-          }
-        }
+        const hold = LeaseHold.make(settings, key, owner, callOptions)
         const finalize = Effect.suspend(() => {
-          held.delete(owner)
-          if (!state.held) return Effect.void
-          state.releasing = true
-          // The store clears only a mark this owner wrote, so an earlier operation's mark stays.
-          return store.release(key, owner, unpublished).pipe(
-            Effect.catchAll((e) => Effect.logWarning("could not release the target lock; it will expire", e.message)),
-            Effect.annotateLogs({ backupTargetId, host })
-          )
+          renewer.forget(owner)
+          return hold.release()
         })
         const operation = Effect.gen(function*() {
-          const readJobId = callOptions?.readJobId
-          // The target's state, when the backend read it with the lease (one round trip less); handed to
-          // the body's first read of the same job if nothing was written before it.
-          let prefetched: TargetState | undefined
-          const attempt = Effect.flatMap(Clock.currentTimeMillis, (now) => {
-            state.held = true
-            const mark: PendingOperation | undefined = markSpec === undefined ? undefined : {
-              op: markSpec.op,
-              deadline: new Date(now + markTimeoutMs),
-              mountPath: markSpec.mountPath,
-              targetType: markSpec.targetType
-            }
-            return store.tryAcquire(key, owner, leaseMs, client, readJobId, mark)
-          }).pipe(
-            Effect.tap((got) =>
-              Effect.sync(() => {
-                state.held = got !== false
-                if (typeof got === "object") prefetched = ownState(got)
-              })
-            ),
-            Effect.uninterruptible,
-            Effect.flatMap((got) => (got !== false ? Effect.void : Effect.fail(new NotYet())))
-          )
           const budget = yield* remaining
-          // Each attempt is uninterruptible (we must know whether we hold the lease); the waits between
-          // them are interruptible even when the caller's region is not, so the lock timeout always fires.
-          // The retry schedule is only built when the first attempt finds the lease taken: building it for
-          // every operation cost more CPU than the attempt itself.
-          yield* attempt.pipe(
-            Effect.catchIf(
-              (e): e is NotYet => e instanceof NotYet,
-              () =>
-                attempt.pipe(
-                  Effect.retry({
-                    // Polls at most ~60 ms apart, so this client's reservation of the next turn stays fresh.
-                    schedule: Schedule.exponential(Duration.millis(5), 1.6).pipe(
-                      Schedule.union(Schedule.spaced(Duration.millis(50))),
-                      Schedule.jittered,
-                      Schedule.upTo(budget)
-                    ),
-                    while: (e) => e instanceof NotYet
-                  }),
-                  Effect.delay(Duration.millis(2 + Math.random() * 3)),
-                  Effect.catchIf(
-                    (e): e is NotYet => e instanceof NotYet,
-                    () => Effect.fail(lockTimeoutError(backupTargetId, host, timeout))
-                  ),
-                  Effect.interruptible
-                )
-            )
-          )
-          yield* renewWhileHeld(key, owner, state)
-
-          const whileHeld = <A>(operation: string, effect: () => Effect.Effect<A, DmsError.DatabaseError>) =>
-            Effect.suspend(() =>
-              state.held
-                ? effect()
-                : Effect.fail(new DmsError.DatabaseError({ operation, reason: "the lease was already released" }))
-            )
-          const lease: Lease = {
-            backupTargetId,
-            host,
-            read: (jobId) =>
-              Effect.suspend(() => {
-                const state = prefetched
-                prefetched = undefined
-                return state !== undefined && jobId === readJobId
-                  ? Effect.succeed(state)
-                  : Effect.map(store.read(key, jobId), ownState)
-              }),
-            write: (changes) =>
-              whileHeld("ledger write", () =>
-                Effect.suspend(() => {
-                  prefetched = undefined
-                  if (changes.release === true) state.releasing = true
-                  return store.write(key, owner, leaseMs, changes)
-                }).pipe(
-                  Effect.tap(() =>
-                    Effect.sync(() => {
-                      if (changes.release === true) state.held = false
-                      if (changes.pending !== undefined) {
-                        own = changes.pending ?? undefined
-                        unpublished = false
-                      }
-                    })
-                  )
-                )),
-            softDelete: (entryId) =>
-              whileHeld("softDeleteEntry", () =>
-                Effect.suspend(() => {
-                  prefetched = undefined
-                  return store.softDelete(key, owner, leaseMs, entryId)
-                })),
-            ownMark: () => Option.fromNullable(own),
-            markSent: () => {
-              unpublished = false
-            }
-          }
-          return yield* body(lease)
+          yield* LeaseAcquire.acquire(hold.take, budget, onTimeout)
+          yield* renewer.renewWhileHeld(key, owner, hold.state)
+          return yield* body(hold.lease)
         })
         return Effect.ensuring(operation, finalize)
       })
 
       const wait = yield* remaining
-      return yield* mutex.withLock(key.key, wait, () => lockTimeoutError(backupTargetId, host, timeout), run)
+      return yield* mutex.withLock(key.key, wait, onTimeout, run)
     }).pipe(Effect.withSpan("Ledger.withTargetLock", { attributes: { backupTargetId, host }, captureStackTrace: false }))
-
-  // One renewer per Ledger renews every lease it holds, instead of a fiber per lease: forking and
-  // interrupting a fiber for each operation cost ~0.1 ms of CPU, a tenth of the client's whole cost per
-  // operation. It waits on a Deferred while nothing is held, and sleeps on an unref'd timer, so it never
-  // keeps a process alive.
-  const held = new Map<string, { readonly key: LockKey; readonly state: LeaseState }>()
-  let wake: Deferred.Deferred<void> | undefined
-  let renewerStarted = false
-  const renewOne = (owner: string, key: LockKey, state: LeaseState) =>
-    Effect.gen(function*() {
-      if (!state.held) return held.delete(owner)
-      const still = yield* store.renew(key, owner, leaseMs).pipe(
-        Effect.catchAll((e) => Effect.as(Effect.logWarning("could not renew the target lock", e.message), true))
-      )
-      if (!still) {
-        held.delete(owner)
-        // A renewal that raced the lease's own release finds it gone: that is no loss.
-        if (state.held && !state.releasing) {
-          yield* Effect.logError("the target lock's lease was lost; writes under it will be refused")
-        }
-      }
-    }).pipe(Effect.annotateLogs({ backupTargetId: key.backupTargetId, host: key.host }))
-  const renewer = Effect.gen(function*() {
-    while (true) {
-      if (held.size === 0) {
-        const idle = Deferred.unsafeMake<void>(FiberId.none)
-        wake = idle
-        yield* Deferred.await(idle)
-      }
-      yield* unrefSleep(renewEvery)
-      yield* Effect.forEach([...held], ([owner, h]) => renewOne(owner, h.key, h.state), {
-        concurrency: "unbounded",
-        discard: true
-      })
-    }
-  })
-  /** Hands a taken lease to the renewer (the operation's finalizer takes it back). */
-  const renewWhileHeld = (key: LockKey, owner: string, state: LeaseState) =>
-    Effect.suspend(() => {
-      held.set(owner, { key, state })
-      if (!renewerStarted) {
-        renewerStarted = true
-        return Effect.asVoid(Effect.forkDaemon(renewer))
-      }
-      if (wake !== undefined) {
-        Deferred.unsafeDone(wake, Effect.void)
-        wake = undefined
-      }
-      return Effect.void
-    })
 
   const checkJob = (jobId: unknown) => validate(Protocol.JobId, "query", "jobId", jobId)
   const checkTarget = (id: unknown) => validate(Protocol.BackupTargetId, "query", "backupTargetId", id)

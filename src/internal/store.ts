@@ -1,6 +1,7 @@
 /**
  * What a ledger backend (MySQL, SQLite, memory) implements. The lease protocol on top of it (queueing,
- * retries, renewal, release) is written once in `Ledger.make`.
+ * retries, renewal, release) is written once: `Ledger.make` over `leaseHold`, `leaseAcquire` and
+ * `leaseRenewer`.
  */
 import type * as Effect from "effect/Effect"
 import type * as Option from "effect/Option"
