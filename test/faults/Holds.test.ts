@@ -1,0 +1,105 @@
+/**
+ * Holds never leak (issue 12), each fault forced against the real MariaDB (a database per test) and the
+ * real RabbitMQ with a model DMS server on the host's queue: a resolution that meets no consumer keeps
+ * the earlier operation's mark; a final write whose connection is lost after COMMIT, or held while the
+ * mount is interrupted, leaves no hold the caller does not know about; a release whose lock wait and
+ * reply stall gives up within its releaseTimeout and leaves what it could not do recorded; nothing is
+ * sent for a mount the ledger records no path or type for.
+ */
+import { afterAll, assert, describe, it } from "@effect/vitest"
+import * as Context from "effect/Context"
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Queue from "effect/Queue"
+import * as Broker from "../../src/Broker.js"
+import * as Dms from "../../src/Dms.js"
+import { BrokerError, TimeoutError } from "../../src/DmsError.js"
+import * as Mount from "../../src/Mount.js"
+import { Backend, mysqlBackend } from "../support/backends.js"
+import { queueInfo, RABBIT_URL, sweepQueues, uniqueHost } from "../support/rabbit.js"
+import { guideNfs } from "../support/requests.js"
+import { modelResponder } from "../support/responder.js"
+
+afterAll(sweepQueues)
+
+const PATH = "/var/lib/trilio/triliovault-mounts/nfs-prod"
+const request = (jobid: number, host: string) => guideNfs({ jobid, host, mountPath: PATH })
+
+/** A database of the test's own, dropped with its scope. */
+const freshDatabase = Layer.build(Layer.fresh(mysqlBackend)).pipe(Effect.map(Context.get(Backend)))
+
+/** The client's services (the Effect API), closed with the scope. */
+const services = (options: Dms.Options) => Layer.build(Dms.layer({ rabbitmqUrl: RABBIT_URL, ...options }))
+
+interface LockRow {
+  readonly pending_op: string | null
+  readonly pending_deadline: Date | null
+  readonly pending_path: string | null
+  readonly pending_type: string | null
+  readonly owner: string | null
+}
+
+const lockRows = (backend: Context.Tag.Service<Backend>, host: string) =>
+  backend.query!<Array<LockRow>>(
+    "SELECT pending_op, pending_deadline, pending_path, pending_type, owner FROM backup_target_mount_lock WHERE host = ?",
+    [host]
+  ).pipe(Effect.map((rows) => rows.map((r) => ({ ...r }))))
+
+/** The jobs the ledger says hold a target on the host. */
+const activeJobs = (backend: Context.Tag.Service<Backend>, host: string) =>
+  backend.query!<Array<{ jobid: number }>>(
+    "SELECT jobid FROM backup_target_mount_ledger WHERE host = ? AND mounted = 1 AND deleted = 0 ORDER BY jobid",
+    [host]
+  ).pipe(Effect.map((rows) => rows.map((r) => r.jobid)))
+
+const jobOf = (body: Readonly<Record<string, unknown>>) => (body.job as { jobid?: number } | undefined)?.jobid
+
+describe("faults: holds never leak", () => {
+  it.scopedLive("a resolution that finds no consumer for the host keeps the earlier mark; once a server consumes again, the next operation resolves it", () =>
+    Effect.gen(function*() {
+      const backend = yield* freshDatabase
+      const host = uniqueHost("no-consumer")
+      const { responder, server } = yield* modelResponder(host)
+      const late = yield* Deferred.make<void>()
+      server.gate = (r) => (r.action === "mount" && jobOf(r.body) === 1 ? Deferred.await(late) : Effect.void)
+      // Every request checks the host's queue afresh (no answer cached from before the consumer left), and
+      // gives up on a queue without consumer well within the request's deadline.
+      const client = yield* services({
+        dbUrl: backend.url!,
+        timeout: 1,
+        broker: { queueCheckCacheTtl: "1 millis", fastFailWindow: "100 millis" }
+      })
+
+      const timedOut = yield* Effect.flip(Mount.mount(request(1, host))).pipe(Effect.provide(client))
+      assert.instanceOf(timedOut, TimeoutError)
+      assert.strictEqual((timedOut as TimeoutError).phase, "reply")
+      const marked = yield* lockRows(backend, host)
+      assert.deepInclude(marked[0], { pending_op: "mount", pending_path: PATH, pending_type: "nfs", owner: null })
+
+      // The server stops consuming; the mount it had taken completes after its client gave up.
+      yield* responder.detach
+      assert.strictEqual((yield* queueInfo(Broker.queueName(host)))?.consumerCount, 0)
+      yield* Deferred.succeed(late, undefined)
+      yield* Queue.take(responder.replied)
+      assert.isTrue(server.isMounted(host, PATH), "the late mount landed: the host no longer matches the ledger")
+
+      const noServer = yield* Effect.flip(Mount.mount(request(2, host))).pipe(Effect.provide(client))
+      assert.instanceOf(noServer, BrokerError)
+      assert.isTrue((noServer as BrokerError).notDelivered)
+      assert.match(noServer.message, new RegExp(`no DMS server for host ${host}`))
+      assert.deepStrictEqual(yield* lockRows(backend, host), marked, "the earlier mount's mark is kept as it was")
+      assert.deepStrictEqual(yield* activeJobs(backend, host), [], "nothing is recorded as held")
+      assert.deepStrictEqual(server.received.map((r) => [r.action, jobOf(r.body)]), [["mount", 1]], "nothing reached a server")
+
+      // A server consumes the queue again: the next operation undoes the late mount, then mounts.
+      yield* modelResponder(host, server)
+      const resolved = yield* Mount.mount(request(2, host)).pipe(Effect.provide(client))
+      assert.isTrue(resolved.physicallyMounted)
+      assert.deepStrictEqual(server.transitions.map((t) => t.to), ["mounted", "unmounted", "mounted"])
+      assert.deepInclude((yield* lockRows(backend, host))[0], { pending_op: null, owner: null })
+      assert.deepStrictEqual(yield* activeJobs(backend, host), [2])
+      yield* Mount.unmount({ ...request(2, host), action: "unmount" }).pipe(Effect.provide(client))
+      assert.isFalse(server.isMounted(host, PATH))
+    }), { timeout: 60_000 })
+})
