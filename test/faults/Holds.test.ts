@@ -16,10 +16,13 @@ import * as Broker from "../../src/Broker.js"
 import * as Dms from "../../src/Dms.js"
 import { BrokerError, TimeoutError } from "../../src/DmsError.js"
 import * as Mount from "../../src/Mount.js"
+import { DMSClient, MountContext } from "../../src/promise.js"
 import { Backend, mysqlBackend } from "../support/backends.js"
 import { queueInfo, RABBIT_URL, sweepQueues, uniqueHost } from "../support/rabbit.js"
 import { guideNfs } from "../support/requests.js"
+import { mysqlProxy } from "../support/mysqlProxy.js"
 import { modelResponder } from "../support/responder.js"
+import { urlOnPort } from "../support/tcp.js"
 
 afterAll(sweepQueues)
 
@@ -31,6 +34,16 @@ const freshDatabase = Layer.build(Layer.fresh(mysqlBackend)).pipe(Effect.map(Con
 
 /** The client's services (the Effect API), closed with the scope. */
 const services = (options: Dms.Options) => Layer.build(Dms.layer({ rabbitmqUrl: RABBIT_URL, ...options }))
+
+/** A Promise client (the guide's API), closed with the scope. */
+const promiseClient = (dbUrl: string, timeout = 30) =>
+  Effect.acquireRelease(
+    Effect.sync(() => new DMSClient({ dbUrl, rabbitmqUrl: RABBIT_URL, timeout })),
+    (c) => Effect.promise(() => c.close())
+  )
+
+/** The mount's last write for a job without a row: the fenced INSERT (and the lock row's update). */
+const FINAL_MOUNT_WRITE = "INSERT INTO backup_target_mount_ledger"
 
 interface LockRow {
   readonly pending_op: string | null
@@ -101,5 +114,29 @@ describe("faults: holds never leak", () => {
       assert.deepStrictEqual(yield* activeJobs(backend, host), [2])
       yield* Mount.unmount({ ...request(2, host), action: "unmount" }).pipe(Effect.provide(client))
       assert.isFalse(server.isMounted(host, PATH))
+    }), { timeout: 60_000 })
+
+  it.scopedLive("a mount whose final write commits but reports a lost connection: MountContext.enter succeeds, exit() unmounts once", () =>
+    Effect.gen(function*() {
+      const backend = yield* freshDatabase
+      const proxy = yield* mysqlProxy
+      const host = uniqueHost("lost-commit")
+      const { server } = yield* modelResponder(host)
+      const client = yield* promiseClient(urlOnPort(backend.url!, proxy.port))
+      const dropped = yield* proxy.dropAfter(FINAL_MOUNT_WRITE)
+
+      const entered = yield* Effect.promise(() =>
+        MountContext.enter(client, request(21, host)).then((context) => ({ context }), (error: unknown) => ({ error }))
+      )
+      assert.isTrue(yield* Deferred.isDone(dropped), "the server answered the write and the client lost the connection")
+      assert.deepStrictEqual(yield* activeJobs(backend, host), [21], "the write committed: the row says the job holds it")
+      if ("error" in entered) return assert.fail(`enter threw while the row says the job holds the target: ${String(entered.error)}`)
+      assert.strictEqual(entered.context.getMountPath(), PATH)
+
+      yield* Effect.promise(() => entered.context.exit())
+      assert.deepStrictEqual(server.received.map((r) => r.action), ["mount", "unmount"])
+      assert.deepStrictEqual(server.transitions.map((t) => t.to), ["mounted", "unmounted"])
+      assert.deepStrictEqual(yield* activeJobs(backend, host), [])
+      assert.deepInclude((yield* lockRows(backend, host))[0], { pending_op: null, owner: null })
     }), { timeout: 60_000 })
 })
