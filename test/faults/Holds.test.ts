@@ -10,6 +10,8 @@ import { afterAll, assert, describe, it } from "@effect/vitest"
 import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Queue from "effect/Queue"
 import * as Broker from "../../src/Broker.js"
@@ -137,6 +139,31 @@ describe("faults: holds never leak", () => {
       assert.deepStrictEqual(server.received.map((r) => r.action), ["mount", "unmount"])
       assert.deepStrictEqual(server.transitions.map((t) => t.to), ["mounted", "unmounted"])
       assert.deepStrictEqual(yield* activeJobs(backend, host), [])
+      assert.deepInclude((yield* lockRows(backend, host))[0], { pending_op: null, owner: null })
+    }), { timeout: 60_000 })
+
+  it.scopedLive("a mount interrupted while its final write is held gives the hold back once the write lands: nothing held, mounted then unmounted", () =>
+    Effect.gen(function*() {
+      const backend = yield* freshDatabase
+      const proxy = yield* mysqlProxy
+      const host = uniqueHost("interrupted")
+      const { server } = yield* modelResponder(host)
+      const client = yield* services({ dbUrl: urlOnPort(backend.url!, proxy.port), timeout: 30 })
+      const write = yield* proxy.hold(FINAL_MOUNT_WRITE)
+      // Should an assertion fail first, the client's pools must not wait for the held write when closing.
+      yield* Effect.addFinalizer(() => write.release)
+
+      const mounting = yield* Effect.fork(Mount.mount(request(31, host)).pipe(Effect.provide(client)))
+      yield* Deferred.await(write.arrived)
+      // Signalled while the write is in flight (the fiber's mailbox has it before the write's answer).
+      yield* Fiber.interruptAsFork(mounting, yield* Effect.fiberId)
+      yield* write.release
+      const exit = yield* Fiber.await(mounting)
+      assert.isTrue(Exit.isInterrupted(exit), `the caller's interruption wins: ${String(exit)}`)
+
+      assert.deepStrictEqual(yield* activeJobs(backend, host), [], "the hold the caller never learnt of was given back")
+      assert.deepStrictEqual(server.transitions.map((t) => t.to), ["mounted", "unmounted"])
+      assert.isFalse(server.isMounted(host, PATH), "the host matches the ledger")
       assert.deepInclude((yield* lockRows(backend, host))[0], { pending_op: null, owner: null })
     }), { timeout: 60_000 })
 })
