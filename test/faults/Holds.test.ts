@@ -18,7 +18,7 @@ import * as Broker from "../../src/Broker.js"
 import * as Dms from "../../src/Dms.js"
 import { BrokerError, TimeoutError } from "../../src/DmsError.js"
 import * as Mount from "../../src/Mount.js"
-import { DMSClient, MountContext } from "../../src/promise.js"
+import { type ClientOptions, DMSClient, MountContext } from "../../src/promise.js"
 import { Backend, mysqlBackend } from "../support/backends.js"
 import { queueInfo, RABBIT_URL, sweepQueues, uniqueHost } from "../support/rabbit.js"
 import { guideNfs } from "../support/requests.js"
@@ -29,7 +29,9 @@ import { urlOnPort } from "../support/tcp.js"
 afterAll(sweepQueues)
 
 const PATH = "/var/lib/trilio/triliovault-mounts/nfs-prod"
+const TARGET = "target-nfs-prod"
 const request = (jobid: number, host: string) => guideNfs({ jobid, host, mountPath: PATH })
+const unmountRequest = (jobid: number, host: string) => ({ ...request(jobid, host), action: "unmount" })
 
 /** A database of the test's own, dropped with its scope. */
 const freshDatabase = Layer.build(Layer.fresh(mysqlBackend)).pipe(Effect.map(Context.get(Backend)))
@@ -38,9 +40,9 @@ const freshDatabase = Layer.build(Layer.fresh(mysqlBackend)).pipe(Effect.map(Con
 const services = (options: Dms.Options) => Layer.build(Dms.layer({ rabbitmqUrl: RABBIT_URL, ...options }))
 
 /** A Promise client (the guide's API), closed with the scope. */
-const promiseClient = (dbUrl: string, timeout = 30) =>
+const promiseClient = (dbUrl: string, options: ClientOptions = {}) =>
   Effect.acquireRelease(
-    Effect.sync(() => new DMSClient({ dbUrl, rabbitmqUrl: RABBIT_URL, timeout })),
+    Effect.sync(() => new DMSClient({ dbUrl, rabbitmqUrl: RABBIT_URL, timeout: 30, ...options })),
     (c) => Effect.promise(() => c.close())
   )
 
@@ -67,6 +69,23 @@ const activeJobs = (backend: Context.Tag.Service<Backend>, host: string) =>
     "SELECT jobid FROM backup_target_mount_ledger WHERE host = ? AND mounted = 1 AND deleted = 0 ORDER BY jobid",
     [host]
   ).pipe(Effect.map((rows) => rows.map((r) => r.jobid)))
+
+/**
+ * Another client (a Ledger of its own) holds the (target, host) lease until `letGo`; let go with the
+ * scope at the latest.
+ */
+const holdLease = (backend: Context.Tag.Service<Backend>, host: string) =>
+  Effect.gen(function*() {
+    const other = yield* backend.build()
+    const locked = yield* Deferred.make<void>()
+    const letGo = yield* Deferred.make<void>()
+    yield* Effect.addFinalizer(() => Deferred.succeed(letGo, undefined))
+    const holder = yield* Effect.fork(
+      other.withTargetLock(TARGET, host, () => Effect.zipRight(Deferred.succeed(locked, undefined), Deferred.await(letGo)))
+    )
+    yield* Deferred.await(locked)
+    return { letGo: Effect.zipRight(Deferred.succeed(letGo, undefined), Fiber.join(holder)) }
+  })
 
 const jobOf = (body: Readonly<Record<string, unknown>>) => (body.job as { jobid?: number } | undefined)?.jobid
 
@@ -114,7 +133,7 @@ describe("faults: holds never leak", () => {
       assert.deepStrictEqual(server.transitions.map((t) => t.to), ["mounted", "unmounted", "mounted"])
       assert.deepInclude((yield* lockRows(backend, host))[0], { pending_op: null, owner: null })
       assert.deepStrictEqual(yield* activeJobs(backend, host), [2])
-      yield* Mount.unmount({ ...request(2, host), action: "unmount" }).pipe(Effect.provide(client))
+      yield* Mount.unmount(unmountRequest(2, host)).pipe(Effect.provide(client))
       assert.isFalse(server.isMounted(host, PATH))
     }), { timeout: 60_000 })
 
@@ -164,6 +183,76 @@ describe("faults: holds never leak", () => {
       assert.deepStrictEqual(yield* activeJobs(backend, host), [], "the hold the caller never learnt of was given back")
       assert.deepStrictEqual(server.transitions.map((t) => t.to), ["mounted", "unmounted"])
       assert.isFalse(server.isMounted(host, PATH), "the host matches the ledger")
+      assert.deepInclude((yield* lockRows(backend, host))[0], { pending_op: null, owner: null })
+    }), { timeout: 60_000 })
+
+  it.scopedLive("a release whose lock wait stalls gives up within releaseTimeout while another client holds the lease; the row stays held and the job's next unmount releases it", () =>
+    Effect.gen(function*() {
+      const backend = yield* freshDatabase
+      const host = uniqueHost("lock-stall")
+      const { server } = yield* modelResponder(host)
+      const client = yield* promiseClient(backend.url!, { lockTimeout: 300 })
+      const context = yield* Effect.promise(() => MountContext.enter(client, request(41, host), { releaseTimeout: "1 second" }))
+      const lease = yield* holdLease(backend, host)
+
+      yield* Effect.promise(() => context.exit())
+      const [row] = yield* lockRows(backend, host)
+      assert.isNotNull(row!.owner, "exit() returned while the other client still holds the lease")
+      assert.isNull(row!.pending_op, "no unmount was sent")
+      assert.deepStrictEqual(yield* activeJobs(backend, host), [41], "what it could not release stays recorded: the job's row")
+      assert.deepStrictEqual(server.received.map((r) => r.action), ["mount"])
+
+      yield* lease.letGo
+      const released = yield* Effect.promise(() => client.unmount(unmountRequest(41, host)))
+      assert.deepInclude(released, { status: "success", unmounted: true, active_mounts_remaining: 0 })
+      assert.isFalse(server.isMounted(host, PATH))
+      assert.deepStrictEqual(server.transitions.map((t) => t.to), ["mounted", "unmounted"])
+      assert.deepStrictEqual(yield* activeJobs(backend, host), [])
+    }), { timeout: 60_000 })
+
+  it.scopedLive("a release whose lock wait and reply both stall gives up within releaseTimeout, before the unmount's deadline; the next unmount resolves what it left", () =>
+    Effect.gen(function*() {
+      const backend = yield* freshDatabase
+      const proxy = yield* mysqlProxy
+      const host = uniqueHost("release-stall")
+      const { responder, server } = yield* modelResponder(host)
+      const atServer = yield* Deferred.make<void>()
+      const answer = yield* Deferred.make<void>()
+      server.gate = (r) => (r.action === "unmount" ? Effect.zipRight(Deferred.succeed(atServer, undefined), Deferred.await(answer)) : Effect.void)
+      yield* Effect.addFinalizer(() => Deferred.succeed(answer, undefined))
+      const client = yield* promiseClient(urlOnPort(backend.url!, proxy.port), { timeout: 8 })
+      const context = yield* Effect.promise(() => MountContext.enter(client, request(42, host), { releaseTimeout: "2 seconds" }))
+      yield* Queue.take(responder.replied)
+      const lease = yield* holdLease(backend, host)
+      const queued = yield* proxy.seen("UPDATE backup_target_mount_lock SET waiter = ")
+
+      const exiting = yield* Effect.fork(Effect.promise(() => context.exit()))
+      yield* Deferred.await(queued) // the release found the lease taken and waits for its turn
+      yield* lease.letGo
+      yield* Deferred.await(atServer) // it took the lease and sent the unmount, which gets no reply
+      yield* Fiber.join(exiting)
+      const [row] = yield* backend.query!<Array<Record<string, unknown>>>(
+        `SELECT pending_op, pending_path, owner, pending_deadline > UTC_TIMESTAMP(3) AS ahead
+          FROM backup_target_mount_lock WHERE host = ?`,
+        [host]
+      )
+      assert.deepStrictEqual(
+        { ...row },
+        { pending_op: "unmount", pending_path: PATH, owner: null, ahead: 1 },
+        "exit() returned before the unmount's own deadline, and left it pending"
+      )
+      assert.deepStrictEqual(yield* activeJobs(backend, host), [42], "the unmount's outcome is not known: the row still holds")
+
+      // The stall ends: the server runs the unmount after its client gave up.
+      yield* Deferred.succeed(answer, undefined)
+      yield* Queue.take(responder.replied)
+      // The ledger says the job holds it: the next unmount waits out the deadline, brings the host back to
+      // that, then releases.
+      const released = yield* Effect.promise(() => client.unmount(unmountRequest(42, host)))
+      assert.deepInclude(released, { status: "success", unmounted: true })
+      assert.isFalse(server.isMounted(host, PATH))
+      assert.deepStrictEqual(server.transitions.map((t) => t.to), ["mounted", "unmounted", "mounted", "unmounted"])
+      assert.deepStrictEqual(yield* activeJobs(backend, host), [])
       assert.deepInclude((yield* lockRows(backend, host))[0], { pending_op: null, owner: null })
     }), { timeout: 60_000 })
 })
