@@ -16,10 +16,12 @@ import * as Layer from "effect/Layer"
 import * as Queue from "effect/Queue"
 import * as Broker from "../../src/Broker.js"
 import * as Dms from "../../src/Dms.js"
-import { BrokerError, TimeoutError } from "../../src/DmsError.js"
+import { BrokerError, MountError, TimeoutError } from "../../src/DmsError.js"
 import * as Mount from "../../src/Mount.js"
-import { type ClientOptions, DMSClient, MountContext } from "../../src/promise.js"
+import { lockKey } from "../../src/internal/store.js"
+import { type ClientOptions, DMSClient, MountContext, MountException } from "../../src/promise.js"
 import { Backend, mysqlBackend } from "../support/backends.js"
+import type * as FakeServer from "../support/fakeServer.js"
 import { queueInfo, RABBIT_URL, sweepQueues, uniqueHost } from "../support/rabbit.js"
 import { guideNfs } from "../support/requests.js"
 import { mysqlProxy } from "../support/mysqlProxy.js"
@@ -87,14 +89,28 @@ const holdLease = (backend: Context.Tag.Service<Backend>, host: string) =>
     return { letGo: Effect.zipRight(Deferred.succeed(letGo, undefined), Fiber.join(holder)) }
   })
 
+/** A database of the test's own, and a model DMS server on a host of its own. */
+const setup = (label: string) =>
+  Effect.gen(function*() {
+    const backend = yield* freshDatabase
+    const host = uniqueHost(label)
+    return { backend, host, ...(yield* modelResponder(host)) }
+  })
+
+/** Nothing held, nothing pending, no lease left, and the host matches the ledger (not mounted). */
+const settled = (backend: Context.Tag.Service<Backend>, server: FakeServer.FakeServer, host: string) =>
+  Effect.gen(function*() {
+    assert.deepStrictEqual(yield* activeJobs(backend, host), [], "nothing is held")
+    assert.deepInclude((yield* lockRows(backend, host))[0], { pending_op: null, owner: null })
+    assert.isFalse(server.isMounted(host, PATH), "the host matches the ledger")
+  })
+
 const jobOf = (body: Readonly<Record<string, unknown>>) => (body.job as { jobid?: number } | undefined)?.jobid
 
 describe("faults: holds never leak", () => {
   it.scopedLive("a resolution that finds no consumer for the host keeps the earlier mark; once a server consumes again, the next operation resolves it", () =>
     Effect.gen(function*() {
-      const backend = yield* freshDatabase
-      const host = uniqueHost("no-consumer")
-      const { responder, server } = yield* modelResponder(host)
+      const { backend, host, responder, server } = yield* setup("no-consumer")
       const late = yield* Deferred.make<void>()
       server.gate = (r) => (r.action === "mount" && jobOf(r.body) === 1 ? Deferred.await(late) : Effect.void)
       // Every request checks the host's queue afresh (no answer cached from before the consumer left), and
@@ -139,10 +155,8 @@ describe("faults: holds never leak", () => {
 
   it.scopedLive("a mount whose final write commits but reports a lost connection: MountContext.enter succeeds, exit() unmounts once", () =>
     Effect.gen(function*() {
-      const backend = yield* freshDatabase
+      const { backend, host, server } = yield* setup("lost-commit")
       const proxy = yield* mysqlProxy
-      const host = uniqueHost("lost-commit")
-      const { server } = yield* modelResponder(host)
       const client = yield* promiseClient(urlOnPort(backend.url!, proxy.port))
       const dropped = yield* proxy.dropAfter(FINAL_MOUNT_WRITE)
 
@@ -157,16 +171,13 @@ describe("faults: holds never leak", () => {
       yield* Effect.promise(() => entered.context.exit())
       assert.deepStrictEqual(server.received.map((r) => r.action), ["mount", "unmount"])
       assert.deepStrictEqual(server.transitions.map((t) => t.to), ["mounted", "unmounted"])
-      assert.deepStrictEqual(yield* activeJobs(backend, host), [])
-      assert.deepInclude((yield* lockRows(backend, host))[0], { pending_op: null, owner: null })
+      yield* settled(backend, server, host)
     }), { timeout: 60_000 })
 
   it.scopedLive("a mount interrupted while its final write is held gives the hold back once the write lands: nothing held, mounted then unmounted", () =>
     Effect.gen(function*() {
-      const backend = yield* freshDatabase
+      const { backend, host, server } = yield* setup("interrupted")
       const proxy = yield* mysqlProxy
-      const host = uniqueHost("interrupted")
-      const { server } = yield* modelResponder(host)
       const client = yield* services({ dbUrl: urlOnPort(backend.url!, proxy.port), timeout: 30 })
       const write = yield* proxy.hold(FINAL_MOUNT_WRITE)
       // Should an assertion fail first, the client's pools must not wait for the held write when closing.
@@ -180,17 +191,13 @@ describe("faults: holds never leak", () => {
       const exit = yield* Fiber.await(mounting)
       assert.isTrue(Exit.isInterrupted(exit), `the caller's interruption wins: ${String(exit)}`)
 
-      assert.deepStrictEqual(yield* activeJobs(backend, host), [], "the hold the caller never learnt of was given back")
+      yield* settled(backend, server, host)
       assert.deepStrictEqual(server.transitions.map((t) => t.to), ["mounted", "unmounted"])
-      assert.isFalse(server.isMounted(host, PATH), "the host matches the ledger")
-      assert.deepInclude((yield* lockRows(backend, host))[0], { pending_op: null, owner: null })
     }), { timeout: 60_000 })
 
   it.scopedLive("a release whose lock wait stalls gives up within releaseTimeout while another client holds the lease; the row stays held and the job's next unmount releases it", () =>
     Effect.gen(function*() {
-      const backend = yield* freshDatabase
-      const host = uniqueHost("lock-stall")
-      const { server } = yield* modelResponder(host)
+      const { backend, host, server } = yield* setup("lock-stall")
       const client = yield* promiseClient(backend.url!, { lockTimeout: 300 })
       const context = yield* Effect.promise(() => MountContext.enter(client, request(41, host), { releaseTimeout: "1 second" }))
       const lease = yield* holdLease(backend, host)
@@ -205,17 +212,14 @@ describe("faults: holds never leak", () => {
       yield* lease.letGo
       const released = yield* Effect.promise(() => client.unmount(unmountRequest(41, host)))
       assert.deepInclude(released, { status: "success", unmounted: true, active_mounts_remaining: 0 })
-      assert.isFalse(server.isMounted(host, PATH))
       assert.deepStrictEqual(server.transitions.map((t) => t.to), ["mounted", "unmounted"])
-      assert.deepStrictEqual(yield* activeJobs(backend, host), [])
+      yield* settled(backend, server, host)
     }), { timeout: 60_000 })
 
   it.scopedLive("a release whose lock wait and reply both stall gives up within releaseTimeout, before the unmount's deadline; the next unmount resolves what it left", () =>
     Effect.gen(function*() {
-      const backend = yield* freshDatabase
+      const { backend, host, responder, server } = yield* setup("release-stall")
       const proxy = yield* mysqlProxy
-      const host = uniqueHost("release-stall")
-      const { responder, server } = yield* modelResponder(host)
       const atServer = yield* Deferred.make<void>()
       const answer = yield* Deferred.make<void>()
       server.gate = (r) => (r.action === "unmount" ? Effect.zipRight(Deferred.succeed(atServer, undefined), Deferred.await(answer)) : Effect.void)
@@ -250,9 +254,42 @@ describe("faults: holds never leak", () => {
       // that, then releases.
       const released = yield* Effect.promise(() => client.unmount(unmountRequest(42, host)))
       assert.deepInclude(released, { status: "success", unmounted: true })
-      assert.isFalse(server.isMounted(host, PATH))
       assert.deepStrictEqual(server.transitions.map((t) => t.to), ["mounted", "unmounted", "mounted", "unmounted"])
-      assert.deepStrictEqual(yield* activeJobs(backend, host), [])
-      assert.deepInclude((yield* lockRows(backend, host))[0], { pending_op: null, owner: null })
+      yield* settled(backend, server, host)
     }), { timeout: 60_000 })
+
+  for (
+    const [what, olderMark] of [
+      ["a mounted row whose path and type the ledger does not record", false],
+      ["such a row with a pending mark an older client left without path or type", true]
+    ] as const
+  ) {
+    it.scopedLive(`a forced soft delete of ${what} fails with unknown-mount and sends nothing`, () =>
+      Effect.gen(function*() {
+        const { backend, host, server } = yield* setup("unknown-mount")
+        const client = yield* promiseClient(backend.url!)
+        yield* Effect.promise(() => client.getActiveMounts({ host })) // creates the tables
+        // As the Python client writes it: the row only, no lock row with a path or type.
+        yield* backend.query!("INSERT INTO backup_target_mount_ledger (backup_target_id, jobid, host, mounted) VALUES (?, 51, ?, 1)", [
+          TARGET,
+          host
+        ])
+        if (olderMark) {
+          yield* backend.query!(
+            `INSERT INTO backup_target_mount_lock (lock_key, backup_target_id, host, pending_op, pending_deadline)
+              VALUES (?, ?, ?, 'unmount', UTC_TIMESTAMP(3) - INTERVAL 1 MINUTE)`,
+            [lockKey(TARGET, host).key, TARGET, host]
+          )
+        }
+
+        const error = yield* Effect.promise(() =>
+          client.softDeleteEntry(51, TARGET, { host, force: true }).then((deleted) => ({ deleted }), (e: unknown) => e)
+        )
+        assert.instanceOf(error, MountException)
+        assert.strictEqual(((error as MountException).error as MountError).reason, "unknown-mount")
+        assert.deepStrictEqual(server.received, [], "no request reached the server")
+        assert.deepStrictEqual(yield* activeJobs(backend, host), [51], "the row is neither released nor deleted")
+        assert.deepInclude((yield* lockRows(backend, host))[0], { pending_op: olderMark ? "unmount" : null, owner: null })
+      }), { timeout: 60_000 })
+  }
 })

@@ -13,8 +13,9 @@
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import type * as Scope from "effect/Scope"
-import * as net from "node:net"
+import type * as net from "node:net"
 import { MYSQL_HOST, MYSQL_PORT } from "./mysql.js"
+import { relay } from "./tcp.js"
 
 export interface Held {
   /** Completes when the statement has reached the proxy (the client is waiting for its answer). */
@@ -39,7 +40,6 @@ interface Rule {
 }
 
 interface Link {
-  readonly client: net.Socket
   readonly upstream: net.Socket
   /** Client bytes not yet split into packets. */
   pending: Buffer
@@ -87,7 +87,6 @@ const answered = (answer: Buffer): boolean =>
 /** A proxy to the test MariaDB; point a ledger URL at it with `urlOnPort(url, proxy.port)`. */
 export const mysqlProxy: Effect.Effect<MysqlProxy, Error, Scope.Scope> = Effect.gen(function*() {
   const rules: Array<Rule> = []
-  const links = new Set<Link>()
   const arm = (text: string, action: Rule["action"]) =>
     Effect.map(Deferred.make<void>(), (done) => {
       rules.push({ text, action, done })
@@ -99,22 +98,16 @@ export const mysqlProxy: Effect.Effect<MysqlProxy, Error, Scope.Scope> = Effect.
     return index < 0 ? undefined : rules.splice(index, 1)[0]
   }
 
-  const server = net.createServer((client) => {
-    const upstream = net.connect(MYSQL_PORT, MYSQL_HOST)
-    const link: Link = { client, upstream, pending: Buffer.alloc(0), kept: undefined, swallowing: undefined, dropped: undefined }
-    links.add(link)
-    const end = () => {
-      links.delete(link)
-      client.destroy()
-      upstream.destroy()
-    }
-    client.on("error", end).on("close", end)
-    upstream.on("error", end).on("close", end)
+  // Which link a hold rule kept, by the rule's Deferred.
+  const holds = new Map<Deferred.Deferred<void>, Link>()
+  const port = yield* relay(MYSQL_HOST, MYSQL_PORT, (client, upstream) => {
+    const link: Link = { upstream, pending: Buffer.alloc(0), kept: undefined, swallowing: undefined, dropped: undefined }
     upstream.on("data", (chunk: Buffer) => {
       if (link.swallowing === undefined) return void client.write(chunk)
       link.swallowing = Buffer.concat([link.swallowing, chunk])
       if (answered(link.swallowing)) {
-        end()
+        client.destroy()
+        upstream.destroy()
         if (link.dropped !== undefined) Deferred.unsafeDone(link.dropped, Effect.void)
       }
     })
@@ -141,25 +134,6 @@ export const mysqlProxy: Effect.Effect<MysqlProxy, Error, Scope.Scope> = Effect.
       }
     })
   })
-  // Which link a hold rule kept, by the rule's Deferred.
-  const holds = new Map<Deferred.Deferred<void>, Link>()
-
-  const port = yield* Effect.acquireRelease(
-    Effect.async<number, Error>((resume) => {
-      server.once("error", (e) => resume(Effect.fail(e)))
-      server.listen(0, "127.0.0.1", () => resume(Effect.succeed((server.address() as net.AddressInfo).port)))
-    }),
-    () => Effect.async<void>((resume) => void server.close(() => resume(Effect.void)))
-  )
-  // Before the server's close, which waits for its connections to end.
-  yield* Effect.addFinalizer(() =>
-    Effect.sync(() => {
-      for (const link of links) {
-        link.client.destroy()
-        link.upstream.destroy()
-      }
-    })
-  )
   return {
     port,
     dropAfter: (text) => arm(text, "drop"),
