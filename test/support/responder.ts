@@ -324,16 +324,22 @@ if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.a
   })
 }
 
-/** A model DMS server (test/support/fakeServer.ts) consuming the host's real queue. */
-export const modelServer = (host: string) =>
-  Effect.gen(function*() {
-    const server = FakeServer.make()
-    yield* startResponder({
+/**
+ * A model DMS server (test/support/fakeServer.ts) consuming the host's real queue, with the responder
+ * that plays it (to stop consuming, or to see what was answered). Given `server`, the same host comes
+ * back: a server restarted with its mounts.
+ */
+export const modelResponder = (host: string, server: FakeServer.FakeServer = FakeServer.make()) =>
+  Effect.map(
+    startResponder({
       host,
       handle: (req) =>
         server.respond(host, req.body ?? {}, Option.getOrElse(Broker.deadlineOf(req.properties.headers), () => Infinity)).pipe(
           Effect.map(reply)
         )
-    })
-    return server
-  })
+    }),
+    (responder) => ({ server, responder })
+  )
+
+/** A model DMS server (test/support/fakeServer.ts) consuming the host's real queue. */
+export const modelServer = (host: string) => Effect.map(modelResponder(host), ({ server }) => server)
