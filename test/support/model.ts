@@ -680,9 +680,6 @@ export const check = (o: Observed): Array<string> => {
       if (r.start.action === "exit" && ModelClient.keepsHold(before, "exit") && unmountsBy(r.start.id) > 0) {
         v.push(`${id}: the scope's end unmounted the target; ${told}`)
       }
-      if (r.start.action === "unmount" && before.row !== "free" && outcome._tag !== "success") {
-        v.push(`${id}: failed (${outcome.message}); ${told}`)
-      }
     }
     if (since !== null) holds.push([since, Infinity])
     for (const [from, to] of holds) {
