@@ -652,6 +652,10 @@ export const check = (o: Observed): Array<string> => {
       }
       if (since === null && after.row === "held" && r.end !== undefined) since = r.end.end
       const told = `the job held ${before.row} (plain ${before.plain}, ${before.scopes} scope(s))`
+      const went = r.end?.state
+      if (went !== undefined && (["row", "plain", "scopes", "settle"] as const).some((k) => went[k] !== after[k])) {
+        v.push(`${id}: the replay predicts ${JSON.stringify(after)}, its slot went on with ${JSON.stringify(went)}`)
+      }
       if (r.start.action === "unmount") {
         if (before.row === "held" && noActiveMount(outcome)) v.push(`${id}: answered no active mount; ${told}`)
         if (before.row === "free" && outcome._tag === "success") v.push(`${id}: released a hold; ${told}`)
@@ -660,7 +664,8 @@ export const check = (o: Observed): Array<string> => {
       if (r.start.action === "exit" && (r.start.scope === undefined || !enters.delete(r.start.scope))) {
         v.push(`${id}: ends a scope ${r.start.scope} that is not open`)
       }
-      if ((r.start.action === "exit") && outcome._tag === "failure") v.push(`${id}: ${outcome.message}`)
+      // A scope's end must end (bounded: past the bound it is a violation); one killed with its process did not report.
+      if (r.start.action === "exit" && r.end?.outcome._tag === "failure") v.push(`${id}: ${r.end.outcome.message}`)
       if ((r.start.action === "mount" || r.start.action === "enter") && outcome._tag === "success" && r.end !== undefined) {
         const before = ts.filter((t) => t.at <= r.end!.end)
         if (before.length === 0 || before[before.length - 1]!.to !== "mounted") {

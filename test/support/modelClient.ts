@@ -116,6 +116,8 @@ export interface OpEnd {
   readonly id: string
   readonly end: number
   readonly outcome: Outcome
+  /** What the job believes afterwards, as its slot went on (the checker's replay must agree). */
+  readonly state?: JobPairState
 }
 
 export interface Reporter {
@@ -278,7 +280,7 @@ export const restarted = (s: JobPairState): JobPairState =>
  */
 export const keepsHold = (s: JobPairState, action: Action): boolean =>
   s.row === "held" &&
-  (action === "mount" || action === "enter" || action === "close" || (action === "unmount" && s.scopes > 0) ||
+  (action === "mount" || action === "enter" || (action === "unmount" && s.scopes > 0) ||
     (action === "exit" && (s.scopes > 1 || s.plain === true)))
 
 /** The most scopes of one job on one pair a slot keeps open. */
@@ -429,8 +431,9 @@ export const runSlot = (
                 outcome = yield* bounded(Effect.as(scope!.end, { _tag: "success" } as Outcome), exitBound, "a scope's end")
                 break
             }
-            yield* report.end({ id, end: Date.now(), outcome })
-            if (pair !== undefined) states.set(key, advance(states.get(key) ?? FREE, action, outcome, spec.exact))
+            const state = pair === undefined ? undefined : advance(states.get(key) ?? FREE, action, outcome, spec.exact)
+            yield* report.end({ id, end: Date.now(), outcome, ...(state === undefined ? {} : { state }) })
+            if (state !== undefined) states.set(key, state)
           })
 
         for (const choice of spec.choices) {
