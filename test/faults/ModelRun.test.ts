@@ -1,9 +1,10 @@
 /**
- * The randomized model test under faults (issue #8): while random mount/unmount/retry operations run
- * from fibers of this process and from two client processes, faults are injected: our clients'
- * RabbitMQ connections closed by name, a model server SIGKILLed mid-request and restarted, the MariaDB
- * connections to the run's database killed, a client process SIGKILLed while it holds a target's lease
- * (mid-request), and replies delayed past the client's timeout. Then, with the operations stopped, drift
+ * The randomized model test under faults (issues #8, #12): while random scripts run from fibers of this
+ * process and from two client processes (the scripts of test/ModelRun.test.ts: repeated mounts,
+ * overlapping scopes, two clients per process, a DMSClient closed and used again; and retries), faults
+ * are injected: our clients' RabbitMQ connections closed by name, a model server SIGKILLed mid-request
+ * and restarted, the MariaDB connections to the run's database killed, a client process SIGKILLed while
+ * it holds a target's lease (mid-request), and replies delayed past the client's timeout. Then, with the operations stopped, drift
  * that only reconcile repairs: a host reboot under held targets (stale), a last release and a mount whose
  * replies come too late (pending), mounts that complete after their clients gave up (orphans).
  * Recovery's reconcile must repair each of them, and after it the invariants hold.

@@ -53,6 +53,8 @@ export interface RunOptions {
   readonly timeoutMs?: number
   readonly leaseMs?: number
   readonly lockTimeoutMs?: number
+  /** A scope's release timeout (`releaseTimeout`). */
+  readonly releaseTimeoutMs?: number
   /** Pause between two faults, drawn in this range (ms). */
   readonly faultGapMs?: readonly [number, number]
 }
@@ -74,6 +76,8 @@ export interface Summary {
   /** The drift left behind for reconcile after the run (under faults), as (target, host) keys. */
   readonly drift: Drift | undefined
   readonly byOutcome: Record<string, number>
+  /** Repeated mounts, scopes and their ends, closes: what the scripts did beyond plain operations. */
+  readonly script: ScriptFigures
   readonly faults: Record<string, number>
   /** Faults attempted but not injected (e.g. no request came to stall in time). */
   readonly faultsSkipped: number
@@ -127,7 +131,9 @@ export interface Drift {
 
 /** A line for the test's output. */
 export const summaryLine = (s: Summary): string =>
-  `model run seed=${s.seed}: ${s.ops} ops (${
+  `model run seed=${s.seed}: ${s.ops} ops (${s.script.repeated} repeated mounts, ${s.script.scopeEnds} scope ends, ${s.script.closes} closes, ${s.violations.length} violations; script ${
+    JSON.stringify(s.script)
+  }) (${
     s.drift === undefined
       ? ""
       : `+${s.drift.ops} leaving drift: ${s.drift.rebootLost} mounts lost in a reboot of ${s.drift.rebootedHost}, ${s.drift.stale.length} stale, ${s.drift.orphans.length} orphans, ${s.drift.pending.length} pending; `
@@ -241,6 +247,7 @@ const leaveDrift = (
           targetId: pair.targetId,
           host: pair.host,
           action,
+          via: "effect",
           retry: false,
           start: Date.now()
         })
@@ -409,6 +416,7 @@ export const recover = (
             targetId: pair.targetId,
             host: pair.host,
             action,
+            via: "effect",
             retry: attempt > 0,
             start: Date.now()
           })
@@ -448,6 +456,86 @@ export interface Observed {
 }
 
 const pairKey = (targetId: string, host: string) => `${targetId}@${host}`
+
+const KILLED: ModelClient.Outcome = { _tag: "failure", error: "killed", message: "process killed" }
+
+const noActiveMount = (o: ModelClient.Outcome) => o._tag === "failure" && o.error === "MountError" && o.reason === "no-active-mount"
+
+/** One operation of a job on a pair, with what the job believed before and after it. */
+export interface Step {
+  readonly record: OpRecord
+  readonly outcome: ModelClient.Outcome
+  readonly before: ModelClient.JobPairState
+  readonly after: ModelClient.JobPairState
+}
+
+/**
+ * Every job's operations on every pair (`jobId|target@host`), in order of their start, with what the
+ * job believed before and after each, as its slot did: through {@link ModelClient.advance}, and
+ * {@link ModelClient.restarted} where a killed worker's slot went on in a new process. Closes concern
+ * no job and are left out.
+ */
+export const replay = (records: ReadonlyArray<OpRecord>, exact: boolean): Map<string, Array<Step>> => {
+  const byJobPair = new Map<string, Array<OpRecord>>()
+  for (const r of records) {
+    if (r.start.action === "close") continue
+    const key = `${r.start.jobId}|${pairKey(r.start.targetId, r.start.host)}`
+    byJobPair.set(key, [...(byJobPair.get(key) ?? []), r])
+  }
+  const out = new Map<string, Array<Step>>()
+  for (const [key, rs] of byJobPair) {
+    rs.sort((a, b) => a.start.start - b.start.start)
+    let state = ModelClient.FREE
+    const steps: Array<Step> = []
+    for (const record of rs) {
+      const previous = steps[steps.length - 1]?.record.start.slot
+      const before = previous !== undefined && previous !== record.start.slot ? ModelClient.restarted(state) : state
+      const outcome = record.end?.outcome ?? KILLED
+      state = ModelClient.advance(before, record.start.action, outcome, exact)
+      steps.push({ record, outcome, before, after: state })
+    }
+    out.set(key, steps)
+  }
+  return out
+}
+
+/** What the scripts did beyond plain mounts and unmounts (the summary's figures). */
+export interface ScriptFigures {
+  /** Plain mounts by a job whose plain mount was outstanding. */
+  readonly repeated: number
+  /** Plain mounts by a job that held the pair only by scopes. */
+  readonly onScopes: number
+  readonly scopes: number
+  /** Scopes entered while another of the job's scopes on the pair was open. */
+  readonly overlapping: number
+  readonly scopeEnds: number
+  /** Plain unmounts while scopes of the job were open. */
+  readonly unmountsUnderScopes: number
+  readonly closes: number
+  /** Operations through a slot's `DMSClient` (the rest went through the process's Effect layer). */
+  readonly viaPromise: number
+}
+
+/** Counts {@link ScriptFigures} from the replayed operations. */
+export const scriptFigures = (records: ReadonlyArray<OpRecord>, exact: boolean): ScriptFigures => {
+  const f = { repeated: 0, onScopes: 0, scopes: 0, overlapping: 0, scopeEnds: 0, unmountsUnderScopes: 0, closes: 0, viaPromise: 0 }
+  for (const r of records) {
+    if (r.start.action === "close") f.closes++
+    if (r.start.via === "promise") f.viaPromise++
+  }
+  for (const steps of replay(records, exact).values()) {
+    for (const { before, record } of steps) {
+      const action = record.start.action
+      if (action === "mount" && before.plain === true) f.repeated++
+      if (action === "mount" && before.plain === false && before.scopes > 0) f.onScopes++
+      if (action === "enter") f.scopes++
+      if (action === "enter" && before.scopes > 0) f.overlapping++
+      if (action === "exit") f.scopeEnds++
+      if (action === "unmount" && before.scopes > 0) f.unmountsUnderScopes++
+    }
+  }
+  return f
+}
 
 /** Every invariant of the issue, as a list of violations (empty when they all hold). */
 export const check = (o: Observed): Array<string> => {
@@ -541,39 +629,81 @@ export const check = (o: Observed): Array<string> => {
     if (l.owner !== null) v.push(`${pairKey(l.backup_target_id, l.host)}: lock still owned after recovery`)
   }
 
-  // What each job was told, against the ledger, in each job's order of operations.
-  const byJobPair = new Map<string, Array<OpRecord>>()
-  for (const r of o.records) {
-    const key = `${r.start.jobId}|${pairKey(r.start.targetId, r.start.host)}`
-    byJobPair.set(key, [...(byJobPair.get(key) ?? []), r])
-  }
+  // What each job was told, in each job's order of operations, replayed through the model of the holds
+  // (ModelClient.advance): what it predicts is certain in either run is checked against every outcome.
+  const jobSteps = replay(o.records, o.exact)
   const activeSet = new Set(o.active.map((r) => `${r.jobid}|${pairKey(r.backup_target_id, r.host)}`))
-  for (const [key, rs] of byJobPair) {
-    rs.sort((a, b) => a.start.start - b.start.start)
-    let belief: ModelClient.Belief = "free"
-    for (const [i, r] of rs.entries()) {
-      const outcome: ModelClient.Outcome = r.end?.outcome ?? { _tag: "failure", error: "killed", message: "process killed" }
-      belief = ModelClient.nextBelief(r.start.action, belief, outcome)
-      // A hold: from the reported mount success until this job's next operation (an unmount) starts,
-      // the host must have the target mounted, whatever else runs.
-      if (r.start.action === "mount" && outcome._tag === "success" && r.end !== undefined) {
-        const until = rs[i + 1]?.start.start ?? Infinity
-        const ts = byPair.get(pairKey(r.start.targetId, r.start.host)) ?? []
+  const unmountsBy = (id: string) => o.transitions.filter((t) => t.opId === id && t.to === "unmounted").length
+  for (const [key, steps] of jobSteps) {
+    const ts = byPair.get(key.slice(key.indexOf("|") + 1)) ?? []
+    // While the job certainly holds the pair (from the end of the operation that told it so until the
+    // start of one that may release it), the host must not unmount it, whatever else runs.
+    const holds: Array<readonly [from: number, to: number]> = []
+    let since: number | null = null
+    const enters = new Set<string>()
+    let generation = steps[0]?.record.start.slot
+    for (const { after, before, outcome, record: r } of steps) {
+      const id = `${r.start.id} (${r.start.action} via ${r.start.via}, job ${key})`
+      if (r.start.slot !== generation) enters.clear()
+      generation = r.start.slot
+      if (since !== null && !ModelClient.keepsHold(before, r.start.action)) {
+        holds.push([since, r.start.start])
+        since = null
+      }
+      if (since === null && after.row === "held" && r.end !== undefined) since = r.end.end
+      const told = `the job held ${before.row} (plain ${before.plain}, ${before.scopes} scope(s))`
+      const went = r.end?.state
+      if (went !== undefined && (["row", "plain", "scopes", "settle"] as const).some((k) => went[k] !== after[k])) {
+        v.push(`${id}: the replay predicts ${JSON.stringify(after)}, its slot went on with ${JSON.stringify(went)}`)
+      }
+      if (r.start.action === "unmount") {
+        if (before.row === "held" && noActiveMount(outcome)) v.push(`${id}: answered no active mount; ${told}`)
+        if (before.row === "free" && outcome._tag === "success") v.push(`${id}: released a hold; ${told}`)
+      }
+      if (r.start.action === "enter" && outcome._tag === "success") enters.add(r.start.id)
+      if (r.start.action === "exit" && (r.start.scope === undefined || !enters.delete(r.start.scope))) {
+        v.push(`${id}: ends a scope ${r.start.scope} that is not open`)
+      }
+      // A scope's end must end (bounded: past the bound it is a violation); one killed with its process did not report.
+      if (r.start.action === "exit" && r.end?.outcome._tag === "failure") v.push(`${id}: ${r.end.outcome.message}`)
+      if ((r.start.action === "mount" || r.start.action === "enter") && outcome._tag === "success" && r.end !== undefined) {
         const before = ts.filter((t) => t.at <= r.end!.end)
         if (before.length === 0 || before[before.length - 1]!.to !== "mounted") {
-          v.push(`${r.start.id}: job ${r.start.jobId} told it holds ${key} at ${r.end.end} while the host did not have it mounted`)
+          v.push(`${id}: told it holds the target at ${r.end.end} while the host did not have it mounted`)
         }
-        for (const t of ts) {
-          // A reboot takes the mount from its holders: the fault, not an operation's doing.
-          if (t.to === "unmounted" && t.cause !== "reboot" && t.at > r.end.end && t.at < until) {
-            v.push(`${r.start.id}: ${key} unmounted (#${t.seq} by ${t.opId}) while job ${r.start.jobId} held it`)
-          }
+      }
+      if (!o.exact) continue
+      // Without faults the model is exact: a job that holds the pair already (a repeated mount, a scope
+      // over its holds) never mounts it; open scopes keep it through a plain unmount, and the job's other
+      // holds through a scope's end.
+      if ((r.start.action === "mount" || r.start.action === "enter") && before.row === "held" && outcome._tag === "success" && outcome.physicallyMounted === true) {
+        v.push(`${id}: reported a physical mount; ${told}`)
+      }
+      if (r.start.action === "unmount" && before.scopes > 0 && outcome._tag === "success" && outcome.unmounted === true) {
+        v.push(`${id}: reported a physical unmount; ${told}`)
+      }
+      if (r.start.action === "exit" && ModelClient.keepsHold(before, "exit") && unmountsBy(r.start.id) > 0) {
+        v.push(`${id}: the scope's end unmounted the target; ${told}`)
+      }
+    }
+    if (since !== null) holds.push([since, Infinity])
+    for (const [from, to] of holds) {
+      for (const t of ts) {
+        // A reboot takes the mount from its holders: the fault, not an operation's doing.
+        if (t.to === "unmounted" && t.cause !== "reboot" && t.at > from && t.at < to) {
+          v.push(`${key}: unmounted (#${t.seq} by ${t.opId}) at ${t.at} while the job held it (from ${from} to ${to})`)
         }
       }
     }
+    const last = steps[steps.length - 1]!.after
     const isActive = activeSet.has(key)
-    if (belief === "held" && !isActive) v.push(`${key}: the job was told it holds the target; the ledger has no active row`)
-    if (belief === "free" && isActive) v.push(`${key}: the job was told it released (or never held) the target; the ledger has an active row`)
+    if (last.row === "held" && !isActive) v.push(`${key}: the job was told it holds the target; the ledger has no active row`)
+    if (last.row === "free" && isActive) v.push(`${key}: the job was told it released (or never held) the target; the ledger has an active row`)
+  }
+  // A client's close must end (bounded: past the bound it is a violation, not a wait).
+  for (const r of o.records) {
+    const out = r.end?.outcome
+    if (r.start.action === "close" && out?._tag === "failure") v.push(`${r.start.id}: close of ${r.start.slot}'s DMSClient: ${out.message}`)
   }
 
   // Every operation's effect on the host: a success reports exactly what its requests did.
@@ -586,6 +716,7 @@ export const check = (o: Observed): Array<string> => {
     attributed.set(t.opId, a)
   }
   for (const r of o.records) {
+    if (r.start.action === "close") continue
     const a = attributed.get(r.start.id) ?? { mounted: 0, unmounted: 0 }
     const id = `${r.start.id} (${r.start.action} job ${r.start.jobId} ${pairKey(r.start.targetId, r.start.host)})`
     // However it ended, one operation moves the host at most once each way (a re-sent or redelivered
@@ -593,7 +724,7 @@ export const check = (o: Observed): Array<string> => {
     if (a.mounted > 1 || a.unmounted > 1) v.push(`${id}: caused ${a.mounted} mount and ${a.unmounted} unmount transitions`)
     const out = r.end?.outcome
     if (out?._tag !== "success") continue
-    if (r.start.action === "mount") {
+    if (r.start.action === "mount" || r.start.action === "enter") {
       if (out.physicallyMounted === true && a.mounted !== 1) v.push(`${id}: reported a physical mount, caused ${a.mounted}`)
       // Under faults the ledger may have holders while the host lost the mount (an earlier operation of
       // unknown outcome): this operation's resolution remounts it, and if the server died after that
@@ -606,19 +737,23 @@ export const check = (o: Observed): Array<string> => {
       if (out.physicallyMounted === false && (a.mounted !== 0 || a.unmounted !== 0) && !remountForHolders) {
         v.push(`${id}: reported reusing a mount, caused ${a.mounted} mount and ${a.unmounted} unmount transitions`)
       }
-    } else {
+    } else if (r.start.action === "unmount") {
       if (out.unmounted === true && a.unmounted !== 1) v.push(`${id}: reported a physical unmount, caused ${a.unmounted}`)
       if (out.unmounted === false && a.unmounted !== 0) v.push(`${id}: reported keeping the mount, caused an unmount`)
+    } else if (o.exact && a.mounted !== 0) {
+      // A scope's end resolves no earlier operation without faults: it never mounts.
+      v.push(`${id}: a scope's end caused a mount`)
     }
   }
 
   if (o.exact) {
     // Without faults nothing is uncertain: every operation succeeds (or finds no hold to release), no
-    // retries, and the host's transitions are exactly the first-holder mounts and last-holder unmounts.
+    // retries, and the host's transitions are exactly the first-holder mounts and last-holder releases
+    // (a scope's end says nothing: the last one released is the one that unmounted, which the checks
+    // above bound: never while the job or another held the target, and the host mounted iff held).
     for (const r of o.records) {
       const out = r.end?.outcome
-      const fine = out?._tag === "success" ||
-        (out?._tag === "failure" && out.error === "MountError" && out.reason === "no-active-mount" && r.start.action === "unmount")
+      const fine = out?._tag === "success" || (out !== undefined && noActiveMount(out) && r.start.action === "unmount")
       if (!fine) v.push(`${r.start.id}: ${r.start.action} failed without faults: ${out?._tag === "failure" ? out.message : "no outcome"}`)
       if (r.start.retry) v.push(`${r.start.id}: a retry without faults`)
     }
@@ -626,8 +761,11 @@ export const check = (o: Observed): Array<string> => {
       const key = pairKey(p.targetId, p.host)
       const ts = byPair.get(key) ?? []
       const mine = o.records.filter((r) => r.start.targetId === p.targetId && r.start.host === p.host && r.end?.outcome._tag === "success")
-      const firstHolders = mine.filter((r) => r.start.action === "mount" && (r.end!.outcome as any).physicallyMounted === true).length
-      const lastReleases = mine.filter((r) => r.start.action === "unmount" && (r.end!.outcome as any).unmounted === true).length
+      const succeeded = (r: OpRecord) => r.end!.outcome as Extract<ModelClient.Outcome, { _tag: "success" }>
+      const firstHolders = mine.filter((r) => (r.start.action === "mount" || r.start.action === "enter") && succeeded(r).physicallyMounted === true).length
+      const lastReleases = mine.filter((r) =>
+        (r.start.action === "unmount" && succeeded(r).unmounted === true) || (r.start.action === "exit" && unmountsBy(r.start.id) === 1)
+      ).length
       const up = ts.filter((t) => t.to === "mounted").length
       const down = ts.filter((t) => t.to === "unmounted").length
       if (up !== firstHolders) v.push(`${key}: ${up} mount transitions for ${firstHolders} first holders`)
@@ -670,6 +808,7 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
       timeoutMs: options.timeoutMs ?? 2_000,
       leaseMs: options.leaseMs ?? 3_000,
       lockTimeoutMs: options.lockTimeoutMs ?? 60_000,
+      releaseTimeoutMs: options.releaseTimeoutMs ?? 6_000,
       faultGapMs: options.faultGapMs ?? [300, 1_200]
     }
     const runId = randomBytes(4).toString("hex")
@@ -709,6 +848,8 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
     const choice = FastCheck.tuple(
       FastCheck.nat(o.jobsPerSlot - 1),
       FastCheck.nat(pairs.length - 1),
+      FastCheck.nat(99),
+      FastCheck.nat(99),
       FastCheck.nat(99)
     )
     // Unbiased: fast-check's default bias towards small values would make most steps pick job 0, pair 0
@@ -736,7 +877,8 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
       connectionName: `dms-model-${runId}-${name}`,
       timeoutMs: o.timeoutMs,
       leaseMs: o.leaseMs,
-      lockTimeoutMs: o.lockTimeoutMs
+      lockTimeoutMs: o.lockTimeoutMs,
+      releaseTimeoutMs: o.releaseTimeoutMs
     })
 
     // Records: the test process writes its own; the workers' are parsed from their output.
@@ -762,18 +904,18 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
       const slots = workerSlots(w).map((s, i): ModelClient.SlotSpec => {
         const prefix = `w${w}s${i}`
         const mine = [...seen.values()].filter((r) => r.start.slot.startsWith(`${prefix}g`)).sort((a, b) => a.start.start - b.start.start)
+        // Where its jobs were, as the killed generation's slot had them, once that process died.
         const initial: Record<string, ModelClient.JobPairState> = {}
-        for (const r of mine) {
-          const key = ModelClient.stateKey(r.start.jobId, r.start.pair)
-          const before = initial[key]?.belief ?? "free"
-          const outcome: ModelClient.Outcome = r.end?.outcome ?? { _tag: "failure", error: "killed", message: "" }
-          initial[key] = { belief: ModelClient.nextBelief(r.start.action, before, outcome), last: r.start.action }
+        for (const steps of replay(mine, !options.faults).values()) {
+          const last = steps[steps.length - 1]!
+          initial[ModelClient.stateKey(last.record.start.jobId, last.record.start.pair)] = ModelClient.restarted(last.after)
         }
         return {
           slot: `${prefix}g${generation}`,
           jobs: jobsOf(s),
           pairs,
           choices: scripts[s]!.slice(mine.length),
+          exact: !options.faults,
           initial
         }
       })
@@ -804,7 +946,7 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
     const localFibers = yield* Effect.forEach(
       Array.from({ length: o.inProcessSlots }, (_, s) => s),
       (s) =>
-        ModelClient.runSlot({ slot: `m${s}`, jobs: jobsOf(s), pairs, choices: scripts[s]! }, local).pipe(
+        ModelClient.runSlot({ slot: `m${s}`, jobs: jobsOf(s), pairs, choices: scripts[s]!, exact: !options.faults }, local, client("main")).pipe(
           Effect.provide(context),
           Effect.fork
         )
@@ -835,7 +977,19 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
       Effect.gen(function*() {
         switch (kind) {
           case "rabbitClose": {
-            const names = [client("main").connectionName, ...workers.filter((w) => !w.replacing).map((w) => client(`w${w.index}g${w.generation}`).connectionName)]
+            // The Effect clients and the slots' DMSClients (one closed by its slot just now has none: skipped).
+            const main = client("main")
+            const names = [
+              main.connectionName,
+              ...Array.from({ length: o.inProcessSlots }, (_, s) => ModelClient.promiseConnectionName(main, `m${s}`)),
+              ...workers.filter((w) => !w.replacing).flatMap((w) => {
+                const settings = client(`w${w.index}g${w.generation}`)
+                return [
+                  settings.connectionName,
+                  ...workerSlots(w.index).map((_, i) => ModelClient.promiseConnectionName(settings, `w${w.index}s${i}g${w.generation}`))
+                ]
+              })
+            ]
             const name = names[r % names.length]!
             const closed = yield* Effect.either(closeConnectionNamed(name, "model test: fault"))
             if (closed._tag === "Right") count("rabbitClose", closed.right)
@@ -990,6 +1144,7 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
       reconciled,
       drift,
       byOutcome,
+      script: scriptFigures(all, !options.faults),
       faults,
       faultsSkipped: skipped,
       transitions: {

@@ -1,9 +1,10 @@
 /**
  * A client process of the randomized model test:
  *   node --import tsx test/support/modelWorker.ts '{"client":{…ClientSettings},"slots":[…SlotSpec]}'
- * Runs its slots as concurrent fibers over one client (Dms.layer: MariaDB ledger, RabbitMQ broker with
- * the given connection name) and prints one line per event: `ready` once connected, then
- * `start <OpStart json>` before and `end <OpEnd json>` after every operation, and `done` at the end.
+ * Runs its slots as concurrent fibers over one Effect client (Dms.layer: MariaDB ledger, RabbitMQ broker
+ * with the given connection name), each slot with a DMSClient of its own besides, and prints one line
+ * per event: `ready` once connected, then `start <OpStart json>` before and `end <OpEnd json>` after
+ * every operation, and `done` at the end.
  */
 import * as Effect from "effect/Effect"
 import * as Ledger from "../../src/Ledger.js"
@@ -25,7 +26,7 @@ const program = Effect.gen(function*() {
   // Connected to the ledger before the first operation.
   yield* Effect.flatMap(Ledger.Ledger, (l) => l.getActiveMounts())
   yield* say("ready")
-  yield* Effect.forEach(args.slots, (slot) => ModelClient.runSlot(slot, report), { concurrency: "unbounded", discard: true })
+  yield* Effect.forEach(args.slots, (slot) => ModelClient.runSlot(slot, report, args.client), { concurrency: "unbounded", discard: true })
   yield* say("done")
 })
 

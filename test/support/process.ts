@@ -17,7 +17,7 @@ export interface Child {
   readonly take: (prefix: string) => Effect.Effect<string, Error>
   readonly send: (line: string) => Effect.Effect<void>
   readonly kill: (signal: NodeJS.Signals) => Effect.Effect<void>
-  /** The exit code (or signal name), once it exits. */
+  /** The exit code (or signal name), once it exited and every line it printed was read. */
   readonly exited: Effect.Effect<number | string>
   readonly stderr: () => string
   /** Every line printed so far. */
@@ -41,24 +41,29 @@ export const spawnTs = (script: string, args: ReadonlyArray<string>) =>
       const taken = new Set<number>()
       const takers: Array<() => void> = []
       let stderr = ""
+      // Set on "close", not "exit": "exit" can come before the last lines are read, and a wait that
+      // begins after the child ended must fail at once rather than wait for a line that never comes.
+      let ended = false
       child.stderr!.on("data", (d) => (stderr += String(d)))
       readline.createInterface({ input: child.stdout! }).on("line", (line) => {
         lines.push(line)
         for (const w of waiters.filter((w) => w.line === line)) Deferred.unsafeDone(w.done, Effect.void)
         for (const t of takers.splice(0)) t()
       })
-      child.on("exit", (code, signal) => {
+      const gone = (line: string, code: number | null, signal: NodeJS.Signals | null) =>
+        new Error(`child exited (${code ?? signal}) before "${line}": ${stderr}`)
+      child.on("close", (code, signal) => {
+        ended = true
         for (const t of takers.splice(0)) t()
         Deferred.unsafeDone(exited, Effect.succeed(code ?? signal ?? "unknown"))
-        for (const w of waiters) {
-          Deferred.unsafeDone(w.done, Effect.fail(new Error(`child exited (${code ?? signal}) before "${w.line}": ${stderr}`)))
-        }
+        for (const w of waiters.splice(0)) Deferred.unsafeDone(w.done, Effect.fail(gone(w.line, code, signal)))
       })
       const handle: Child = {
         pid: child.pid!,
         waitFor: (line) =>
           Effect.suspend(() => {
             if (lines.includes(line)) return Effect.void
+            if (ended) return Effect.fail(gone(line, child.exitCode, child.signalCode))
             const done = Deferred.unsafeMake<void, Error>(FiberId.none)
             waiters.push({ line, done })
             return Deferred.await(done)
@@ -73,8 +78,8 @@ export const spawnTs = (script: string, args: ReadonlyArray<string>) =>
               if (i >= 0) {
                 taken.add(i)
                 resume(Effect.succeed(lines[i]!))
-              } else if (child.exitCode !== null || child.signalCode !== null) {
-                resume(Effect.fail(new Error(`child exited before printing "${prefix}…": ${stderr}`)))
+              } else if (ended) {
+                resume(Effect.fail(gone(`${prefix}…`, child.exitCode, child.signalCode)))
               } else {
                 takers.push(attempt)
               }
