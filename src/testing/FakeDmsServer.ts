@@ -75,6 +75,8 @@ export interface Hold {
   readonly arrived: Effect.Effect<Received>
   /** Lets the held request go on; released before it arrived, it does not wait at all. */
   readonly release: Effect.Effect<void>
+  /** Waits until the held request, released, has executed, and returns the server's answer. */
+  readonly completed: Effect.Effect<Protocol.Reply>
 }
 
 /**
@@ -154,6 +156,12 @@ export interface Options {
   readonly supportsStatus?: boolean | undefined
 }
 
+interface HoldState {
+  readonly arrived: Deferred.Deferred<Received>
+  readonly released: Deferred.Deferred<void>
+  readonly completed: Deferred.Deferred<Protocol.Reply>
+}
+
 interface Script<A> {
   readonly matches: (request: Received) => boolean
   left: number
@@ -204,7 +212,7 @@ export const make = (options: Options = {}): Service => {
   const transitions: Array<Transition> = []
   const requests: Array<Received> = []
   const failures: Array<Script<string>> = []
-  const holds: Array<Script<{ readonly arrived: Deferred.Deferred<Received>; readonly released: Deferred.Deferred<void> }>> = []
+  const holds: Array<Script<HoldState>> = []
   const delays: Array<Script<Duration.DurationInput>> = []
   const hostMounts = (host: string) => {
     let m = mounts.get(host)
@@ -267,10 +275,17 @@ export const make = (options: Options = {}): Service => {
     fail: (match, message, scriptOptions) => void failures.push({ matches: matcher(match), left: timesOf(scriptOptions), value: message }),
     delay: (match, duration, scriptOptions) => void delays.push({ matches: matcher(match), left: timesOf(scriptOptions), value: duration }),
     hold: (match) => {
-      const arrived = Deferred.unsafeMake<Received>(FiberId.none)
-      const released = Deferred.unsafeMake<void>(FiberId.none)
-      holds.push({ matches: matcher(match), left: 1, value: { arrived, released } })
-      return { arrived: Deferred.await(arrived), release: Effect.asVoid(Deferred.succeed(released, undefined)) }
+      const state: HoldState = {
+        arrived: Deferred.unsafeMake(FiberId.none),
+        released: Deferred.unsafeMake(FiberId.none),
+        completed: Deferred.unsafeMake(FiberId.none)
+      }
+      holds.push({ matches: matcher(match), left: 1, value: state })
+      return {
+        arrived: Deferred.await(state.arrived),
+        release: Effect.asVoid(Deferred.succeed(state.released, undefined)),
+        completed: Deferred.await(state.completed)
+      }
     },
     handler: (request) => server.respond(request.host, request.body, request.deadline),
     respond: (host, body, deadline) =>
@@ -290,13 +305,12 @@ export const make = (options: Options = {}): Service => {
           yield* Deferred.await(held.released)
         }
         if (delayed !== undefined) yield* Effect.sleep(delayed)
-        const legacy = server.failNext
-        if (legacy !== undefined && legacy.action === request.action) {
-          server.failNext = undefined
-          return Protocol.failure(legacy.message)
-        }
-        if (scripted !== undefined) return Protocol.failure(scripted)
-        return execute(request)
+        const legacy = server.failNext?.action === request.action ? server.failNext : undefined
+        if (legacy !== undefined) server.failNext = undefined
+        const failure = legacy?.message ?? scripted
+        const reply = failure === undefined ? execute(request) : Protocol.failure(failure)
+        if (held !== undefined) yield* Deferred.succeed(held.completed, reply)
+        return reply
       })
   }
   return server
