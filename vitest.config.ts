@@ -8,6 +8,7 @@ export default defineConfig({
   resolve: {
     alias: {
       "trilio-dms/promise": path.resolve(import.meta.dirname, "src/promise.ts"),
+      "trilio-dms/testing": path.resolve(import.meta.dirname, "src/testing.ts"),
       "trilio-dms": path.resolve(import.meta.dirname, "src/index.ts")
     }
   },

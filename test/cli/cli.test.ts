@@ -62,26 +62,41 @@ const liveEnv = Effect.gen(function*() {
 // The tests spawn processes and mostly wait for them: run them side by side.
 describe.concurrent("trilio-dms (packed, installed)", () => {
   layer(Layer.mergeAll(InstalledCliLive, TestDatabaseLive), { excludeTestServices: true, timeout: "180 seconds" })((it) => {
-    it.scoped("the package: built JavaScript and types, both entry points importable and typed, the demo runs", () =>
+    it.scoped("the package: built JavaScript and types, every entry point importable and typed, the licence, the demo runs", () =>
       Effect.gen(function*() {
         const { app, files } = yield* InstalledCli
-        for (const f of ["dist/index.js", "dist/index.d.ts", "dist/promise.js", "dist/promise.d.ts", "dist/cli/main.js", "schema.sql", "README.md"]) {
+        const shipped = ["dist/index.js", "dist/index.d.ts", "dist/promise.js", "dist/promise.d.ts", "dist/testing.js", "dist/testing.d.ts"]
+        for (const f of [...shipped, "dist/cli/main.js", "schema.sql", "README.md", "LICENSE"]) {
           assert.include(files, `package/${f}`)
         }
+        assert.strictEqual(
+          fs.readFileSync(path.join(app, "node_modules", "trilio-dms", "LICENSE"), "utf8"),
+          fs.readFileSync(path.join(ROOT, "LICENSE"), "utf8")
+        )
+        assert.match(fs.readFileSync(path.join(ROOT, "LICENSE"), "utf8"), /Apache License\s+Version 2\.0, January 2004/)
         assert.isFalse(files.some((f) => f.startsWith("package/test/")), "tests are not shipped")
         const manifest = JSON.parse(fs.readFileSync(path.join(app, "node_modules", "trilio-dms", "package.json"), "utf8"))
         assert.deepStrictEqual(manifest.bin, { "trilio-dms": "./dist/cli/main.js" })
+        assert.strictEqual(manifest.license, "Apache-2.0")
         assert.match(fs.readFileSync(path.join(app, "node_modules", "trilio-dms", "dist", "cli", "main.js"), "utf8"), /^#!\/usr\/bin\/env node\n/)
 
-        // Imports, as a user's ES module does.
+        // Imports, as a user's ES module does; the testing entry runs without the package's devDependencies.
+        const nfs = (action: string) =>
+          JSON.stringify({ ...guideNfs({ jobid: 7, host: "compute-01", mountPath: "/var/lib/trilio/triliovault-mounts/t" }), action })
         fs.writeFileSync(
           path.join(app, "check.mjs"),
           [
             `import * as dms from "trilio-dms"`,
             `import { DMSClient, MountContext, RequestValidationException } from "trilio-dms/promise"`,
+            `import * as testing from "trilio-dms/testing"`,
             `const invalid = await new DMSClient({ dbUrl: "memory:", rabbitmqUrl: "memory:" }).mount({}).catch((e) => e)`,
+            `const { client, server } = testing.TestDms.client()`,
+            `await client.mount(${nfs("mount")})`,
+            `await client.unmount(${nfs("unmount")})`,
+            `await client.close()`,
             `console.log(JSON.stringify({ modules: Object.keys(dms).sort(), client: typeof DMSClient, context: typeof MountContext,`,
-            `  invalid: invalid instanceof RequestValidationException }))`
+            `  invalid: invalid instanceof RequestValidationException, testing: Object.keys(testing).sort(),`,
+            `  transitions: server.transitions.map((t) => t.to) }))`
           ].join("\n")
         )
         const env = cleanEnv(yield* tempDir("dms-cli-home-"))
@@ -91,7 +106,9 @@ describe.concurrent("trilio-dms (packed, installed)", () => {
           modules: ["Broker", "Dms", "DmsConfig", "DmsError", "Ledger", "Mount", "Protocol", "Reconcile"],
           client: "function",
           context: "function",
-          invalid: true
+          invalid: true,
+          testing: ["FakeDmsServer", "TestDms"],
+          transitions: ["mounted", "unmounted"]
         })
 
         // Types: the package's .d.ts files serve a TypeScript user (NodeNext resolution through exports).
@@ -101,8 +118,14 @@ describe.concurrent("trilio-dms (packed, installed)", () => {
             `import { Effect } from "effect"`,
             `import { Dms, Mount } from "trilio-dms"`,
             `import { DMSClient, type MountResponse } from "trilio-dms/promise"`,
+            `import { FakeDmsServer, TestDms } from "trilio-dms/testing"`,
             `export const program: Effect.Effect<string, unknown> = Mount.withMount({}, (m) => Effect.succeed(m.mountPath))`,
             `  .pipe(Effect.provide(Dms.layerConfig()))`,
+            `export const test: Effect.Effect<ReadonlyArray<FakeDmsServer.Transition>, unknown> = FakeDmsServer.FakeDmsServer.pipe(`,
+            `  Effect.tap(() => Mount.mount({})), Effect.map((server) => server.transitions), Effect.provide(TestDms.layer({ timeout: 5 })))`,
+            `export const hold: FakeDmsServer.Hold = TestDms.client().server.hold("mount")`,
+            `// @ts-expect-error: the fake's own modules are not exported`,
+            `import type * as Fake from "trilio-dms/testing/FakeDmsServer.js"`,
             `export const response: Promise<MountResponse> = new DMSClient().mount({})`,
             `// @ts-expect-error: internal modules are not exported`,
             `import type * as Urls from "trilio-dms/internal/urls.js"`
