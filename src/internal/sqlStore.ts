@@ -6,158 +6,15 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
-import * as fs from "node:fs"
 import { DatabaseError } from "../DmsError.js"
 import type { HostLock, LeaseWrite, LedgerEntry, PendingOperation } from "../Ledger.js"
+import { type Dialect, mysqlDialect, sqliteDialect, toDatabaseError, truthy } from "./sqlDialect.js"
+import { LEDGER_TABLE, LOCK_TABLE, migrate } from "./sqlSchema.js"
 import type { LockKey, Store, StoreState } from "./store.js"
 import { leaseLostReason, RESERVATION_MS } from "./store.js"
 import { VERSION } from "./version.js"
 
-export const LEDGER_TABLE = "backup_target_mount_ledger"
-export const LOCK_TABLE = "backup_target_mount_lock"
-
-/**
- * The MySQL DDL: the statements of schema.sql (shipped with the package, two levels above this module
- * in src/ and in dist/): the guide's ledger table exactly as written there, and our lock table.
- */
-export const mysqlDdl: ReadonlyArray<string> = fs
-  .readFileSync(new URL("../../schema.sql", import.meta.url), "utf8")
-  .split("\n")
-  .filter((line) => !line.trimStart().startsWith("--"))
-  .join("\n")
-  .split(";")
-  .map((statement) => statement.trim())
-  .filter((statement) => statement !== "")
-
-const sqliteNow = `strftime('%Y-%m-%d %H:%M:%f','now')`
-const sqliteNowSeconds = `strftime('%Y-%m-%d %H:%M:%S','now')`
-
-export const sqliteDdl: ReadonlyArray<string> = [
-  `CREATE TABLE IF NOT EXISTS backup_target_mount_ledger (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    created_at TEXT NOT NULL DEFAULT (${sqliteNowSeconds}),
-    updated_at TEXT NOT NULL DEFAULT (${sqliteNowSeconds}),
-    deleted_at TEXT NULL,
-    deleted INTEGER NOT NULL DEFAULT 0,
-    version VARCHAR(32),
-    backup_target_id VARCHAR(255) NOT NULL,
-    jobid INTEGER NOT NULL,
-    host VARCHAR(255) NOT NULL,
-    mounted INTEGER NOT NULL DEFAULT 0
-  )`,
-  `CREATE INDEX IF NOT EXISTS idx_backup_target_id ON backup_target_mount_ledger (backup_target_id)`,
-  `CREATE INDEX IF NOT EXISTS idx_jobid ON backup_target_mount_ledger (jobid)`,
-  `CREATE INDEX IF NOT EXISTS idx_host ON backup_target_mount_ledger (host)`,
-  `CREATE INDEX IF NOT EXISTS idx_job_target ON backup_target_mount_ledger (jobid, backup_target_id)`,
-  `CREATE INDEX IF NOT EXISTS idx_mounted_host ON backup_target_mount_ledger (mounted, host)`,
-  `CREATE INDEX IF NOT EXISTS idx_deleted ON backup_target_mount_ledger (deleted)`,
-  `CREATE TABLE IF NOT EXISTS backup_target_mount_lock (
-    lock_key TEXT NOT NULL PRIMARY KEY,
-    backup_target_id VARCHAR(255) NOT NULL,
-    host VARCHAR(255) NOT NULL,
-    mount_path TEXT NULL,
-    target_type TEXT NULL,
-    owner TEXT NULL,
-    expires_at TEXT NULL,
-    pending_op TEXT NULL,
-    pending_deadline TEXT NULL,
-    waiter TEXT NULL,
-    waiter_at TEXT NULL,
-    updated_at TEXT NOT NULL DEFAULT (${sqliteNow}),
-    pending_owner TEXT NULL,
-    pending_path TEXT NULL,
-    pending_type TEXT NULL
-  )`,
-  `CREATE INDEX IF NOT EXISTS idx_lock_host ON backup_target_mount_lock (host)`
-]
-
-const ledgerColumns = [
-  "id",
-  "created_at",
-  "updated_at",
-  "deleted_at",
-  "deleted",
-  "version",
-  "backup_target_id",
-  "jobid",
-  "host",
-  "mounted"
-] as const
-const lockColumns = [
-  "lock_key",
-  "backup_target_id",
-  "host",
-  "mount_path",
-  "target_type",
-  "owner",
-  "expires_at",
-  "pending_op",
-  "pending_deadline",
-  "waiter",
-  "waiter_at"
-] as const
-/** Lock columns added after 0.1.0's first tables: added to an existing table by {@link migrate}. */
-const addedLockColumns: ReadonlyArray<readonly [string, string, string]> = [
-  ["pending_owner", "CHAR(36) NULL", "TEXT NULL"],
-  ["pending_path", "VARCHAR(4096) NULL", "TEXT NULL"],
-  ["pending_type", "VARCHAR(8) NULL", "TEXT NULL"]
-]
-
-interface Dialect {
-  readonly name: "mysql" | "sqlite"
-  /** Current UTC time with milliseconds. */
-  readonly now: string
-  /** Current UTC time, whole seconds (the ledger's DATETIME columns). */
-  readonly nowSeconds: string
-  /** Current UTC time plus `ms` milliseconds. */
-  readonly nowPlus: (ms: number) => string
-  /** Current UTC time minus `ms` milliseconds. */
-  readonly nowMinus: (ms: number) => string
-  /**
-   * Put before a parameter compared with `backup_target_id` or `host`: the comparison is then exact.
-   * MySQL compares with the column's collation (utf8mb4_general_ci by default: case- and accent-
-   * insensitive, trailing spaces ignored), so target "ABC" would read target "abc"'s holders. `BINARY`
-   * on the parameter side keeps the index usable. SQLite's `=` is already exact.
-   */
-  readonly exact: string
-  readonly affected: (raw: unknown) => number
-  readonly isDuplicateKey: (e: SqlError) => boolean
-  readonly toDate: (v: unknown) => Date | null
-  readonly fromDate: (d: Date) => unknown
-}
-
-const errorCode = (e: SqlError): string | undefined => {
-  const cause = e.cause as { code?: unknown } | undefined
-  return typeof cause?.code === "string" ? cause.code : undefined
-}
-
-const mysqlDialect: Dialect = {
-  name: "mysql",
-  now: "UTC_TIMESTAMP(3)",
-  nowSeconds: "UTC_TIMESTAMP()",
-  nowPlus: (ms) => `(UTC_TIMESTAMP(3) + INTERVAL ${Math.round(ms) * 1000} MICROSECOND)`,
-  nowMinus: (ms) => `(UTC_TIMESTAMP(3) - INTERVAL ${Math.round(ms) * 1000} MICROSECOND)`,
-  exact: "BINARY ",
-  // mysql2 sets CLIENT_FOUND_ROWS: affectedRows counts matched rows, so a fence that rewrites an
-  // unchanged value still counts.
-  affected: (raw) => Number((raw as { affectedRows?: number }).affectedRows ?? 0),
-  isDuplicateKey: (e) => errorCode(e) === "ER_DUP_ENTRY",
-  toDate: (v) => (v === null || v === undefined ? null : v instanceof Date ? v : new Date(`${String(v).replace(" ", "T")}Z`)),
-  fromDate: (d) => d
-}
-
-const sqliteDialect: Dialect = {
-  name: "sqlite",
-  now: sqliteNow,
-  nowSeconds: sqliteNowSeconds,
-  nowPlus: (ms) => `strftime('%Y-%m-%d %H:%M:%f','now','+${(Math.round(ms) / 1000).toFixed(3)} seconds')`,
-  nowMinus: (ms) => `strftime('%Y-%m-%d %H:%M:%f','now','-${(Math.round(ms) / 1000).toFixed(3)} seconds')`,
-  exact: "",
-  affected: (raw) => Number((raw as { changes?: number }).changes ?? 0),
-  isDuplicateKey: (e) => /^SQLITE_CONSTRAINT/.test(errorCode(e) ?? ""),
-  toDate: (v) => (v === null || v === undefined ? null : new Date(`${String(v).replace(" ", "T")}Z`)),
-  fromDate: (d) => d.toISOString().replace("T", " ").replace("Z", "")
-}
+export { toDatabaseError } from "./sqlDialect.js"
 
 interface LedgerRow {
   readonly id: number
@@ -174,7 +31,6 @@ interface LedgerRow {
 
 const targetTypeOf = (v: unknown): Option.Option<"nfs" | "s3"> => (v === "nfs" || v === "s3" ? Option.some(v) : Option.none())
 
-const truthy = (v: unknown): boolean => v === 1 || v === true || v === "1" || v === 1n
 
 /**
  * `deleted = 0` in a form no index serves. Written plainly, MariaDB may intersect idx_mounted_host
@@ -205,65 +61,6 @@ const stateReadText = (d: Dialect) =>
 
 /** The MySQL statement that reads a (target, host)'s state under its lease (for plan checks in tests). */
 export const mysqlStateReadText = (): string => stateReadText(mysqlDialect)
-
-/**
- * Creates the tables if missing and checks that existing ones have our shape. The Python client's ledger
- * (keyed by jobid, backup_target_id, host) is refused: it cannot be shared.
- */
-const migrate = (sql: SqlClient.SqlClient, dialect: Dialect): Effect.Effect<void, DatabaseError> =>
-  Effect.gen(function*() {
-    const columnsOf = (table: string) =>
-      dialect.name === "mysql"
-        ? sql<{ name: string; pk: unknown }>`SELECT COLUMN_NAME AS name, (COLUMN_KEY = 'PRI') AS pk
-            FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ${table}`
-        : sql<{ name: string; pk: unknown }>`SELECT name, pk FROM pragma_table_info(${table})`
-    const check = (table: string, expected: ReadonlyArray<string>, primaryKey: string) =>
-      Effect.gen(function*() {
-        const cols = yield* columnsOf(table)
-        if (cols.length === 0) return [] // created below
-        const names = new Set(cols.map((c) => String(c.name).toLowerCase()))
-        const pk = cols.filter((c) => truthy(c.pk) || Number(c.pk) > 0).map((c) => String(c.name).toLowerCase())
-        const missing = expected.filter((c) => !names.has(c))
-        if (pk.length !== 1 || pk[0] !== primaryKey) {
-          const python = table === LEDGER_TABLE && ["jobid", "backup_target_id", "host"].every((c) => pk.includes(c))
-          return yield* Effect.fail(
-            new DatabaseError({
-              operation: "schema check",
-              reason: python
-                ? `table ${table} has the primary key (${pk.join(", ")}): it is the Python trilio-dms client's ledger, ` +
-                  `which this client cannot share (it keys rows by id and keeps history). Point DMS_DB_URL at another ` +
-                  `database, or migrate the rows into the schema of schema.sql`
-                : `table ${table} has the primary key (${pk.join(", ") || "none"}), expected (${primaryKey}); ` +
-                  `create it from schema.sql`
-            })
-          )
-        }
-        if (missing.length > 0) {
-          return yield* Effect.fail(
-            new DatabaseError({
-              operation: "schema check",
-              reason: `table ${table} lacks the column(s) ${missing.join(", ")}; create it from schema.sql`
-            })
-          )
-        }
-        return [...names]
-      })
-    // Check existing tables before any DDL: an index on a foreign table's missing column would fail
-    // with a less helpful message.
-    yield* check(LEDGER_TABLE, ledgerColumns, "id")
-    const lockHas = yield* check(LOCK_TABLE, lockColumns, "lock_key")
-    if (lockHas.length > 0) {
-      for (const [column, mysqlType, sqliteType] of addedLockColumns) {
-        if (!lockHas.includes(column)) {
-          yield* sql.unsafe(`ALTER TABLE ${LOCK_TABLE} ADD COLUMN ${column} ${dialect.name === "mysql" ? mysqlType : sqliteType}`)
-        }
-      }
-    }
-    for (const statement of dialect.name === "mysql" ? mysqlDdl : sqliteDdl) yield* sql.unsafe(statement)
-  }).pipe(Effect.mapError((e) => (e instanceof DatabaseError ? e : toDatabaseError("schema check")(e))))
-
-export const toDatabaseError = (operation: string) => (e: SqlError | DatabaseError): DatabaseError =>
-  e instanceof DatabaseError ? e : new DatabaseError({ operation, cause: e.cause ?? e })
 
 /**
  * Runs one statement text with `?` parameters (on MySQL several, `;`-separated, in one round trip) and
