@@ -1,8 +1,10 @@
 import * as path from "node:path"
 import { defineConfig } from "vitest/config"
 
-// Two projects: "unit" runs in parallel (memory layers and live tests on their own databases and
-// queues); "faults" kills processes and connections, so it runs alone, file by file, after the rest.
+// Three projects: "unit" runs in parallel (memory layers and live tests on their own databases and
+// queues); "faults" kills processes and connections, so it runs alone, file by file, after the rest;
+// "cluster" runs on a 3-node Galera and a 3-node RabbitMQ cluster that its global setup starts once (and
+// its tests stop and kill nodes), alone, file by file, last.
 export default defineConfig({
   // The examples import the package by name, as users do.
   resolve: {
@@ -23,7 +25,7 @@ export default defineConfig({
         test: {
           name: "unit",
           include: ["test/**/*.test.ts"],
-          exclude: ["test/faults/**"],
+          exclude: ["test/faults/**", "test/cluster/**"],
           sequence: { groupOrder: 0 }
         }
       },
@@ -35,6 +37,17 @@ export default defineConfig({
           pool: "forks",
           poolOptions: { forks: { singleFork: true } },
           sequence: { groupOrder: 1 }
+        }
+      },
+      {
+        extends: true,
+        test: {
+          name: "cluster",
+          include: ["test/cluster/**/*.test.ts"],
+          globalSetup: ["test/cluster/globalSetup.ts"],
+          pool: "forks",
+          poolOptions: { forks: { singleFork: true } },
+          sequence: { groupOrder: 2 }
         }
       }
     ]
