@@ -82,11 +82,12 @@ export const retrying = (operation: string, budget: Duration.Duration) => {
     Schedule.union(Schedule.spaced("500 millis")),
     Schedule.jittered,
     Schedule.upTo(budget),
+    // Counts every failure after the first (counted before the schedule starts), the last one included.
     Schedule.tapInput(count)
   )
   const retryable = (error: DatabaseError) => retryKind(error) !== undefined
   return <A, R>(effect: Effect.Effect<A, DatabaseError, R>): Effect.Effect<A, DatabaseError, R> =>
-    Effect.catchIf(effect, retryable, () => Effect.retry(effect, { schedule, while: retryable }))
+    Effect.catchIf(effect, retryable, (first) => Effect.zipRight(count(first), Effect.retry(effect, { schedule, while: retryable })))
 }
 
 /** The store with every statement retried after passing errors for at most `budget` each. */
