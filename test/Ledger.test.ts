@@ -448,6 +448,55 @@ for (const [name, backendLayer] of backends) {
           yield* other.withTargetLock(t, HOST, () => Effect.void, { timeout: "5 seconds" })
           yield* ledger.withTargetLock(t, HOST, () => Effect.void, { timeout: "5 seconds" })
         }))
+
+      it.scoped("a pending mark's deadline is the database's: a client whose clock is an hour off writes and reads the same time left", () =>
+        Effect.gen(function*() {
+          const backend = yield* Backend
+          // The memory ledger is one process on one clock: there is no other clock to disagree with.
+          if (backend.name === "memory") return
+          const ledger = yield* backend.build()
+          const t = target()
+          const skewed = (offsetMs: number) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+            Effect.flatMap(Effect.clock, (clock) =>
+              Effect.withClock(
+                effect,
+                Object.assign(Object.create(clock) as typeof clock, {
+                  unsafeCurrentTimeMillis: () => clock.unsafeCurrentTimeMillis() + offsetMs,
+                  currentTimeMillis: Effect.map(clock.currentTimeMillis, (ms) => ms + offsetMs)
+                })
+              ))
+          // Marked with the lease by a client an hour ahead, and by a write of a client an hour behind.
+          const mark = { op: "mount" as const, timeout: Duration.seconds(30), mountPath: "/m/skew", targetType: "nfs" as const }
+          yield* ledger.withTargetLock(t, HOST, (lease) => Effect.sync(() => lease.markSent()), { readJobId: 1, mark }).pipe(
+            skewed(3_600_000)
+          )
+          const seen = yield* ledger.withTargetLock(t, HOST, (lease) => lease.read()).pipe(skewed(-3_600_000))
+          const first = Option.getOrThrow(seen.pending)
+          assert.isTrue(first.remainingMs > 0 && first.remainingMs <= 30_000, `due in ${first.remainingMs} ms`)
+          yield* ledger.withTargetLock(t, HOST, (lease) => lease.write({ pending: { op: "unmount", timeoutMs: 20_000 } })).pipe(
+            skewed(-3_600_000)
+          )
+          const second = Option.getOrThrow((yield* ledger.withTargetLock(t, HOST, (lease) => lease.read()).pipe(skewed(3_600_000))).pending)
+          assert.isTrue(second.remainingMs > 0 && second.remainingMs <= 20_000, `due in ${second.remainingMs} ms`)
+          assert.isBelow(Math.abs(second.deadline.getTime() - Date.now() - 20_000), 600_000, "the deadline is on the database's clock")
+        }))
+
+      it.scoped("history is newest first by creation time, whatever the ids (Galera hands them out per node)", () =>
+        Effect.gen(function*() {
+          const backend = yield* Backend
+          if (backend.query === undefined) return
+          const ledger = yield* backend.build()
+          const t = target()
+          // As two nodes would: the row created later got the smaller id.
+          yield* backend.query(
+            `INSERT INTO backup_target_mount_ledger (id, created_at, updated_at, deleted, version, backup_target_id, jobid, host, mounted)
+              VALUES (1000005, '2026-01-01 10:00:00', '2026-01-01 10:00:00', 0, 'x', ?, 1, ?, 0),
+                     (1000003, '2026-01-01 10:00:07', '2026-01-01 10:00:07', 0, 'x', ?, 2, ?, 0)`,
+            [t, HOST, t, HOST]
+          )
+          const history = yield* ledger.getLedgerHistory(t)
+          assert.deepStrictEqual(history.map((e) => e.jobId), [2, 1])
+        }))
     })
   })
 }
