@@ -478,13 +478,33 @@ export const layerMysql = (
       DmsError.invalid("config", "db_url", typeof location === "string" ? location : "expected a mysql:// URL")
     )
   }
+  const tls = location.tls
+  const readPem = (parameter: string, file: string | undefined) =>
+    file === undefined ? Effect.succeed(undefined) : Effect.try({
+      try: () => fs.readFileSync(file, "utf8"),
+      catch: (cause) => new DmsError.DatabaseError({ operation: `read ${parameter} (${file}) for TLS to the database`, cause })
+    })
+  const tlsSettings = tls === undefined ? Effect.succeed(undefined) : Effect.gen(function*() {
+    if (!tls.verify) {
+      yield* Effect.logWarning("db_url: ssl_verify_cert=false: the connection to the database is encrypted but the server is not verified")
+    }
+    const [ca, cert, key] = [yield* readPem("ssl_ca", tls.ca), yield* readPem("ssl_cert", tls.cert), yield* readPem("ssl_key", tls.key)]
+    return {
+      ...(ca === undefined ? {} : { ca }),
+      ...(cert === undefined ? {} : { cert }),
+      ...(key === undefined ? {} : { key }),
+      verify: tls.verify
+    }
+  })
   const store = Effect.flatMap(
-    MysqlNodes.make(location.nodes, {
-      user: location.user,
-      password: location.password,
-      database: location.database,
-      connectionLimit: options.maxConnections ?? 10
-    }),
+    Effect.flatMap(tlsSettings, (tlsPem) =>
+      MysqlNodes.make(location.nodes, {
+        user: location.user,
+        password: location.password,
+        database: location.database,
+        connectionLimit: options.maxConnections ?? 10,
+        tls: tlsPem
+      })),
     (nodes) =>
       Effect.zipRight(
         // Connect first, so an unreachable server is named as such rather than as a failed schema check.
