@@ -33,6 +33,7 @@ import * as LeaseAcquire from "./internal/leaseAcquire.js"
 import * as LeaseHold from "./internal/leaseHold.js"
 import * as LeaseRenewer from "./internal/leaseRenewer.js"
 import * as MemoryStore from "./internal/memoryStore.js"
+import * as MigrateUrl from "./internal/migrateUrl.js"
 import * as SqlStore from "./internal/sqlStore.js"
 import { lockKey, type Store } from "./internal/store.js"
 import * as Urls from "./internal/urls.js"
@@ -429,11 +430,16 @@ export interface MysqlOptions extends LeaseOptions {
    * checks and soft deletes use a second pool of at most 4.
    */
   readonly maxConnections?: number | undefined
+  /**
+   * Create or upgrade the tables first, as {@link migrate} does. Default false: a client only checks
+   * them (read-only) and fails with a `DatabaseError` saying to run `trilio-dms migrate`.
+   */
+  readonly migrate?: boolean | undefined
 }
 
 /**
- * The ledger on MySQL or MariaDB (Galera-safe: a lease table, no `GET_LOCK`). Creates the tables if
- * missing and refuses a ledger table of another shape.
+ * The ledger on MySQL or MariaDB (Galera-safe: a lease table, no `GET_LOCK`). Checks the tables without
+ * any DDL (see {@link migrate}) and refuses a ledger table of another shape.
  *
  * @since 0.1.0
  * @category layers
@@ -484,7 +490,7 @@ export const layerMysql = (
         pool.query({ sql: text, values: params as Array<unknown> }, (cause, result) =>
           resume(cause ? Effect.fail(new SqlError({ cause, message: "Failed to execute statement" })) : Effect.succeed(result))
         )
-      })))
+      }), { migrate: options.migrate }))
   const where = `mysql://${location.host.toLowerCase()}:${location.port}/${location.database}`
   return Layer.scoped(Ledger, Effect.map(store, (s) => make(s, { ...options, location: where }))).pipe(
     Layer.provide(client),
@@ -501,6 +507,11 @@ export const layerMysql = (
 export interface SqliteOptions extends LeaseOptions {
   /** The database file (created with its directory if missing), or `:memory:`. */
   readonly filename: string
+  /**
+   * Create or upgrade the tables when the ledger opens. Default true: the embedded ledger serves one
+   * host, and its DDL is local and transactional. `false` only checks them.
+   */
+  readonly migrate?: boolean | undefined
 }
 
 /**
@@ -518,7 +529,7 @@ export const layerSqlite = (
       try: () => {
         if (options.filename !== ":memory:") fs.mkdirSync(path.dirname(path.resolve(options.filename)), { recursive: true })
         const where = options.filename === ":memory:" ? undefined : `sqlite:${path.resolve(options.filename)}`
-        return fromStore(SqlStore.make("sqlite"), { ...options, location: where }).pipe(
+        return fromStore(SqlStore.make("sqlite", undefined, { migrate: options.migrate ?? true }), { ...options, location: where }).pipe(
           Layer.provide(SqliteClient.layer({ filename: options.filename }))
         )
       },
@@ -585,7 +596,7 @@ const memoryLocation = (state: MemoryState) => {
  */
 export const layerFromUrl = (
   url: string | Redacted.Redacted<string>,
-  options: LeaseOptions & { readonly maxConnections?: number | undefined } = {}
+  options: LeaseOptions & { readonly maxConnections?: number | undefined; readonly migrate?: boolean | undefined } = {}
 ): Layer.Layer<Ledger, DmsError.DatabaseError | DmsError.ValidationError> => {
   const raw = Redacted.isRedacted(url) ? Redacted.value(url as Redacted.Redacted<string>) : String(url)
   const location = Urls.parseLedgerUrl(raw)
@@ -612,3 +623,39 @@ export const layerConfig = (
   Layer.unwrapEffect(
     Effect.map(DmsConfig.DmsConfig, (config) => layerFromUrl(config.dbUrl, { ...options, lockTimeout: config.lockTimeout }))
   )
+
+/**
+ * What {@link migrate} did to one table: `created` it, `upgraded` it (added `addedColumns`), or found it
+ * `current`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface TableMigration {
+  readonly table: string
+  readonly action: "created" | "upgraded" | "current"
+  readonly addedColumns: ReadonlyArray<string>
+}
+
+/**
+ * What {@link migrate} did: the database (a URL without its password) and each table (none for `memory:`).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface MigrationReport {
+  readonly location: string
+  readonly tables: ReadonlyArray<TableMigration>
+}
+
+/**
+ * Creates the ledger's tables, or adds the columns an earlier version's tables lack (`trilio-dms
+ * migrate`). The only thing that runs DDL: a client start only checks the tables. Idempotent, and safe
+ * from two processes at once. Needs CREATE, ALTER and INDEX on the database; the database must exist.
+ *
+ * @since 0.1.0
+ * @category migrations
+ */
+export const migrate = (options: {
+  readonly url: string | Redacted.Redacted<string>
+}): Effect.Effect<MigrationReport, DmsError.DatabaseError | DmsError.ValidationError> => MigrateUrl.migrate(options.url)

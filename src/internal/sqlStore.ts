@@ -9,7 +9,7 @@ import * as Option from "effect/Option"
 import { DatabaseError } from "../DmsError.js"
 import type { HostLock, LeaseWrite, LedgerEntry, PendingOperation } from "../Ledger.js"
 import { type Dialect, mysqlDialect, sqliteDialect, toDatabaseError, truthy } from "./sqlDialect.js"
-import { LEDGER_TABLE, LOCK_TABLE, migrate } from "./sqlSchema.js"
+import { check, LEDGER_TABLE, LOCK_TABLE, migrate } from "./sqlSchema.js"
 import type { LockKey, Store, StoreState } from "./store.js"
 import { leaseLostReason, RESERVATION_MS } from "./store.js"
 import { VERSION } from "./version.js"
@@ -70,19 +70,21 @@ export const mysqlStateReadText = (): string => stateReadText(mysqlDialect)
 export type Exec = (text: string, params: ReadonlyArray<unknown>) => Effect.Effect<unknown, SqlError>
 
 /**
- * Builds the SQL store over the current SqlClient (MySQL or SQLite), creating the tables if needed.
+ * Builds the SQL store over the current SqlClient (MySQL or SQLite), after checking the tables (read
+ * only; `migrate: true` creates or upgrades them first).
  * `exec`, when given, runs the lease's own statements (take, read, write, renew, release) instead of
  * the SqlClient: on MySQL a plain mysql2 pool, because @effect/sql's span and scope per statement cost
  * about 0.15 ms each, a fifth of a statement's round trip, on every operation.
  */
 export const make = (
   dialectName: "mysql" | "sqlite",
-  exec?: Exec
+  exec?: Exec,
+  options: { readonly migrate?: boolean | undefined } = {}
 ): Effect.Effect<Store, DatabaseError, SqlClient.SqlClient> =>
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     const d = dialectName === "mysql" ? mysqlDialect : sqliteDialect
-    yield* migrate(sql, d)
+    yield* (options.migrate === true ? migrate(sql, d) : check(sql, d))
     const lit = (s: string) => sql.literal(s)
     const viaClient: Exec = (text, params) => sql.unsafe(text, params).raw
     const run: Exec = exec ?? viaClient
