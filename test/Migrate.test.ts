@@ -203,6 +203,22 @@ describe("Ledger.migrate and the client's schema check (MySQL)", () => {
       assert.include(refused.message, "CREATE command denied")
       assert.include(refused.message, "run it as a user with CREATE, ALTER and INDEX")
       assert.notInclude(refused.message, password)
+
+      // The README's migration user: CREATE, ALTER, INDEX and SELECT on the database suffice.
+      const migrator = `${user}_m`
+      yield* Effect.acquireRelease(
+        Effect.promise(async () => {
+          await admin.query(`CREATE USER '${migrator}'@'%' IDENTIFIED BY '${password}'`)
+          await admin.query(`GRANT CREATE, ALTER, INDEX, SELECT ON \`${db.name}\`.* TO '${migrator}'@'%'`)
+        }),
+        () => Effect.promise(() => admin.query(`DROP USER IF EXISTS '${migrator}'@'%'`).catch(() => undefined))
+      )
+      const migratorUrl = `mysql://${migrator}:${password}@${MYSQL_HOST}:${MYSQL_PORT}/${db.name}`
+      assert.deepStrictEqual(actions(yield* Ledger.migrate({ url: migratorUrl })), [[LEDGER, "current", []], [LOCK, "created", []]])
+      yield* db.query(`ALTER TABLE ${LOCK} DROP COLUMN last_write`)
+      assert.deepStrictEqual(actions(yield* Ledger.migrate({ url: migratorUrl })), [[LEDGER, "current", []], [LOCK, "upgraded", ["last_write"]]])
+      // The client user's table grants outlived the table: it starts again.
+      yield* build(Ledger.layerMysql({ url }))
     }), { timeout: 60_000 })
 
   it("refuses a bad URL before any I/O", () =>
