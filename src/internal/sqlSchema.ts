@@ -240,7 +240,7 @@ export const migrate = (
           continue
         }
         found = yield* inspect(sql, dialect, table.name)
-        if (!found.exists) return yield* schemaError(`table ${table.name} exists and does not: it was dropped meanwhile`)
+        if (!found.exists) return yield* schemaError(`table ${table.name} was reported to exist and then was not found: was it dropped meanwhile?`)
       }
       const addedColumns: Array<string> = []
       for (const column of yield* shapeOf(table, found)) {
