@@ -22,7 +22,7 @@ import * as os from "node:os"
 import * as path from "node:path"
 import * as readline from "node:readline"
 import * as Broker from "../src/Broker.js"
-import { cycle, fanOut, paced, request, round, type Runtime, sequential, type Stats, stats } from "./common.js"
+import { createDatabase, cycle, fanOut, paced, request, round, type Runtime, sequential, type Stats, stats } from "./common.js"
 import * as Dms from "../src/Dms.js"
 import * as Mount from "../src/Mount.js"
 import * as Protocol from "../src/Protocol.js"
@@ -205,7 +205,7 @@ const main = async () => {
   const began = performance.now()
   const admin = await mysql.createConnection({ host: "127.0.0.1", user: "root" })
   const db = `dms_bench_${process.pid}`
-  await admin.query(`CREATE DATABASE ${db}`)
+  await createDatabase(admin, db)
   const hosts = Array.from({ length: 16 }, (_, i) => `${HOST_PREFIX}-h${i}`)
   const responder = await startResponder(hosts)
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "dms-bench-"))

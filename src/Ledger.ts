@@ -30,7 +30,8 @@ import * as LeaseAcquire from "./internal/leaseAcquire.js"
 import * as LeaseHold from "./internal/leaseHold.js"
 import * as LeaseRenewer from "./internal/leaseRenewer.js"
 import * as MemoryStore from "./internal/memoryStore.js"
-import * as MysqlNodes from "./internal/mysqlNodes.js"
+import * as MigrateUrl from "./internal/migrateUrl.js"
+import * as MysqlConnect from "./internal/mysqlConnect.js"
 import * as SqlStore from "./internal/sqlStore.js"
 import * as StoreRetry from "./internal/storeRetry.js"
 import { lockKey, type Store } from "./internal/store.js"
@@ -529,12 +530,17 @@ export interface MysqlOptions extends LeaseOptions {
   readonly url: string | Redacted.Redacted<string>
   /** Connections per database node. Default 10. */
   readonly maxConnections?: number | undefined
+  /**
+   * Create or upgrade the tables first, as {@link migrate} does. Default false: a client only checks
+   * them (read-only) and fails with a `DatabaseError` saying to run `trilio-dms migrate`.
+   */
+  readonly migrate?: boolean | undefined
 }
 
 /**
  * The ledger on MySQL or MariaDB, a Galera cluster included (a lease table, no `GET_LOCK`; every
- * statement retried after the errors a cluster produces as a matter of course). Creates the tables if
- * missing and refuses a ledger table of another shape.
+ * statement retried after the errors a cluster produces as a matter of course). Checks the tables
+ * without any DDL (see {@link migrate}) and refuses a ledger table of another shape.
  *
  * @since 0.1.0
  * @category layers
@@ -549,42 +555,11 @@ export const layerMysql = (
       DmsError.invalid("config", "db_url", typeof location === "string" ? location : "expected a mysql:// URL")
     )
   }
-  const tls = location.tls
-  const readPem = (parameter: string, file: string | undefined) =>
-    file === undefined ? Effect.succeed(undefined) : Effect.try({
-      try: () => fs.readFileSync(file, "utf8"),
-      catch: (cause) => new DmsError.DatabaseError({ operation: `read ${parameter} (${file}) for TLS to the database`, cause })
-    })
-  const tlsSettings = tls === undefined ? Effect.succeed(undefined) : Effect.gen(function*() {
-    if (!tls.verify) {
-      yield* Effect.logWarning("db_url: ssl_verify_cert=false: the connection to the database is encrypted but the server is not verified")
-    }
-    const [ca, cert, key] = [yield* readPem("ssl_ca", tls.ca), yield* readPem("ssl_cert", tls.cert), yield* readPem("ssl_key", tls.key)]
-    return {
-      ...(ca === undefined ? {} : { ca }),
-      ...(cert === undefined ? {} : { cert }),
-      ...(key === undefined ? {} : { key }),
-      verify: tls.verify
-    }
-  })
   const store = Effect.flatMap(
-    Effect.flatMap(tlsSettings, (tlsPem) =>
-      MysqlNodes.make(location.nodes, {
-        user: location.user,
-        password: location.password,
-        database: location.database,
-        connectionLimit: options.maxConnections ?? 10,
-        tls: tlsPem
-      })),
-    (nodes) =>
-      Effect.zipRight(
-        // Connect first, so an unreachable server is named as such rather than as a failed schema check.
-        Effect.mapError(nodes.query("SELECT 1", []), (e) => new DmsError.DatabaseError({ operation: `connect to ${Urls.redactUrl(raw)}`, cause: e.cause })),
-        SqlStore.makeMysql(nodes.query)
-      )
+    MysqlConnect.open(location, raw, options.maxConnections ?? 10),
+    (nodes) => SqlStore.makeMysql(nodes.query, { migrate: options.migrate })
   )
-  const nodes = location.nodes.map((n) => `${n.host.toLowerCase()}:${n.port}`).join(",")
-  const where = `mysql://${nodes}/${location.database}`
+  const where = MysqlConnect.describe(location)
   return Layer.scoped(Ledger, Effect.map(store, (s) => make(s, { ...options, location: where }))).pipe(
     Layer.catchAllCause((cause) => Layer.fail(buildError(`connect to ${Urls.redactUrl(raw)}`)(cause)))
   )
@@ -599,6 +574,11 @@ export const layerMysql = (
 export interface SqliteOptions extends LeaseOptions {
   /** The database file (created with its directory if missing), or `:memory:`. */
   readonly filename: string
+  /**
+   * Create or upgrade the tables when the ledger opens. Default true: the embedded ledger serves one
+   * host, and its DDL is local and transactional. `false` only checks them.
+   */
+  readonly migrate?: boolean | undefined
 }
 
 /**
@@ -616,7 +596,7 @@ export const layerSqlite = (
       try: () => {
         if (options.filename !== ":memory:") fs.mkdirSync(path.dirname(path.resolve(options.filename)), { recursive: true })
         const where = options.filename === ":memory:" ? undefined : `sqlite:${path.resolve(options.filename)}`
-        return fromStore(SqlStore.makeSqlite, { ...options, location: where }).pipe(
+        return fromStore(SqlStore.makeSqlite({ migrate: options.migrate ?? true }), { ...options, location: where }).pipe(
           Layer.provide(SqliteClient.layer({ filename: options.filename }))
         )
       },
@@ -683,7 +663,7 @@ const memoryLocation = (state: MemoryState) => {
  */
 export const layerFromUrl = (
   url: string | Redacted.Redacted<string>,
-  options: LeaseOptions & { readonly maxConnections?: number | undefined } = {}
+  options: LeaseOptions & { readonly maxConnections?: number | undefined; readonly migrate?: boolean | undefined } = {}
 ): Layer.Layer<Ledger, DmsError.DatabaseError | DmsError.ValidationError> => {
   const raw = Redacted.isRedacted(url) ? Redacted.value(url as Redacted.Redacted<string>) : String(url)
   const location = Urls.parseLedgerUrl(raw)
@@ -710,3 +690,39 @@ export const layerConfig = (
   Layer.unwrapEffect(
     Effect.map(DmsConfig.DmsConfig, (config) => layerFromUrl(config.dbUrl, { ...options, lockTimeout: config.lockTimeout }))
   )
+
+/**
+ * What {@link migrate} did to one table: `created` it, `upgraded` it (added `addedColumns`), or found it
+ * `current`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface TableMigration {
+  readonly table: string
+  readonly action: "created" | "upgraded" | "current"
+  readonly addedColumns: ReadonlyArray<string>
+}
+
+/**
+ * What {@link migrate} did: the database (a URL without its password) and each table (none for `memory:`).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface MigrationReport {
+  readonly location: string
+  readonly tables: ReadonlyArray<TableMigration>
+}
+
+/**
+ * Creates the ledger's tables, or adds the columns an earlier version's tables lack (`trilio-dms
+ * migrate`). The only thing that runs DDL: a client start only checks the tables. Idempotent, and safe
+ * from two processes at once. Needs CREATE, ALTER and INDEX on the database; the database must exist.
+ *
+ * @since 0.1.0
+ * @category migrations
+ */
+export const migrate = (options: {
+  readonly url: string | Redacted.Redacted<string>
+}): Effect.Effect<MigrationReport, DmsError.DatabaseError | DmsError.ValidationError> => MigrateUrl.migrate(options.url)

@@ -20,6 +20,7 @@ describe("Ledger over TLS (MariaDB with require_secure_transport)", () => {
       const certs = yield* certificates
       const db = yield* tlsMariadb(certs)
 
+      yield* Ledger.migrate({ url: `${db.url}?ssl_ca=${encodeURIComponent(certs.ca)}` })
       const verified = yield* build(`${db.url}?ssl_ca=${encodeURIComponent(certs.ca)}`)
       yield* verified.withTargetLock("t-tls", "compute-tls", (lease) => lease.write({ job: { jobId: 1, mounted: true } }))
       const status = yield* verified.getMountStatus(1, "t-tls", "compute-tls")

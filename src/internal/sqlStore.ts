@@ -10,7 +10,7 @@ import { randomUUID } from "node:crypto"
 import { DatabaseError } from "../DmsError.js"
 import type { HostLock, LeaseWrite, LedgerEntry, PendingOperation } from "../Ledger.js"
 import { type Dialect, type Exec, mysqlDialect, sqliteDialect, type Statements, toDatabaseError, truthy } from "./sqlDialect.js"
-import { LEDGER_TABLE, LOCK_TABLE, migrate } from "./sqlSchema.js"
+import { check, LEDGER_TABLE, LOCK_TABLE, migrate } from "./sqlSchema.js"
 import type { LockKey, Store, StoreState } from "./store.js"
 import { leaseLostReason, RESERVATION_MS, RESERVATION_REFRESH_MS } from "./store.js"
 import * as StoreRetry from "./storeRetry.js"
@@ -65,14 +65,15 @@ const stateReadText = (d: Dialect) =>
 export const mysqlStateReadText = (): string => stateReadText(mysqlDialect)
 
 /**
- * Builds the SQL store over its statements, after checking (and creating or upgrading) the tables. On
+ * Builds the SQL store over its statements, after checking the tables (read only; `migrate: true` creates
+ * or upgrades them first). On
  * MySQL they run on a plain mysql2 pool per node (`mysqlNodes`): @effect/sql's span and scope per
  * statement cost about 0.15 ms each, a fifth of a statement's round trip, on every operation; on SQLite
  * through @effect/sql's client.
  */
-const make = (d: Dialect, sql: Statements): Effect.Effect<Store, DatabaseError> =>
+const make = (d: Dialect, sql: Statements, options: StoreOptions): Effect.Effect<Store, DatabaseError> =>
   Effect.gen(function*() {
-    yield* migrate(sql, d)
+    yield* (options.migrate === true ? migrate(sql, d) : check(sql, d))
     const { query, run, runMany } = sql
     const x = d.exact
 
@@ -492,25 +493,32 @@ const make = (d: Dialect, sql: Statements): Effect.Effect<Store, DatabaseError> 
 /** How long a write whose outcome is unknown may take to find out whether it landed. */
 const recheckRetry = StoreRetry.retrying("checking whether a ledger write landed", Duration.seconds(10))
 
-/**
- * The store on MySQL/MariaDB, its statements run by `exec` (see `mysqlNodes`).
- */
-export const makeMysql = (exec: Exec): Effect.Effect<Store, DatabaseError> =>
-  make(mysqlDialect, {
-    run: exec,
-    runMany: exec,
-    query: exec as Statements["query"],
-    transaction: (effect) => effect
-  })
+/** Options of a SQL store. */
+export interface StoreOptions {
+  /** Create or upgrade the tables before use (`trilio-dms migrate`'s work); otherwise only check them. */
+  readonly migrate?: boolean | undefined
+}
+
+/** MySQL's statements, run by `exec` (see `mysqlNodes`): each fenced by itself, so no transactions. */
+export const mysqlStatements = (exec: Exec): Statements => ({
+  run: exec,
+  runMany: exec,
+  query: exec as Statements["query"],
+  transaction: (effect) => effect
+})
+
+/** Statements over an @effect/sql client (SQLite's; one statement per round trip). */
+export const clientStatements = (sql: SqlClient.SqlClient): Statements => ({
+  run: (text, params) => sql.unsafe(text, params).raw,
+  runMany: (text, params) => sql.unsafe(text, params).raw,
+  query: (text, params) => sql.unsafe<Record<string, unknown>>(text, params),
+  transaction: sql.withTransaction
+})
+
+/** The store on MySQL/MariaDB, its statements run by `exec` (see `mysqlNodes`). */
+export const makeMysql = (exec: Exec, options: StoreOptions = {}): Effect.Effect<Store, DatabaseError> =>
+  make(mysqlDialect, mysqlStatements(exec), options)
 
 /** The store on SQLite, over the current SqlClient. */
-export const makeSqlite: Effect.Effect<Store, DatabaseError, SqlClient.SqlClient> = Effect.flatMap(
-  SqlClient.SqlClient,
-  (sql) =>
-    make(sqliteDialect, {
-      run: (text, params) => sql.unsafe(text, params).raw,
-      runMany: (text, params) => sql.unsafe(text, params).raw,
-      query: (text, params) => sql.unsafe<Record<string, unknown>>(text, params),
-      transaction: sql.withTransaction
-    })
-)
+export const makeSqlite = (options: StoreOptions = {}): Effect.Effect<Store, DatabaseError, SqlClient.SqlClient> =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) => make(sqliteDialect, clientStatements(sql), options))

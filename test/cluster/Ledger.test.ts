@@ -24,10 +24,10 @@ const retries = (kind: RetryKind) => Effect.map(Metric.value(retriesTotal.pipe(M
 const ledgerAt = (url: string, options: Omit<Ledger.MysqlOptions, "url"> = {}) =>
   Layer.build(Ledger.layerMysql({ url, ...options })).pipe(Effect.map(Context.get(Ledger.Ledger)))
 
-/** Creates the tables through node 1 (a client of the test's own, as `migrate` would). */
+/** A database of the test's own with the tables, made as an operator would: `migrate` through the node list. */
 const withTables = Effect.gen(function*() {
   const db = yield* galeraDatabase
-  yield* Effect.scoped(ledgerAt(db.url(1, 2, 3)))
+  yield* Ledger.migrate({ url: db.url(1, 2, 3) })
   return db
 })
 
