@@ -156,6 +156,15 @@ const make = (d: Dialect, sql: Statements, options: StoreOptions): Effect.Effect
           })
         ))
 
+    /** Whether the job holds a row of the pair (mounted, not deleted): a fenced insert for it landed. */
+    const insertLanded = (key: LockKey, jobId: number) =>
+      recheckRetry(
+        query(
+          `SELECT COUNT(*) AS n FROM ${LEDGER_TABLE} WHERE jobid = ? AND backup_target_id = ${x}? AND host = ${x}? AND deleted = 0 AND mounted = 1`,
+          [jobId, key.backupTargetId, key.host]
+        ).pipe(Effect.mapError(toDatabaseError("ledger write")))
+      ).pipe(Effect.map((rows) => Number(rows[0]?.n ?? 0) > 0))
+
     // SQLite: a local transaction (no round trips): fence, then the job's row.
     const writeInTransaction = (key: LockKey, owner: string, leaseMs: number, w: LeaseWrite, job: NonNullable<LeaseWrite["job"]>) =>
       sql.transaction(Effect.gen(function*() {
@@ -186,7 +195,8 @@ const make = (d: Dialect, sql: Statements, options: StoreOptions): Effect.Effect
       leaseMs: number,
       w: LeaseWrite,
       job: NonNullable<LeaseWrite["job"]>,
-      token: string
+      token: string,
+      again: boolean
     ) =>
       Effect.gen(function*() {
         if (job.entryId !== null) {
@@ -205,29 +215,20 @@ const make = (d: Dialect, sql: Statements, options: StoreOptions): Effect.Effect
         }
         // No row for the job (or the lease is gone: the fence tells).
         if (!job.mounted) return yield* fence(key, owner, leaseMs, w, token, "ledger write")
-        // The fenced insert and the lock row's update, in one round trip (two statements).
+        // The fenced insert and the lock row's update, in one round trip (two statements). A connection
+        // lost between them may leave the insert landed without the update: a retried write (`again`)
+        // first looks whether the job holds its row, and then only updates the lock row. (A NOT EXISTS on
+        // the ledger inside the INSERT … SELECT would take shared locks on its rows and, with
+        // innodb_autoinc_lock_mode 1, fail with 1467 under load.)
         const sets = lockSets(w, owner, leaseMs, token, "")
+        const update = `UPDATE ${LOCK_TABLE} SET ${sets.text} WHERE lock_key = ? AND owner = ?`
+        const updateParams = [...sets.params, key.key, owner]
+        if (again && (yield* insertLanded(key, job.jobId))) return yield* fence(key, owner, leaseMs, w, token, "ledger write")
         const [, fenced] = (yield* runMany(
           `INSERT INTO ${LEDGER_TABLE} (created_at, updated_at, deleted, version, backup_target_id, jobid, host, mounted)
-            SELECT ${d.nowSeconds}, ${d.nowSeconds}, 0, ?, ?, ?, ?, 1 FROM ${LOCK_TABLE} l
-            WHERE l.lock_key = ? AND l.owner = ? AND NOT EXISTS (
-              SELECT 1 FROM ${LEDGER_TABLE} e WHERE e.jobid = ? AND e.backup_target_id = ${x}? AND e.host = ${x}?
-                AND e.deleted = 0 AND e.mounted = 1);
-          UPDATE ${LOCK_TABLE} SET ${sets.text} WHERE lock_key = ? AND owner = ?`,
-          [
-            VERSION,
-            key.backupTargetId,
-            job.jobId,
-            key.host,
-            key.key,
-            owner,
-            job.jobId,
-            key.backupTargetId,
-            key.host,
-            ...sets.params,
-            key.key,
-            owner
-          ]
+            SELECT ${d.nowSeconds}, ${d.nowSeconds}, 0, ?, ?, ?, ?, 1 FROM ${LOCK_TABLE} WHERE lock_key = ? AND owner = ?;
+          ${update}`,
+          [VERSION, key.backupTargetId, job.jobId, key.host, key.key, owner, ...updateParams]
         )) as [unknown, unknown]
         if (d.affected(fenced) !== 1) return yield* Effect.fail(lostLease("ledger write"))
       })
@@ -385,11 +386,16 @@ const make = (d: Dialect, sql: Statements, options: StoreOptions): Effect.Effect
       write: (key, owner, leaseMs, w) => {
         const job = w.job
         const token = randomUUID()
-        const write = job === undefined
-          ? fence(key, owner, leaseMs, w, token, "ledger write")
-          : d.name === "mysql"
-          ? writeFenced(key, owner, leaseMs, w, job, token)
-          : writeInTransaction(key, owner, leaseMs, w, job)
+        // Run again (by the store's retries) after a failure that may have landed part of it.
+        let tries = 0
+        const write = Effect.suspend(() => {
+          tries++
+          return job === undefined
+            ? fence(key, owner, leaseMs, w, token, "ledger write")
+            : d.name === "mysql"
+            ? writeFenced(key, owner, leaseMs, w, job, token, tries > 1)
+            : writeInTransaction(key, owner, leaseMs, w, job)
+        })
         return orRecheck(key, owner, token, "ledger write")(write.pipe(Effect.mapError(toDatabaseError("ledger write"))), undefined)
       },
       softDelete: (key, owner, leaseMs, entryId) => {
