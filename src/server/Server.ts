@@ -18,14 +18,11 @@
  *
  * @since 0.1.0
  */
-import amqp from "amqplib"
-import type { Channel, ChannelModel, ConsumeMessage } from "amqplib"
+import type { ConsumeMessage } from "amqplib"
 import * as Context from "effect/Context"
-import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
-import * as FiberId from "effect/FiberId"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as Option from "effect/Option"
@@ -37,6 +34,7 @@ import * as path from "node:path"
 import * as Broker from "../Broker.js"
 import * as DmsError from "../DmsError.js"
 import * as Protocol from "../Protocol.js"
+import * as AmqpConsumer from "../internal/amqpConsumer.js"
 import * as Urls from "../internal/urls.js"
 import * as Barbican from "./Barbican.js"
 import * as CommandRunner from "./CommandRunner.js"
@@ -196,16 +194,8 @@ export interface Service {
  */
 export class Server extends Context.Tag("trilio-dms/server/Server")<Server, Service>() {}
 
-interface Session {
-  readonly model: ChannelModel
-  readonly channel: Channel
-  alive: boolean
-  consumerTag: string | undefined
-  readonly lost: Deferred.Deferred<string>
-}
-
 interface Job {
-  readonly session: Session
+  readonly session: AmqpConsumer.Session
   readonly msg: ConsumeMessage
   readonly deadline: number
   readonly run: Effect.Effect<Protocol.Reply | Record<string, unknown>>
@@ -229,33 +219,16 @@ export const make = (options: Options) =>
     const displayUrl = Urls.redactUrl(url)
     const prefetch = options.prefetch ?? 64
     const connectionName = options.connectionName ?? `trilio-dms-server@${options.nodeId}`
-    const ready = Deferred.unsafeMake<void>(FiberId.none)
     const idle = { waiters: [] as Array<() => void> }
 
     let stopping = false
-    let current: Session | undefined
     const counters = { received: 0, replied: 0, refusedExpired: 0, running: 0 }
     /** Per mount path: the jobs waiting, the first one running. */
     const lanes = new Map<string, Array<Job>>()
 
     const log = (effect: Effect.Effect<void>) => runFork(effect.pipe(Effect.annotateLogs({ queue })))
-    const guard = (f: () => void) => {
-      try {
-        f()
-      } catch (e) {
-        log(Effect.logWarning(`unexpected error in a broker event handler: ${describeError(e)}`))
-      }
-    }
-
-    const lose = (session: Session, reason: string) => {
-      if (!session.alive) return
-      session.alive = false
-      if (current === session) current = undefined
-      Deferred.unsafeDone(session.lost, Effect.succeed(reason))
-    }
-
     /** Publishes the reply (if the request asked for one) and acks — on the channel that delivered it. */
-    const answer = (session: Session, msg: ConsumeMessage, body: Protocol.Reply | Record<string, unknown>) =>
+    const answer = (session: AmqpConsumer.Session, msg: ConsumeMessage, body: Protocol.Reply | Record<string, unknown>) =>
       Effect.sync(() => {
         if (!session.alive) return false
         const replyTo = msg.properties.replyTo as string | undefined
@@ -366,7 +339,7 @@ export const make = (options: Options) =>
 
     const decodedOf = new WeakMap<Job, Decoded>()
 
-    const onMessage = (session: Session, msg: ConsumeMessage) => {
+    const onMessage = (session: AmqpConsumer.Session, msg: ConsumeMessage) => {
       counters.received++
       const headers = (msg.properties.headers ?? {}) as Record<string, unknown>
       const deadline = Option.getOrElse(Broker.deadlineOf(headers), () => Infinity)
@@ -411,93 +384,20 @@ export const make = (options: Options) =>
       runFork(drain(key, decodedOf))
     }
 
-    const connect = Effect.tryPromise({
-      try: async () => {
-        const model = await amqp.connect(url, { noDelay: true, clientProperties: { connection_name: connectionName } })
-        const lost = Deferred.unsafeMake<string>(FiberId.none)
-        let channel: Channel
-        const pending: { session?: Session; reason?: string } = {}
-        model.on("error", (e: Error) => guard(() => void (pending.reason = describeError(e))))
-        model.on("close", (e?: Error) =>
-          guard(() => {
-            if (pending.session) lose(pending.session, `connection closed${e ? `: ${describeError(e)}` : ""}`)
-            else Deferred.unsafeDone(lost, Effect.succeed("connection closed"))
-          })
-        )
-        try {
-          channel = await model.createChannel()
-        } catch (e) {
-          await model.close().catch(() => undefined)
-          throw e
-        }
-        const session: Session = { model, channel, alive: true, consumerTag: undefined, lost }
-        pending.session = session
-        channel.on("error", (e: Error) => guard(() => void (pending.reason = describeError(e))))
-        channel.on("close", () => guard(() => lose(session, `channel closed${pending.reason ? `: ${pending.reason}` : ""}`)))
-        try {
-          await channel.assertQueue(queue, { durable: true })
-          await channel.prefetch(prefetch)
-          const { consumerTag } = await channel.consume(
-            queue,
-            (msg) =>
-              guard(() => {
-                if (msg === null) lose(session, "the broker cancelled the consumer")
-                else onMessage(session, msg)
-              }),
-            { exclusive: true, noAck: false }
-          )
-          session.consumerTag = consumerTag
-        } catch (e) {
-          await model.close().catch(() => undefined)
-          throw new Error(
-            /ACCESS[-_]REFUSED|exclusive/i.test(describeError(e)) || (e as { code?: unknown }).code === 403
-              ? `another DMS server already consumes ${queue} (exclusive consumer)`
-              : describeError(e)
-          )
-        }
-        return session
-      },
-      catch: (e) => new Error(`cannot consume ${queue} on ${displayUrl}: ${describeError(e)}`)
+    const connection = yield* AmqpConsumer.make({
+      url,
+      displayUrl,
+      queue,
+      prefetch,
+      connectionName,
+      reconnectSchedule: options.reconnectSchedule,
+      onMessage
     })
-
-    let failures = 0
-    const cycle = Effect.gen(function*() {
-      const session = yield* Effect.acquireRelease(
-        connect.pipe(
-          Effect.tapError((e) =>
-            Effect.suspend(() => {
-              failures++
-              return failures === 1 || failures % 20 === 0 ? Effect.logWarning(`${e.message}; retrying`) : Effect.logDebug(e.message)
-            })
-          )
-        ),
-        (s) =>
-          Effect.promise(async () => {
-            // Closing the channel first flushes the replies still buffered on it: amqplib writes the
-            // connection's close frame ahead of channel buffers, which would drop them.
-            const wasAlive = s.alive
-            lose(s, "closed")
-            if (wasAlive) await s.channel.close().catch(() => undefined)
-            await s.model.close().catch(() => undefined)
-          }).pipe(Effect.timeout(Duration.seconds(10)), Effect.ignore)
-      )
-      failures = 0
-      current = session
-      yield* Effect.logInfo(`consuming ${queue}`).pipe(Effect.annotateLogs({ broker: displayUrl, prefetch }))
-      Deferred.unsafeDone(ready, Effect.void)
-      const reason = yield* Deferred.await(session.lost)
-      yield* Effect.logWarning(`lost the broker: ${reason}; reconnecting`)
-      return yield* Effect.fail(new Error(reason))
-    }).pipe(Effect.scoped)
-
-    const schedule = options.reconnectSchedule ??
-      Schedule.exponential(Duration.millis(100), 2).pipe(Schedule.union(Schedule.spaced(Duration.seconds(5))))
-    yield* cycle.pipe(Effect.retry(schedule), Effect.ignore, Effect.forkScoped)
 
     yield* Effect.addFinalizer(() =>
       Effect.gen(function*() {
         stopping = true
-        const session = current
+        const session = connection.current()
         if (session !== undefined && session.alive && session.consumerTag !== undefined) {
           const tag = session.consumerTag
           yield* Effect.promise(() => session.channel.cancel(tag).then(() => undefined, () => undefined)).pipe(
@@ -518,7 +418,7 @@ export const make = (options: Options) =>
 
     return {
       queue,
-      ready: Deferred.await(ready),
+      ready: connection.ready,
       stats: () => ({
         ...counters,
         queued: [...lanes.values()].reduce((n, lane) => n + Math.max(0, lane.length - 1), 0)
