@@ -1,41 +1,54 @@
 /**
- * The DMS server's side of the broker: a supervised connection that declares the host's queue,
- * consumes it exclusively and hands every delivery to the server, reconnecting with backoff when the
- * connection drops. What a delivery means is the server's business (`server/Server.ts`).
+ * The DMS server's side of the broker: on the supervised connection of `amqpConnection` (the one the
+ * client uses too), declare the host's queue, consume it as its single consumer and hand every
+ * delivery to the server. What a delivery means is the server's business (`server/Server.ts`).
+ *
+ * Queue types:
+ * - `classic`: durable, no arguments (what the Python client and server declare, so they can share
+ *   it); one consumer through `exclusive`.
+ * - `quorum`: durable, `x-queue-type: quorum`, replicated on the cluster's nodes. RabbitMQ 3.10 accepts
+ *   `exclusive` on a quorum queue's consumer but does not enforce it (two servers both consumed in a
+ *   test), so the queue is declared with `x-single-active-consumer: true`: a second server is
+ *   registered but gets nothing until the first is gone, which keeps requests in order all the same.
  */
-import amqp from "amqplib"
-import type { Channel, ChannelModel, ConsumeMessage } from "amqplib"
+import type { Channel, ConsumeMessage } from "amqplib"
+import type * as Duration from "effect/Duration"
 import * as Deferred from "effect/Deferred"
-import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as FiberId from "effect/FiberId"
-import * as Runtime from "effect/Runtime"
-import * as Schedule from "effect/Schedule"
+import type * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
+import type * as DmsError from "../DmsError.js"
+import { brokerError, closeQuietly, makeTools } from "./amqpCommon.js"
+import * as AmqpConnection from "./amqpConnection.js"
+
+/**
+ * The type of the host's queue.
+ */
+export type QueueType = "classic" | "quorum"
 
 /**
  * One connection's channel, on which deliveries arrive and their replies and acks must go.
  */
 export interface Session {
-  readonly model: ChannelModel
   readonly channel: Channel
-  alive: boolean
-  consumerTag: string | undefined
-  readonly lost: Deferred.Deferred<string>
+  /** False once the channel or its connection is gone: a reply or ack on it would be lost. */
+  readonly alive: () => boolean
+  readonly consumerTag: string
 }
 
 /**
  * What the consumer needs.
  */
 export interface Options {
-  /** The broker URL, with its password: never logged. */
-  readonly url: string
-  /** The URL with the password masked, for messages. */
-  readonly displayUrl: string
+  /** The broker's URLs, one per node, tried in order; with passwords: never logged. */
+  readonly urls: ReadonlyArray<string>
   readonly queue: string
+  readonly queueType: QueueType
   readonly prefetch: number
   readonly connectionName: string
-  readonly reconnectSchedule?: Schedule.Schedule<unknown, unknown> | undefined
+  readonly connectTimeout: Duration.Duration
+  readonly reconnectSchedule: Schedule.Schedule<unknown, DmsError.BrokerError>
   /** Called for every delivery, from amqplib's callback. */
   readonly onMessage: (session: Session, msg: ConsumeMessage) => void
 }
@@ -48,120 +61,143 @@ export interface Consumer {
   readonly current: () => Session | undefined
   /** Completes once the queue is consumed (the first time). */
   readonly ready: Effect.Effect<void>
+  /**
+   * The outcome of the first connection attempt: fails only if it stopped the consumer for good (the
+   * queue exists with another type); a broker that cannot be reached is retried in the background.
+   */
+  readonly started: Effect.Effect<void, DmsError.BrokerError>
+  /** Fails when the consumer stopped for good, with why; never completes otherwise. */
+  readonly stopped: Effect.Effect<never, DmsError.BrokerError>
 }
 
-const describeError = (e: unknown): string => (e instanceof Error ? e.message : String(e))
+const queueArguments = (type: QueueType): Record<string, unknown> | undefined =>
+  type === "quorum" ? { "x-queue-type": "quorum", "x-single-active-consumer": true } : undefined
+
+/**
+ * The type a `PRECONDITION_FAILED` on declaring says the queue has, if that is what differs: RabbitMQ
+ * words it `inequivalent arg 'x-queue-type' … received 'quorum' but current is none` (a classic queue)
+ * or `… but current is the value 'quorum' …`.
+ */
+const existingType = (message: string): string | undefined => {
+  if (!/inequivalent arg 'x-queue-type'/.test(message)) return undefined
+  const value = /current is the value '([^']*)'/.exec(message)?.[1]
+  return value ?? "classic"
+}
 
 /**
  * Starts consuming in the current scope, in the background; closing the scope closes the connection.
  */
 export const make = (options: Options): Effect.Effect<Consumer, never, Scope.Scope> =>
   Effect.gen(function*() {
-    const runtime = yield* Effect.runtime<never>()
-    const runFork = Runtime.runFork(runtime)
-    const { displayUrl, prefetch, queue, url, connectionName } = options
-    const ready = Deferred.unsafeMake<void>(FiberId.none)
-    let current: Session | undefined
+    const { connectionName, prefetch, queue, queueType } = options
+    const tools = yield* makeTools(options.urls)
+    const { guard, log, safe } = tools
+    // Errors that no retry cures: the supervisor stops on them.
+    const permanent = new WeakSet<DmsError.BrokerError>()
+    const consuming = Deferred.unsafeMake<void>(FiberId.none)
 
-    const log = (effect: Effect.Effect<void>) => runFork(effect.pipe(Effect.annotateLogs({ queue })))
-    const guard = (f: () => void) => {
-      try {
-        f()
-      } catch (e) {
-        log(Effect.logWarning(`unexpected error in a broker event handler: ${describeError(e)}`))
-      }
-    }
+    const declare = (channel: Channel) =>
+      Effect.tryPromise({
+        try: () => channel.assertQueue(queue, { durable: true, arguments: queueArguments(queueType) }),
+        catch: (e) => {
+          const message = safe(e)
+          const existing = existingType(message)
+          if (existing !== undefined) {
+            const error = brokerError(
+              `queue ${queue} already exists as a ${existing} queue, but this server is configured with queue_type ${queueType}: ` +
+                `set queue_type ${existing} (--queue-type, DMS_QUEUE_TYPE, queue_type in server.conf), or stop every DMS ` +
+                `server of this host and delete the queue (rabbitmqctl delete_queue ${queue}; requests waiting in it are lost) ` +
+                `so that it is declared again as ${queueType}`,
+              { queue, cause: e }
+            )
+            permanent.add(error)
+            return error
+          }
+          if ((e as { code?: unknown }).code === 406) {
+            const error = brokerError(
+              `queue ${queue} exists with other arguments than a ${queueType} DMS queue (${message}): delete it so that the ` +
+                `server declares it again, or fix queue_type`,
+              { queue, cause: e }
+            )
+            permanent.add(error)
+            return error
+          }
+          return brokerError(`cannot declare ${queue}: ${message}`, { queue, cause: e })
+        }
+      })
 
-    const lose = (session: Session, reason: string) => {
-      if (!session.alive) return
-      session.alive = false
-      if (current === session) current = undefined
-      Deferred.unsafeDone(session.lost, Effect.succeed(reason))
-    }
-
-    const connect = Effect.tryPromise({
-      try: async () => {
-        const model = await amqp.connect(url, { noDelay: true, clientProperties: { connection_name: connectionName } })
-        const lost = Deferred.unsafeMake<string>(FiberId.none)
-        let channel: Channel
-        const pending: { session?: Session; reason?: string } = {}
-        model.on("error", (e: Error) => guard(() => void (pending.reason = describeError(e))))
-        model.on("close", (e?: Error) =>
+    const setup = (connection: AmqpConnection.Connection) =>
+      Effect.gen(function*() {
+        const channel = yield* Effect.acquireRelease(
+          Effect.tryPromise({
+            try: () => connection.model.createChannel(),
+            catch: (e) => brokerError(`cannot open a channel: ${safe(e)}`, { queue, cause: e })
+          }),
+          // Closing the channel before the connection flushes the replies still buffered on it:
+          // amqplib writes the connection's close frame ahead of channel buffers, which would drop them.
+          (channel) => closeQuietly(() => channel.close())
+        )
+        const state = { open: true }
+        channel.on("error", (e: Error) => guard(() => connection.noteError(e)))
+        channel.on("close", () =>
           guard(() => {
-            if (pending.session) lose(pending.session, `connection closed${e ? `: ${describeError(e)}` : ""}`)
-            else Deferred.unsafeDone(lost, Effect.succeed("connection closed"))
+            state.open = false
+            // The server cannot live without its channel: start over on a new connection.
+            connection.lose("the channel was closed")
           })
         )
-        try {
-          channel = await model.createChannel()
-        } catch (e) {
-          await model.close().catch(() => undefined)
-          throw e
+        yield* declare(channel)
+        yield* Effect.tryPromise({
+          try: () => channel.prefetch(prefetch),
+          catch: (e) => brokerError(`cannot set the prefetch: ${safe(e)}`, { queue, cause: e })
+        })
+        const session: { -readonly [K in keyof Session]: Session[K] } = {
+          channel,
+          alive: () => state.open && connection.alive,
+          consumerTag: ""
         }
-        const session: Session = { model, channel, alive: true, consumerTag: undefined, lost }
-        pending.session = session
-        channel.on("error", (e: Error) => guard(() => void (pending.reason = describeError(e))))
-        channel.on("close", () => guard(() => lose(session, `channel closed${pending.reason ? `: ${pending.reason}` : ""}`)))
-        try {
-          await channel.assertQueue(queue, { durable: true })
-          await channel.prefetch(prefetch)
-          const { consumerTag } = await channel.consume(
-            queue,
-            (msg) =>
-              guard(() => {
-                if (msg === null) lose(session, "the broker cancelled the consumer")
-                else options.onMessage(session, msg)
-              }),
-            { exclusive: true, noAck: false }
-          )
-          session.consumerTag = consumerTag
-        } catch (e) {
-          await model.close().catch(() => undefined)
-          throw new Error(
-            /ACCESS[-_]REFUSED|exclusive/i.test(describeError(e)) || (e as { code?: unknown }).code === 403
-              ? `another DMS server already consumes ${queue} (exclusive consumer)`
-              : describeError(e)
-          )
-        }
-        return session
-      },
-      catch: (e) => new Error(`cannot consume ${queue} on ${displayUrl}: ${describeError(e)}`)
+        const { consumerTag } = yield* Effect.tryPromise({
+          try: () =>
+            channel.consume(
+              queue,
+              (msg) =>
+                guard(() => {
+                  if (msg === null) connection.lose("the broker cancelled the consumer")
+                  else options.onMessage(session, msg)
+                }),
+              // A quorum queue has its single active consumer by declaration (see the module's note).
+              { exclusive: queueType === "classic", noAck: false }
+            ),
+          catch: (e) =>
+            brokerError(
+              /ACCESS[-_]REFUSED|exclusive/i.test(safe(e)) || (e as { code?: unknown }).code === 403
+                ? `another DMS server already consumes ${queue} (exclusive consumer)`
+                : `cannot consume ${queue}: ${safe(e)}`,
+              { queue, cause: e }
+            )
+        })
+        session.consumerTag = consumerTag
+        Deferred.unsafeDone(consuming, Effect.void)
+        log("Info", `consuming ${queue}`, { node: connection.node, queueType, prefetch })
+        return session as Session
+      })
+
+    const supervisor = yield* AmqpConnection.make<Session>({
+      urls: options.urls,
+      connectionName,
+      connectTimeout: options.connectTimeout,
+      reconnectSchedule: options.reconnectSchedule,
+      tools,
+      setup,
+      onLost: () => ({ queue }),
+      isPermanent: (e) => permanent.has(e)
     })
 
-    let failures = 0
-    const cycle = Effect.gen(function*() {
-      const session = yield* Effect.acquireRelease(
-        connect.pipe(
-          Effect.tapError((e) =>
-            Effect.suspend(() => {
-              failures++
-              return failures === 1 || failures % 20 === 0 ? Effect.logWarning(`${e.message}; retrying`) : Effect.logDebug(e.message)
-            })
-          )
-        ),
-        (s) =>
-          Effect.promise(async () => {
-            // Closing the channel first flushes the replies still buffered on it: amqplib writes the
-            // connection's close frame ahead of channel buffers, which would drop them.
-            const wasAlive = s.alive
-            lose(s, "closed")
-            if (wasAlive) await s.channel.close().catch(() => undefined)
-            await s.model.close().catch(() => undefined)
-          }).pipe(Effect.timeout(Duration.seconds(10)), Effect.ignore)
-      )
-      failures = 0
-      current = session
-      yield* Effect.logInfo(`consuming ${queue}`).pipe(Effect.annotateLogs({ broker: displayUrl, prefetch }))
-      Deferred.unsafeDone(ready, Effect.void)
-      const reason = yield* Deferred.await(session.lost)
-      yield* Effect.logWarning(`lost the broker: ${reason}; reconnecting`)
-      return yield* Effect.fail(new Error(reason))
-    }).pipe(Effect.scoped)
-
-    const schedule = options.reconnectSchedule ??
-      Schedule.exponential(Duration.millis(100), 2).pipe(Schedule.union(Schedule.spaced(Duration.seconds(5))))
-
-    yield* cycle.pipe(Effect.retry(schedule), Effect.ignore, Effect.forkScoped)
-
-    return { current: () => current, ready: Deferred.await(ready) } satisfies Consumer
+    const failedForGood = (e: DmsError.BrokerError) => Effect.suspend(() => (permanent.has(e) ? Effect.fail(e) : Effect.void))
+    return {
+      current: () => supervisor.current()?.state,
+      ready: Deferred.await(consuming),
+      started: Effect.catchAll(Effect.asVoid(supervisor.next), failedForGood),
+      stopped: supervisor.stopped
+    } satisfies Consumer
   })

@@ -150,14 +150,33 @@ export const decodeRequest = (content: Buffer | string): Either.Either<Decoded, 
  */
 export interface Options {
   readonly nodeId: string
+  /**
+   * `amqp://…` or `amqps://…`, or a comma-separated list of a cluster's nodes: tried in order; after a
+   * connection is lost the server reconnects to the next node that answers.
+   */
   readonly rabbitmqUrl: string | Redacted.Redacted<string>
+  /**
+   * The type of `dms.<node-id>`: `classic` (default; durable, no arguments, as the Python server and
+   * client declare it) or `quorum` (replicated on the cluster's nodes, single active consumer).
+   */
+  readonly queueType?: QueueType | undefined
   /** Unacknowledged requests the broker may hand over at once (they queue per path here). Default 64. */
   readonly prefetch?: number | undefined
   /** The `connection_name` shown by the management tools. Default `trilio-dms-server@<node-id>`. */
   readonly connectionName?: string | undefined
-  /** Delays between reconnection attempts. Default: exponential from 100 ms, capped at 5 s, forever. */
+  /** Delays between reconnection attempts. Default: `Broker.defaultReconnectSchedule` (forever). */
   readonly reconnectSchedule?: Schedule.Schedule<unknown, unknown> | undefined
+  /** How long one connection attempt may take. Default 10 s. */
+  readonly connectTimeout?: Duration.DurationInput | undefined
 }
+
+/**
+ * The type of the host's queue.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type QueueType = AmqpConsumer.QueueType
 
 /**
  * Counters, for tests and the status log line.
@@ -183,6 +202,11 @@ export interface Service {
   readonly queue: string
   /** Completes once the server consumes its queue (the first time). */
   readonly ready: Effect.Effect<void>
+  /**
+   * Fails when the server stopped consuming for good (its queue exists with another type, or the
+   * reconnect schedule ended); never completes otherwise. What `trilio-dms server` waits on.
+   */
+  readonly stopped: Effect.Effect<never, DmsError.BrokerError>
   readonly stats: () => Stats
 }
 
@@ -216,7 +240,14 @@ export const make = (options: Options) =>
     const runFork = Runtime.runFork(runtime)
     const queue = Broker.queueName(options.nodeId)
     const url = Redacted.isRedacted(options.rabbitmqUrl) ? Redacted.value(options.rabbitmqUrl) : options.rabbitmqUrl
-    const displayUrl = Urls.redactUrl(url)
+    const location = Urls.parseBrokerUrl(url)
+    if (typeof location === "string" || location.kind !== "amqp") {
+      return yield* DmsError.invalid(
+        "server options",
+        "rabbitmqUrl",
+        typeof location === "string" ? location : "the server needs a RabbitMQ URL (amqp:// or amqps://)"
+      )
+    }
     const prefetch = options.prefetch ?? 64
     const connectionName = options.connectionName ?? `trilio-dms-server@${options.nodeId}`
     const idle = { waiters: [] as Array<() => void> }
@@ -230,7 +261,7 @@ export const make = (options: Options) =>
     /** Publishes the reply (if the request asked for one) and acks — on the channel that delivered it. */
     const answer = (session: AmqpConsumer.Session, msg: ConsumeMessage, body: Protocol.Reply | Record<string, unknown>) =>
       Effect.sync(() => {
-        if (!session.alive) return false
+        if (!session.alive()) return false
         const replyTo = msg.properties.replyTo as string | undefined
         const correlationId = msg.properties.correlationId as string | undefined
         try {
@@ -320,7 +351,7 @@ export const make = (options: Options) =>
           lanes.delete(key)
           return Effect.void
         }
-        if (!job.session.alive) {
+        if (!job.session.alive()) {
           // Its channel is gone: the broker redelivers it (it was not acked), so running it here would
           // run it twice.
           lane.shift()
@@ -385,20 +416,23 @@ export const make = (options: Options) =>
     }
 
     const connection = yield* AmqpConsumer.make({
-      url,
-      displayUrl,
+      urls: location.urls.map(Redacted.value),
       queue,
+      queueType: options.queueType ?? "classic",
       prefetch,
       connectionName,
-      reconnectSchedule: options.reconnectSchedule,
+      connectTimeout: Duration.decode(options.connectTimeout ?? Duration.seconds(10)),
+      reconnectSchedule: options.reconnectSchedule ?? Broker.defaultReconnectSchedule,
       onMessage
     })
+    // A queue of the other type fails the start; a broker that cannot be reached is retried meanwhile.
+    yield* connection.started
 
     yield* Effect.addFinalizer(() =>
       Effect.gen(function*() {
         stopping = true
         const session = connection.current()
-        if (session !== undefined && session.alive && session.consumerTag !== undefined) {
+        if (session !== undefined && session.alive()) {
           const tag = session.consumerTag
           yield* Effect.promise(() => session.channel.cancel(tag).then(() => undefined, () => undefined)).pipe(
             Effect.timeout(Duration.seconds(5)),
@@ -419,6 +453,7 @@ export const make = (options: Options) =>
     return {
       queue,
       ready: connection.ready,
+      stopped: connection.stopped,
       stats: () => ({
         ...counters,
         queued: [...lanes.values()].reduce((n, lane) => n + Math.max(0, lane.length - 1), 0)
@@ -433,7 +468,9 @@ export const make = (options: Options) =>
  * @since 0.1.0
  * @category layers
  */
-export const layer = (options: Options): Layer.Layer<Server, never, Mounter.Mounter> => Layer.scoped(Server, make(options))
+export const layer = (
+  options: Options
+): Layer.Layer<Server, DmsError.ValidationError | DmsError.BrokerError, Mounter.Mounter> => Layer.scoped(Server, make(options))
 
 /**
  * Everything from a resolved configuration: the server, the Mounter with the real command runner and
@@ -442,8 +479,10 @@ export const layer = (options: Options): Layer.Layer<Server, never, Mounter.Moun
  * @since 0.1.0
  * @category layers
  */
-export const layerFromSettings = (settings: ServerConfig.Settings): Layer.Layer<Server, Mounter.MounterError> =>
-  layer({ nodeId: settings.nodeId, rabbitmqUrl: settings.rabbitmqUrl, prefetch: settings.prefetch }).pipe(
+export const layerFromSettings = (
+  settings: ServerConfig.Settings
+): Layer.Layer<Server, Mounter.MounterError | DmsError.ValidationError | DmsError.BrokerError> =>
+  layer({ nodeId: settings.nodeId, rabbitmqUrl: settings.rabbitmqUrl, queueType: settings.queueType, prefetch: settings.prefetch }).pipe(
     Layer.provide(
       Mounter.layer({
         mountBase: settings.mountBase,
@@ -467,5 +506,15 @@ export const layerFromSettings = (settings: ServerConfig.Settings): Layer.Layer<
  */
 export const layerConfig = (
   options: ServerConfig.Options = {}
-): Layer.Layer<Server, DmsError.ValidationError | Mounter.MounterError> =>
+): Layer.Layer<Server, DmsError.ValidationError | DmsError.BrokerError | Mounter.MounterError> =>
   Layer.unwrapEffect(Effect.map(ServerConfig.fromEnv(options), layerFromSettings))
+
+/**
+ * Runs a server layer until it stops for good (then fails with why) or is interrupted (SIGTERM/SIGINT
+ * under `runMain`): `Layer.launch`, but a server that can no longer consume does not idle on.
+ *
+ * @since 0.1.0
+ * @category running
+ */
+export const launch = <E, R>(self: Layer.Layer<Server, E, R>): Effect.Effect<never, E | DmsError.BrokerError, R> =>
+  Effect.scoped(Effect.flatMap(Layer.build(self), (context) => Context.get(context, Server).stopped))
