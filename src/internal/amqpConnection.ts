@@ -184,7 +184,10 @@ export const make = <S>(options: Options<S>): Effect.Effect<Supervisor<S>, never
         link.lost,
         Effect.succeed(brokerError(`lost the connection to ${link.node}: ${detail}`, why === undefined ? {} : { cause: why }))
       )
-      if (!closing) log("Warning", "lost the connection to the broker", { node: link.node, reason: detail, ...annotations })
+      // A connection whose setup failed was never in use: the failure is reported as such.
+      if (!closing && link.live !== undefined) {
+        log("Warning", "lost the connection to the broker", { node: link.node, reason: detail, ...annotations })
+      }
     }
 
     const connect = (index: number) =>
@@ -275,10 +278,12 @@ export const make = <S>(options: Options<S>): Effect.Effect<Supervisor<S>, never
         if (!closing && Option.isSome(failure)) {
           // Before `next` hears of it, so that a caller of `next` can tell a permanent failure.
           if (isPermanent(failure.value)) stop(failure.value)
-          log(failures === 1 || isPermanent(failure.value) ? "Warning" : "Debug", "cannot connect to the broker; retrying", {
-            reason: failure.value.reason,
-            attempt: failures
-          })
+          else {
+            log(failures === 1 ? "Warning" : "Debug", "cannot connect to the broker; retrying", {
+              reason: failure.value.reason,
+              attempt: failures
+            })
+          }
         }
         settle(attempt, Effect.failCause(opened.cause))
         return yield* Effect.failCause(opened.cause)

@@ -11,7 +11,7 @@
  *   test), so the queue is declared with `x-single-active-consumer: true`: a second server is
  *   registered but gets nothing until the first is gone, which keeps requests in order all the same.
  */
-import type { Channel, ConsumeMessage } from "amqplib"
+import type { Channel, ChannelModel, ConsumeMessage } from "amqplib"
 import type * as Duration from "effect/Duration"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
@@ -74,15 +74,43 @@ const queueArguments = (type: QueueType): Record<string, unknown> | undefined =>
   type === "quorum" ? { "x-queue-type": "quorum", "x-single-active-consumer": true } : undefined
 
 /**
- * The type a `PRECONDITION_FAILED` on declaring says the queue has, if that is what differs: RabbitMQ
- * words it `inequivalent arg 'x-queue-type' … received 'quorum' but current is none` (a classic queue)
- * or `… but current is the value 'quorum' …`.
+ * What RabbitMQ says differs when a declaration does not match the queue: `inequivalent arg 'X' …
+ * but current is none` or `… current is the value 'V' of type 'T'`.
  */
-const existingType = (message: string): string | undefined => {
-  if (!/inequivalent arg 'x-queue-type'/.test(message)) return undefined
-  const value = /current is the value '([^']*)'/.exec(message)?.[1]
-  return value ?? "classic"
+const inequivalent = (message: string): { readonly arg: string; readonly current: unknown } | undefined => {
+  const m = /inequivalent arg '([^']+)'.*current is (?:none|the value '([^']*)' of type '([^']*)')/.exec(message)
+  if (m === null) return undefined
+  const [, arg, value, type] = m
+  const current = value === undefined ? undefined : type === "bool" ? value === "true" : /int|long/.test(type ?? "") && !/str/.test(type ?? "") ? Number(value) : value
+  return { arg: arg!, current }
 }
+
+/**
+ * The arguments the existing queue was declared with, learnt by declaring it again with what the last
+ * refusal said it has, one argument at a time (RabbitMQ names only the first that differs, and checks
+ * `x-single-active-consumer` before `x-queue-type`). Each refusal closes its throwaway channel.
+ */
+const existingArguments = (model: ChannelModel, queue: string, sent: QueueType, refused: string) =>
+  Effect.tryPromise(async () => {
+    const args: Record<string, unknown> = { ...queueArguments(sent) }
+    let message = refused
+    for (let i = 0; i < 8; i++) {
+      const differs = inequivalent(message)
+      if (differs === undefined || differs.arg === "durable") return undefined
+      if (differs.current === undefined) delete args[differs.arg]
+      else args[differs.arg] = differs.current
+      const channel = await model.createChannel()
+      channel.on("error", () => {})
+      try {
+        await channel.assertQueue(queue, { durable: true, arguments: args })
+        await channel.close().catch(() => undefined)
+        return args
+      } catch (e) {
+        message = e instanceof Error ? e.message : String(e)
+      }
+    }
+    return undefined
+  }).pipe(Effect.orElseSucceed(() => undefined))
 
 /**
  * Starts consuming in the current scope, in the background; closing the scope closes the connection.
@@ -96,35 +124,42 @@ export const make = (options: Options): Effect.Effect<Consumer, never, Scope.Sco
     const permanent = new WeakSet<DmsError.BrokerError>()
     const consuming = Deferred.unsafeMake<void>(FiberId.none)
 
-    const declare = (channel: Channel) =>
+    const refuse = (reason: string, e: unknown) => {
+      const error = brokerError(reason, { queue, cause: e })
+      permanent.add(error)
+      return error
+    }
+
+    const declare = (connection: AmqpConnection.Connection, channel: Channel) =>
       Effect.tryPromise({
         try: () => channel.assertQueue(queue, { durable: true, arguments: queueArguments(queueType) }),
-        catch: (e) => {
-          const message = safe(e)
-          const existing = existingType(message)
-          if (existing !== undefined) {
-            const error = brokerError(
-              `queue ${queue} already exists as a ${existing} queue, but this server is configured with queue_type ${queueType}: ` +
-                `set queue_type ${existing} (--queue-type, DMS_QUEUE_TYPE, queue_type in server.conf), or stop every DMS ` +
-                `server of this host and delete the queue (rabbitmqctl delete_queue ${queue}; requests waiting in it are lost) ` +
-                `so that it is declared again as ${queueType}`,
-              { queue, cause: e }
-            )
-            permanent.add(error)
-            return error
-          }
-          if ((e as { code?: unknown }).code === 406) {
-            const error = brokerError(
-              `queue ${queue} exists with other arguments than a ${queueType} DMS queue (${message}): delete it so that the ` +
-                `server declares it again, or fix queue_type`,
-              { queue, cause: e }
-            )
-            permanent.add(error)
-            return error
-          }
-          return brokerError(`cannot declare ${queue}: ${message}`, { queue, cause: e })
-        }
-      })
+        catch: (e) => e
+      }).pipe(
+        Effect.catchAll((e) =>
+          Effect.gen(function*() {
+            const message = safe(e)
+            if ((e as { code?: unknown }).code !== 406) {
+              return yield* Effect.fail(brokerError(`cannot declare ${queue}: ${message}`, { queue, cause: e }))
+            }
+            const args = yield* existingArguments(connection.model, queue, queueType, e instanceof Error ? e.message : String(e))
+            const existing = args === undefined ? undefined : String(args["x-queue-type"] ?? "classic")
+            if (existing !== undefined && existing !== queueType) {
+              return yield* Effect.fail(refuse(
+                `queue ${queue} already exists as a ${existing} queue, but this server is configured with queue_type ${queueType}: ` +
+                  `set queue_type ${existing} (--queue-type, DMS_QUEUE_TYPE, queue_type in server.conf), or stop every DMS ` +
+                  `server of this host and delete the queue (rabbitmqctl delete_queue ${queue}; requests waiting in it are lost) ` +
+                  `so that it is declared again as ${queueType}`,
+                e
+              ))
+            }
+            return yield* Effect.fail(refuse(
+              `queue ${queue} exists with other arguments than a ${queueType} DMS queue (${message}): stop every DMS server of ` +
+                `this host and delete it (rabbitmqctl delete_queue ${queue}) so that it is declared again`,
+              e
+            ))
+          })
+        )
+      )
 
     const setup = (connection: AmqpConnection.Connection) =>
       Effect.gen(function*() {
@@ -137,16 +172,17 @@ export const make = (options: Options): Effect.Effect<Consumer, never, Scope.Sco
           // amqplib writes the connection's close frame ahead of channel buffers, which would drop them.
           (channel) => closeQuietly(() => channel.close())
         )
-        const state = { open: true }
+        const state = { open: true, consuming: false }
         channel.on("error", (e: Error) => guard(() => connection.noteError(e)))
         channel.on("close", () =>
           guard(() => {
             state.open = false
-            // The server cannot live without its channel: start over on a new connection.
-            connection.lose("the channel was closed")
+            // The server cannot live without its channel: start over on a new connection. (Before it
+            // consumes, the failing step fails `setup` by itself.)
+            if (state.consuming) connection.lose("the channel was closed")
           })
         )
-        yield* declare(channel)
+        yield* declare(connection, channel)
         yield* Effect.tryPromise({
           try: () => channel.prefetch(prefetch),
           catch: (e) => brokerError(`cannot set the prefetch: ${safe(e)}`, { queue, cause: e })
@@ -177,6 +213,9 @@ export const make = (options: Options): Effect.Effect<Consumer, never, Scope.Sco
             )
         })
         session.consumerTag = consumerTag
+        state.consuming = true
+        // Closed while `consume` was answered: nothing else will notice.
+        if (!state.open) connection.lose("the channel was closed")
         Deferred.unsafeDone(consuming, Effect.void)
         log("Info", `consuming ${queue}`, { node: connection.node, queueType, prefetch })
         return session as Session

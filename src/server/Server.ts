@@ -165,7 +165,7 @@ export interface Options {
   /** The `connection_name` shown by the management tools. Default `trilio-dms-server@<node-id>`. */
   readonly connectionName?: string | undefined
   /** Delays between reconnection attempts. Default: `Broker.defaultReconnectSchedule` (forever). */
-  readonly reconnectSchedule?: Schedule.Schedule<unknown, unknown> | undefined
+  readonly reconnectSchedule?: Schedule.Schedule<unknown, DmsError.BrokerError> | undefined
   /** How long one connection attempt may take. Default 10 s. */
   readonly connectTimeout?: Duration.DurationInput | undefined
 }
