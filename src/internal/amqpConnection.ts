@@ -226,6 +226,7 @@ export const make = <S>(options: Options<S>): Effect.Effect<Supervisor<S>, never
     // Where the next round starts: the first node, then the node after the last one used.
     let start = 0
     let failures = 0 // rounds failed in a row
+    let connections = 0 // connections made so far
 
     // One round: each node in turn until one connects; its `setup` runs in a scope that lives as long
     // as the connection (the caller's). A node that does not answer passes to the next; a failed
@@ -297,7 +298,12 @@ export const make = <S>(options: Options<S>): Effect.Effect<Supervisor<S>, never
       current = link
       failures = 0
       settle(attempt, Effect.succeed(link))
-      log("Info", "connected to the broker", { node: link.node, connectionName: options.connectionName })
+      // Which node is news when there was a choice, or after a loss; a one-off CLI call stays quiet.
+      log(options.urls.length > 1 || connections > 0 ? "Info" : "Debug", "connected to the broker", {
+        node: link.node,
+        connectionName: options.connectionName
+      })
+      connections++
       return yield* Effect.flatMap(Deferred.await(link.lost), Effect.fail)
     }).pipe(Effect.scoped)
 
