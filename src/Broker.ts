@@ -232,7 +232,11 @@ const makeService = (transport: Transport): Service => ({
  * @category models
  */
 export interface AmqpOptions {
-  /** `amqp://user:password@host:5672/vhost` or `amqps://…`. The password is never logged. */
+  /**
+   * `amqp://user:password@host:5672/vhost` or `amqps://…`, or a comma-separated list of the nodes of a
+   * cluster: they are tried in order, and after a connection is lost the client reconnects to the next
+   * node that answers. Passwords are never logged.
+   */
   readonly url: string | Redacted.Redacted<string>
   /** The connection's name in RabbitMQ's tools. Default `trilio-dms <hostname> pid <pid>`. */
   readonly connectionName?: string | undefined
@@ -289,8 +293,7 @@ export const layerAmqp = (options: AmqpOptions): Layer.Layer<Broker, DmsError.Br
     )
   }
   const settings: Amqp.Settings = {
-    url: url.trim(),
-    displayUrl: Urls.redactUrl(url.trim()),
+    urls: location.urls.map(Redacted.value),
     connectionName: options.connectionName ?? `trilio-dms ${os.hostname()} pid ${process.pid}`,
     connectTimeout: Duration.decode(options.connectTimeout ?? Duration.seconds(10)),
     fastFailWindow: Duration.decode(options.fastFailWindow ?? Duration.seconds(1)),

@@ -167,3 +167,43 @@ describe("ledger and broker URLs", () => {
     assert.strictEqual(redactUrl("amqp://127.0.0.1"), "amqp://127.0.0.1")
   })
 })
+
+describe("broker URL lists (a cluster's nodes)", () => {
+  const LIST = "amqp://dms:pw-one@mq1:5672, amqps://dms:pw-two@mq2:5671/vhost ,amqp://mq3"
+
+  it("parses every entry, in order, each kept secret", () => {
+    const parsed = parseBrokerUrl(LIST)
+    assert.isTrue(typeof parsed === "object" && parsed.kind === "amqp")
+    const urls = typeof parsed === "object" && parsed.kind === "amqp" ? parsed.urls.map(Redacted.value) : []
+    assert.deepStrictEqual(urls, ["amqp://dms:pw-one@mq1:5672", "amqps://dms:pw-two@mq2:5671/vhost", "amqp://mq3"])
+    assert.strictEqual(String(typeof parsed === "object" && parsed.kind === "amqp" ? parsed.urls[0] : ""), "<redacted>")
+  })
+
+  it("names the bad entry by position and never echoes it", () => {
+    assert.strictEqual(parseBrokerUrl("amqp://a:pw-a@h1,http://u:pw-b@h2"), 'entry 2 of 2: unsupported scheme "http": expected amqp:// or amqps://')
+    assert.strictEqual(parseBrokerUrl("amqp://a:pw-a@h1,,amqp://h3"), "entry 2 of 3: empty (a list is amqp://host1:5672,amqp://host2:5672)")
+    assert.strictEqual(parseBrokerUrl("amqp://a:pw-a@h1,"), "entry 2 of 2: empty (a list is amqp://host1:5672,amqp://host2:5672)")
+    assert.strictEqual(parseBrokerUrl("u:pw-c@h0,amqp://h1"), "entry 1 of 2: expected a URL such as amqp://user:password@host:5672")
+    assert.strictEqual(parseBrokerUrl("amqp://h1,memory:"), "entry 2 of 2: memory: cannot be part of a list of RabbitMQ nodes")
+    assert.strictEqual(parseBrokerUrl("amqp://h1,amqp://a:pw-d@[::1"), "entry 2 of 2: not a valid URL")
+  })
+
+  it("redacts every password of a list, even one with a comma, and keeps the hosts", () => {
+    assert.strictEqual(redactUrl("amqp://a:p1@h1,amqp://h2:5672,amqp://b:p,2@h3"), "amqp://a:***@h1,amqp://h2:5672,amqp://b:***@h3")
+    assert.strictEqual(redactUrl("mysql://u:p@h1,h2/db"), "mysql://u:***@h1,h2/db")
+  })
+
+  it.effect("config: a list is accepted; a bad entry fails naming the key, its source and the entry, without the password", () =>
+    Effect.gen(function*() {
+      const ok = yield* withEnv({ DMS_DB_URL: "memory:", DMS_RABBITMQ_URL: LIST })
+      assert.strictEqual(Redacted.value(ok.rabbitmqUrl), LIST)
+      assert.strictEqual(DmsConfig.describe(ok).rabbitmq_url, "amqp://dms:***@mq1:5672, amqps://dms:***@mq2:5671/vhost ,amqp://mq3")
+      const error = yield* Effect.flip(withEnv({ DMS_DB_URL: "memory:", DMS_RABBITMQ_URL: "amqp://dms:pw-one@mq1,ftp://dms:pw-two@mq2" }))
+      assert.instanceOf(error, ValidationError)
+      assert.strictEqual(error.issues[0]?.path, "DMS_RABBITMQ_URL")
+      assert.include(error.message, "entry 2 of 2")
+      assert.include(error.message, "DMS_RABBITMQ_URL")
+      assert.notInclude(error.message, "pw-one")
+      assert.notInclude(error.message, "pw-two")
+    }))
+})

@@ -208,7 +208,18 @@ const checkBroker = (settings: DmsConfig.Settings, host: string): Effect.Effect<
   }
   return Effect.acquireUseRelease(
     Effect.tryPromise({
-      try: () => amqp.connect(raw.trim(), { noDelay: true, timeout: Duration.toMillis(CONNECT_TIMEOUT) }),
+      // A cluster's nodes in order, as the client tries them: the first that answers is checked.
+      try: async () => {
+        let failure: unknown
+        for (const url of location.urls) {
+          try {
+            return await amqp.connect(Redacted.value(url), { noDelay: true, timeout: Duration.toMillis(CONNECT_TIMEOUT) })
+          } catch (e) {
+            failure = e
+          }
+        }
+        throw failure
+      },
       catch: (e) => e
     }),
     (model) =>

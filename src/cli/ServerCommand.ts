@@ -8,7 +8,6 @@
 import * as Command from "@effect/cli/Command"
 import * as Options from "@effect/cli/Options"
 import * as Effect from "effect/Effect"
-import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import type * as ServerConfig from "../server/ServerConfig.js"
 import * as Failure from "./Failure.js"
@@ -28,7 +27,8 @@ export const command = Command.make(
   "server",
   {
     nodeId: text("node-id", "this host's node id (its host name); the server consumes dms.<node-id> (DMS_NODE_ID)"),
-    rabbitmqUrl: text("rabbitmq-url", "RabbitMQ URL (DMS_RABBITMQ_URL)"),
+    rabbitmqUrl: text("rabbitmq-url", "RabbitMQ URL, or a comma-separated list of a cluster's nodes tried in order (DMS_RABBITMQ_URL)"),
+    queueType: text("queue-type", "type of dms.<node-id>: classic (default, shareable with the Python client) or quorum (DMS_QUEUE_TYPE)"),
     mountBase: text("mount-base", "where targets are mounted (DMS_MOUNT_BASE; default /var/lib/trilio/triliovault-mounts)"),
     runDir: text("run-dir", "PID, state and log files (DMS_RUN_DIR; default /run/dms)"),
     s3Driver: text("s3-driver", "s3fs (default) or s3vaultfuse (DMS_S3_DRIVER)"),
@@ -43,6 +43,7 @@ export const command = Command.make(
     const options: ServerConfig.Options = {
       nodeId: Option.getOrUndefined(args.nodeId),
       rabbitmqUrl: Option.getOrUndefined(args.rabbitmqUrl),
+      queueType: Option.getOrUndefined(args.queueType),
       mountBase: Option.getOrUndefined(args.mountBase),
       runDir: Option.getOrUndefined(args.runDir),
       s3Driver: Option.getOrUndefined(args.s3Driver),
@@ -54,7 +55,7 @@ export const command = Command.make(
     }
     // SIGTERM/SIGINT is how a server is stopped: a clean stop exits 0 (systemd counts it a success).
     Failure.onInterrupt.code = Failure.ExitCode.ok
-    return Effect.flatMap(Lazy.lib, ({ Server }) => Layer.launch(Server.layerConfig(options))).pipe(
+    return Effect.flatMap(Lazy.lib, ({ Server }) => Server.launch(Server.layerConfig(options))).pipe(
       // The mount base or run directory is unusable: the server could not start.
       Effect.catchTag("MounterError", (e) =>
         Failure.fail({ json: false, verbose: args.verbose }, Failure.ExitCode.failed, `the DMS server could not start: ${e.message}`)),

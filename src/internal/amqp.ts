@@ -31,10 +31,8 @@ export type { Outgoing } from "./transport.js"
  * Settings of the AMQP client (resolved by `Broker.layerAmqp`).
  */
 export interface Settings {
-  /** The broker URL, with its password: never logged. */
-  readonly url: string
-  /** The URL with the password masked, for messages. */
-  readonly displayUrl: string
+  /** The broker's URLs, one per node of a cluster, tried in order; with passwords: never logged. */
+  readonly urls: ReadonlyArray<string>
   /** `connection_name` client property, shown by the management tools. */
   readonly connectionName: string
   /** How long a connection attempt, or a request waiting for one, may take. */
@@ -67,7 +65,7 @@ export interface Client {
  */
 export const make = (settings: Settings): Effect.Effect<Client, never, Scope.Scope> =>
   Effect.gen(function*() {
-    const tools = yield* makeTools(settings.url, settings.displayUrl)
+    const tools = yield* makeTools(settings.urls)
     const queues = yield* AmqpQueueCheck.make(settings, tools)
     const requests = AmqpRequests.make(tools, queues.forget)
     const connection = yield* AmqpConnection.make({

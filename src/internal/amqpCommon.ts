@@ -6,6 +6,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Runtime from "effect/Runtime"
 import * as DmsError from "../DmsError.js"
+import { redactUrl } from "./urls.js"
 
 /**
  * An error's message, with its code when the message does not already name it.
@@ -61,12 +62,12 @@ export const closeQuietly = (close: () => Promise<void>, onFailure: () => void =
 export type LogLevel = "Debug" | "Info" | "Warning"
 
 /**
- * Tools bound to one broker URL, usable from amqplib's callbacks (outside any fiber).
+ * Tools bound to the broker's URLs (one per node), usable from amqplib's callbacks (outside any fiber).
  */
 export interface Tools {
-  /** The URL with the password masked, for messages. */
+  /** The URLs with their passwords masked, comma-separated, for messages. */
   readonly displayUrl: string
-  /** `describe(e)`, scrubbed of the password. */
+  /** `describe(e)`, scrubbed of every password. */
   readonly safe: (e: unknown) => string
   /** Logs in the background, annotated with the broker. */
   readonly log: (level: LogLevel, message: string, annotations?: Record<string, unknown>) => void
@@ -77,22 +78,23 @@ export interface Tools {
 }
 
 /**
- * The {@link Tools} of one broker URL, logging with the current runtime.
+ * The {@link Tools} of the broker's URLs, logging with the current runtime.
  */
-export const makeTools = (url: string, displayUrl: string): Effect.Effect<Tools> =>
+export const makeTools = (urls: ReadonlyArray<string>): Effect.Effect<Tools> =>
   Effect.map(Effect.runtime<never>(), (runtime) => {
     const runFork = Runtime.runFork(runtime)
-    // Secrets must never reach a message. Our own texts use the redacted URL; amqplib's error messages
-    // do not carry the URL either, but are scrubbed of the password anyway.
-    const password = (() => {
+    const displayUrl = urls.map(redactUrl).join(",")
+    // Secrets must never reach a message. Our own texts use the redacted URLs; amqplib's error messages
+    // do not carry the URL either, but are scrubbed of the passwords anyway.
+    const passwords = urls.flatMap((url) => {
       try {
         const p = new URL(url).password
         return [p, decodeURIComponent(p)].filter((x) => x.length >= 3)
       } catch {
         return []
       }
-    })()
-    const safe = (e: unknown): string => password.reduce((t, p) => t.split(p).join("***"), describe(e))
+    })
+    const safe = (e: unknown): string => passwords.reduce((t, p) => t.split(p).join("***"), describe(e))
     const log = (level: LogLevel, message: string, annotations: Record<string, unknown> = {}) => {
       const effect = level === "Debug"
         ? Effect.logDebug(message)

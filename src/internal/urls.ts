@@ -72,9 +72,12 @@ export interface MysqlNode {
   readonly port: number
 }
 
-/** Where the broker lives, parsed from `DMS_RABBITMQ_URL`. */
+/**
+ * Where the broker lives, parsed from `DMS_RABBITMQ_URL`: one or more nodes of a cluster (tried in
+ * order), or the in-process broker.
+ */
 export type BrokerLocation =
-  | { readonly kind: "amqp"; readonly url: Redacted.Redacted<string> }
+  | { readonly kind: "amqp"; readonly urls: readonly [Redacted.Redacted<string>, ...Array<Redacted.Redacted<string>>] }
   | { readonly kind: "memory" }
 
 /**
@@ -148,10 +151,7 @@ export const parseLedgerUrl = (raw: string): LedgerLocation | string => {
   }
 }
 
-/** Parses a broker URL: `amqp://`, `amqps://`, or `memory:` (an in-process broker). */
-export const parseBrokerUrl = (raw: string): BrokerLocation | string => {
-  const url = raw.trim()
-  if (url === "memory:" || url === "memory://") return { kind: "memory" }
+const parseAmqpUrl = (url: string): string | undefined => {
   const scheme = /^([a-z][a-z0-9+.-]*):\/\//i.exec(url)?.[1]?.toLowerCase()
   if (scheme !== "amqp" && scheme !== "amqps") {
     return scheme === undefined
@@ -163,8 +163,34 @@ export const parseBrokerUrl = (raw: string): BrokerLocation | string => {
   } catch {
     return "not a valid URL"
   }
-  return { kind: "amqp", url: Redacted.make(url) }
+  return undefined
 }
 
-/** A URL safe to print: the password (if any) replaced by `***`. */
-export const redactUrl = (raw: string): string => raw.replace(/^([a-z][a-z0-9+.-]*:\/\/[^:/@]*:)[^@]*@/i, "$1***@")
+/**
+ * Parses a broker URL: `amqp://` or `amqps://`, or a comma-separated list of them (the nodes of a
+ * cluster, tried in that order), or `memory:` (an in-process broker). Every entry is checked; the
+ * reason names the bad entry by its position, never echoing it (it may hold a password). A password
+ * that contains a comma must be percent-encoded (`%2C`).
+ */
+export const parseBrokerUrl = (raw: string): BrokerLocation | string => {
+  const url = raw.trim()
+  if (url === "memory:" || url === "memory://") return { kind: "memory" }
+  const entries = url.split(",").map((e) => e.trim())
+  const urls: Array<Redacted.Redacted<string>> = []
+  for (const [i, entry] of entries.entries()) {
+    const which = entries.length === 1 ? "" : `entry ${i + 1} of ${entries.length}: `
+    if (entry === "") return `${which}empty (a list is amqp://host1:5672,amqp://host2:5672)`
+    if (entry === "memory:" || entry === "memory://") return `${which}memory: cannot be part of a list of RabbitMQ nodes`
+    const reason = parseAmqpUrl(entry)
+    if (reason !== undefined) return `${which}${reason}`
+    urls.push(Redacted.make(entry))
+  }
+  return { kind: "amqp", urls: urls as [Redacted.Redacted<string>, ...Array<Redacted.Redacted<string>>] }
+}
+
+/**
+ * A URL safe to print: the password (if any) replaced by `***`, in every URL of a comma-separated list.
+ */
+export const redactUrl = (raw: string): string => 
+  // The password may hold anything but '@', even a comma; it never runs into the next URL of a list.
+  raw.replace(/([a-z][a-z0-9+.-]*:\/\/[^:/@,]*:)(?:(?!:\/\/)[^@])*@/gi, "$1***@")

@@ -18,14 +18,11 @@
  *
  * @since 0.1.0
  */
-import amqp from "amqplib"
-import type { Channel, ChannelModel, ConsumeMessage } from "amqplib"
+import type { ConsumeMessage } from "amqplib"
 import * as Context from "effect/Context"
-import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
-import * as FiberId from "effect/FiberId"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as Option from "effect/Option"
@@ -37,6 +34,7 @@ import * as path from "node:path"
 import * as Broker from "../Broker.js"
 import * as DmsError from "../DmsError.js"
 import * as Protocol from "../Protocol.js"
+import * as AmqpConsumer from "../internal/amqpConsumer.js"
 import * as Urls from "../internal/urls.js"
 import * as Barbican from "./Barbican.js"
 import * as CommandRunner from "./CommandRunner.js"
@@ -152,14 +150,33 @@ export const decodeRequest = (content: Buffer | string): Either.Either<Decoded, 
  */
 export interface Options {
   readonly nodeId: string
+  /**
+   * `amqp://…` or `amqps://…`, or a comma-separated list of a cluster's nodes: tried in order; after a
+   * connection is lost the server reconnects to the next node that answers.
+   */
   readonly rabbitmqUrl: string | Redacted.Redacted<string>
+  /**
+   * The type of `dms.<node-id>`: `classic` (default; durable, no arguments, as the Python server and
+   * client declare it) or `quorum` (replicated on the cluster's nodes, single active consumer).
+   */
+  readonly queueType?: QueueType | undefined
   /** Unacknowledged requests the broker may hand over at once (they queue per path here). Default 64. */
   readonly prefetch?: number | undefined
   /** The `connection_name` shown by the management tools. Default `trilio-dms-server@<node-id>`. */
   readonly connectionName?: string | undefined
-  /** Delays between reconnection attempts. Default: exponential from 100 ms, capped at 5 s, forever. */
-  readonly reconnectSchedule?: Schedule.Schedule<unknown, unknown> | undefined
+  /** Delays between reconnection attempts. Default: `Broker.defaultReconnectSchedule` (forever). */
+  readonly reconnectSchedule?: Schedule.Schedule<unknown, DmsError.BrokerError> | undefined
+  /** How long one connection attempt may take. Default 10 s. */
+  readonly connectTimeout?: Duration.DurationInput | undefined
 }
+
+/**
+ * The type of the host's queue.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type QueueType = AmqpConsumer.QueueType
 
 /**
  * Counters, for tests and the status log line.
@@ -185,6 +202,11 @@ export interface Service {
   readonly queue: string
   /** Completes once the server consumes its queue (the first time). */
   readonly ready: Effect.Effect<void>
+  /**
+   * Fails when the server stopped consuming for good (its queue exists with another type, or the
+   * reconnect schedule ended); never completes otherwise. What `trilio-dms server` waits on.
+   */
+  readonly stopped: Effect.Effect<never, DmsError.BrokerError>
   readonly stats: () => Stats
 }
 
@@ -196,16 +218,8 @@ export interface Service {
  */
 export class Server extends Context.Tag("trilio-dms/server/Server")<Server, Service>() {}
 
-interface Session {
-  readonly model: ChannelModel
-  readonly channel: Channel
-  alive: boolean
-  consumerTag: string | undefined
-  readonly lost: Deferred.Deferred<string>
-}
-
 interface Job {
-  readonly session: Session
+  readonly session: AmqpConsumer.Session
   readonly msg: ConsumeMessage
   readonly deadline: number
   readonly run: Effect.Effect<Protocol.Reply | Record<string, unknown>>
@@ -226,38 +240,28 @@ export const make = (options: Options) =>
     const runFork = Runtime.runFork(runtime)
     const queue = Broker.queueName(options.nodeId)
     const url = Redacted.isRedacted(options.rabbitmqUrl) ? Redacted.value(options.rabbitmqUrl) : options.rabbitmqUrl
-    const displayUrl = Urls.redactUrl(url)
+    const location = Urls.parseBrokerUrl(url)
+    if (typeof location === "string" || location.kind !== "amqp") {
+      return yield* DmsError.invalid(
+        "server options",
+        "rabbitmqUrl",
+        typeof location === "string" ? location : "the server needs a RabbitMQ URL (amqp:// or amqps://)"
+      )
+    }
     const prefetch = options.prefetch ?? 64
     const connectionName = options.connectionName ?? `trilio-dms-server@${options.nodeId}`
-    const ready = Deferred.unsafeMake<void>(FiberId.none)
     const idle = { waiters: [] as Array<() => void> }
 
     let stopping = false
-    let current: Session | undefined
     const counters = { received: 0, replied: 0, refusedExpired: 0, running: 0 }
     /** Per mount path: the jobs waiting, the first one running. */
     const lanes = new Map<string, Array<Job>>()
 
     const log = (effect: Effect.Effect<void>) => runFork(effect.pipe(Effect.annotateLogs({ queue })))
-    const guard = (f: () => void) => {
-      try {
-        f()
-      } catch (e) {
-        log(Effect.logWarning(`unexpected error in a broker event handler: ${describeError(e)}`))
-      }
-    }
-
-    const lose = (session: Session, reason: string) => {
-      if (!session.alive) return
-      session.alive = false
-      if (current === session) current = undefined
-      Deferred.unsafeDone(session.lost, Effect.succeed(reason))
-    }
-
     /** Publishes the reply (if the request asked for one) and acks — on the channel that delivered it. */
-    const answer = (session: Session, msg: ConsumeMessage, body: Protocol.Reply | Record<string, unknown>) =>
+    const answer = (session: AmqpConsumer.Session, msg: ConsumeMessage, body: Protocol.Reply | Record<string, unknown>) =>
       Effect.sync(() => {
-        if (!session.alive) return false
+        if (!session.alive()) return false
         const replyTo = msg.properties.replyTo as string | undefined
         const correlationId = msg.properties.correlationId as string | undefined
         try {
@@ -347,7 +351,7 @@ export const make = (options: Options) =>
           lanes.delete(key)
           return Effect.void
         }
-        if (!job.session.alive) {
+        if (!job.session.alive()) {
           // Its channel is gone: the broker redelivers it (it was not acked), so running it here would
           // run it twice.
           lane.shift()
@@ -366,7 +370,7 @@ export const make = (options: Options) =>
 
     const decodedOf = new WeakMap<Job, Decoded>()
 
-    const onMessage = (session: Session, msg: ConsumeMessage) => {
+    const onMessage = (session: AmqpConsumer.Session, msg: ConsumeMessage) => {
       counters.received++
       const headers = (msg.properties.headers ?? {}) as Record<string, unknown>
       const deadline = Option.getOrElse(Broker.deadlineOf(headers), () => Infinity)
@@ -411,94 +415,24 @@ export const make = (options: Options) =>
       runFork(drain(key, decodedOf))
     }
 
-    const connect = Effect.tryPromise({
-      try: async () => {
-        const model = await amqp.connect(url, { noDelay: true, clientProperties: { connection_name: connectionName } })
-        const lost = Deferred.unsafeMake<string>(FiberId.none)
-        let channel: Channel
-        const pending: { session?: Session; reason?: string } = {}
-        model.on("error", (e: Error) => guard(() => void (pending.reason = describeError(e))))
-        model.on("close", (e?: Error) =>
-          guard(() => {
-            if (pending.session) lose(pending.session, `connection closed${e ? `: ${describeError(e)}` : ""}`)
-            else Deferred.unsafeDone(lost, Effect.succeed("connection closed"))
-          })
-        )
-        try {
-          channel = await model.createChannel()
-        } catch (e) {
-          await model.close().catch(() => undefined)
-          throw e
-        }
-        const session: Session = { model, channel, alive: true, consumerTag: undefined, lost }
-        pending.session = session
-        channel.on("error", (e: Error) => guard(() => void (pending.reason = describeError(e))))
-        channel.on("close", () => guard(() => lose(session, `channel closed${pending.reason ? `: ${pending.reason}` : ""}`)))
-        try {
-          await channel.assertQueue(queue, { durable: true })
-          await channel.prefetch(prefetch)
-          const { consumerTag } = await channel.consume(
-            queue,
-            (msg) =>
-              guard(() => {
-                if (msg === null) lose(session, "the broker cancelled the consumer")
-                else onMessage(session, msg)
-              }),
-            { exclusive: true, noAck: false }
-          )
-          session.consumerTag = consumerTag
-        } catch (e) {
-          await model.close().catch(() => undefined)
-          throw new Error(
-            /ACCESS[-_]REFUSED|exclusive/i.test(describeError(e)) || (e as { code?: unknown }).code === 403
-              ? `another DMS server already consumes ${queue} (exclusive consumer)`
-              : describeError(e)
-          )
-        }
-        return session
-      },
-      catch: (e) => new Error(`cannot consume ${queue} on ${displayUrl}: ${describeError(e)}`)
+    const connection = yield* AmqpConsumer.make({
+      urls: location.urls.map(Redacted.value),
+      queue,
+      queueType: options.queueType ?? "classic",
+      prefetch,
+      connectionName,
+      connectTimeout: Duration.decode(options.connectTimeout ?? Duration.seconds(10)),
+      reconnectSchedule: options.reconnectSchedule ?? Broker.defaultReconnectSchedule,
+      onMessage
     })
-
-    let failures = 0
-    const cycle = Effect.gen(function*() {
-      const session = yield* Effect.acquireRelease(
-        connect.pipe(
-          Effect.tapError((e) =>
-            Effect.suspend(() => {
-              failures++
-              return failures === 1 || failures % 20 === 0 ? Effect.logWarning(`${e.message}; retrying`) : Effect.logDebug(e.message)
-            })
-          )
-        ),
-        (s) =>
-          Effect.promise(async () => {
-            // Closing the channel first flushes the replies still buffered on it: amqplib writes the
-            // connection's close frame ahead of channel buffers, which would drop them.
-            const wasAlive = s.alive
-            lose(s, "closed")
-            if (wasAlive) await s.channel.close().catch(() => undefined)
-            await s.model.close().catch(() => undefined)
-          }).pipe(Effect.timeout(Duration.seconds(10)), Effect.ignore)
-      )
-      failures = 0
-      current = session
-      yield* Effect.logInfo(`consuming ${queue}`).pipe(Effect.annotateLogs({ broker: displayUrl, prefetch }))
-      Deferred.unsafeDone(ready, Effect.void)
-      const reason = yield* Deferred.await(session.lost)
-      yield* Effect.logWarning(`lost the broker: ${reason}; reconnecting`)
-      return yield* Effect.fail(new Error(reason))
-    }).pipe(Effect.scoped)
-
-    const schedule = options.reconnectSchedule ??
-      Schedule.exponential(Duration.millis(100), 2).pipe(Schedule.union(Schedule.spaced(Duration.seconds(5))))
-    yield* cycle.pipe(Effect.retry(schedule), Effect.ignore, Effect.forkScoped)
+    // A queue of the other type fails the start; a broker that cannot be reached is retried meanwhile.
+    yield* connection.started
 
     yield* Effect.addFinalizer(() =>
       Effect.gen(function*() {
         stopping = true
-        const session = current
-        if (session !== undefined && session.alive && session.consumerTag !== undefined) {
+        const session = connection.current()
+        if (session !== undefined && session.alive()) {
           const tag = session.consumerTag
           yield* Effect.promise(() => session.channel.cancel(tag).then(() => undefined, () => undefined)).pipe(
             Effect.timeout(Duration.seconds(5)),
@@ -518,7 +452,8 @@ export const make = (options: Options) =>
 
     return {
       queue,
-      ready: Deferred.await(ready),
+      ready: connection.ready,
+      stopped: connection.stopped,
       stats: () => ({
         ...counters,
         queued: [...lanes.values()].reduce((n, lane) => n + Math.max(0, lane.length - 1), 0)
@@ -533,7 +468,9 @@ export const make = (options: Options) =>
  * @since 0.1.0
  * @category layers
  */
-export const layer = (options: Options): Layer.Layer<Server, never, Mounter.Mounter> => Layer.scoped(Server, make(options))
+export const layer = (
+  options: Options
+): Layer.Layer<Server, DmsError.ValidationError | DmsError.BrokerError, Mounter.Mounter> => Layer.scoped(Server, make(options))
 
 /**
  * Everything from a resolved configuration: the server, the Mounter with the real command runner and
@@ -542,8 +479,10 @@ export const layer = (options: Options): Layer.Layer<Server, never, Mounter.Moun
  * @since 0.1.0
  * @category layers
  */
-export const layerFromSettings = (settings: ServerConfig.Settings): Layer.Layer<Server, Mounter.MounterError> =>
-  layer({ nodeId: settings.nodeId, rabbitmqUrl: settings.rabbitmqUrl, prefetch: settings.prefetch }).pipe(
+export const layerFromSettings = (
+  settings: ServerConfig.Settings
+): Layer.Layer<Server, Mounter.MounterError | DmsError.ValidationError | DmsError.BrokerError> =>
+  layer({ nodeId: settings.nodeId, rabbitmqUrl: settings.rabbitmqUrl, queueType: settings.queueType, prefetch: settings.prefetch }).pipe(
     Layer.provide(
       Mounter.layer({
         mountBase: settings.mountBase,
@@ -567,5 +506,15 @@ export const layerFromSettings = (settings: ServerConfig.Settings): Layer.Layer<
  */
 export const layerConfig = (
   options: ServerConfig.Options = {}
-): Layer.Layer<Server, DmsError.ValidationError | Mounter.MounterError> =>
+): Layer.Layer<Server, DmsError.ValidationError | DmsError.BrokerError | Mounter.MounterError> =>
   Layer.unwrapEffect(Effect.map(ServerConfig.fromEnv(options), layerFromSettings))
+
+/**
+ * Runs a server layer until it stops for good (then fails with why) or is interrupted (SIGTERM/SIGINT
+ * under `runMain`): `Layer.launch`, but a server that can no longer consume does not idle on.
+ *
+ * @since 0.1.0
+ * @category running
+ */
+export const launch = <E, R>(self: Layer.Layer<Server, E, R>): Effect.Effect<never, E | DmsError.BrokerError, R> =>
+  Effect.scoped(Effect.flatMap(Layer.build(self), (context) => Context.get(context, Server).stopped))

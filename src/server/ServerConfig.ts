@@ -7,7 +7,8 @@
  * | setting | environment | server.conf | default |
  * | --- | --- | --- | --- |
  * | node id | `DMS_NODE_ID` | `node_id` | required (`--node-id`) |
- * | broker | `DMS_RABBITMQ_URL` | `rabbitmq_url` | required |
+ * | broker (a URL, or a comma-separated list of a cluster's nodes) | `DMS_RABBITMQ_URL` | `rabbitmq_url` | required |
+ * | queue type | `DMS_QUEUE_TYPE` | `queue_type` | `classic` (or `quorum`) |
  * | mount base | `DMS_MOUNT_BASE` | `mount_base` | `/var/lib/trilio/triliovault-mounts` |
  * | run directory | `DMS_RUN_DIR` | `run_dir` | `/run/dms` |
  * | S3 driver | `DMS_S3_DRIVER` | `s3_driver` | `s3fs` (or `s3vaultfuse`) |
@@ -77,6 +78,7 @@ export type S3Driver = "s3fs" | "s3vaultfuse"
 export const keys = {
   nodeId: { env: "DMS_NODE_ID", file: "node_id" },
   rabbitmqUrl: { env: "DMS_RABBITMQ_URL", file: "rabbitmq_url" },
+  queueType: { env: "DMS_QUEUE_TYPE", file: "queue_type" },
   mountBase: { env: "DMS_MOUNT_BASE", file: "mount_base" },
   runDir: { env: "DMS_RUN_DIR", file: "run_dir" },
   s3Driver: { env: "DMS_S3_DRIVER", file: "s3_driver" },
@@ -104,7 +106,10 @@ export type Key = keyof typeof keys
  */
 export interface Settings {
   readonly nodeId: string
+  /** One URL, or a comma-separated list of a cluster's nodes (each checked). */
   readonly rabbitmqUrl: Redacted.Redacted<string>
+  /** The type of `dms.<node-id>`. */
+  readonly queueType: "classic" | "quorum"
   /** Absolute; every mount path must resolve strictly inside it. */
   readonly mountBase: string
   /** Absolute; holds `s3/<target>.pid` and friends and `state/<target>.json`. */
@@ -192,6 +197,10 @@ export const resolve = (
       if (typeof parsed === "string") bad("rabbitmqUrl", parsed)
       else if (parsed.kind !== "amqp") bad("rabbitmqUrl", "the server needs a RabbitMQ URL (amqp:// or amqps://)")
     }
+    const queueTypeText = (text("queueType") ?? "classic").toLowerCase()
+    if (queueTypeText !== "classic" && queueTypeText !== "quorum") {
+      bad("queueType", `must be classic or quorum, got ${JSON.stringify(queueTypeText)}`)
+    }
     const absolute = (key: Key, fallback: string): string => {
       const v = text(key) ?? fallback
       if (!path.isAbsolute(v)) bad(key, `must be an absolute path, got ${JSON.stringify(v)}`)
@@ -223,6 +232,7 @@ export const resolve = (
     return Effect.succeed<Settings>({
       nodeId,
       rabbitmqUrl: Redacted.make(rabbit),
+      queueType: queueTypeText === "quorum" ? "quorum" : "classic",
       mountBase,
       runDir,
       s3Driver,
@@ -313,6 +323,7 @@ export const layerConfig = (options: Options = {}): Layer.Layer<ServerConfig, Dm
 export const describe = (settings: Settings): Record<string, string> => ({
   node_id: settings.nodeId,
   rabbitmq_url: Urls.redactUrl(Redacted.value(settings.rabbitmqUrl)),
+  queue_type: settings.queueType,
   mount_base: settings.mountBase,
   run_dir: settings.runDir,
   s3_driver: settings.s3Driver,
@@ -333,7 +344,8 @@ export const usage = `Usage: trilio-dms server --node-id <host> [options]
 
 Options (each also settable in the environment or /etc/trilio-dms/server.conf [server]):
   --node-id <host>          this host's node id; consumes dms.<host>        (DMS_NODE_ID)
-  --rabbitmq-url <url>      RabbitMQ URL                                    (DMS_RABBITMQ_URL)
+  --rabbitmq-url <urls>     RabbitMQ URL, or a comma-separated list of nodes  (DMS_RABBITMQ_URL)
+  --queue-type <type>       classic (default) or quorum                      (DMS_QUEUE_TYPE)
   --mount-base <dir>        where targets are mounted                        (DMS_MOUNT_BASE)
   --run-dir <dir>           PID, state and log files                         (DMS_RUN_DIR)
   --s3-driver <name>        s3fs (default) or s3vaultfuse                    (DMS_S3_DRIVER)
@@ -357,6 +369,7 @@ export const parseCommandLine = (argv: ReadonlyArray<string>): Options | "help" 
     options: {
       "node-id": { type: "string" },
       "rabbitmq-url": { type: "string" },
+      "queue-type": { type: "string" },
       "mount-base": { type: "string" },
       "run-dir": { type: "string" },
       "s3-driver": { type: "string" },
@@ -374,6 +387,7 @@ export const parseCommandLine = (argv: ReadonlyArray<string>): Options | "help" 
   return {
     nodeId: values["node-id"],
     rabbitmqUrl: values["rabbitmq-url"],
+    queueType: values["queue-type"],
     mountBase: values["mount-base"],
     runDir: values["run-dir"],
     s3Driver: values["s3-driver"],

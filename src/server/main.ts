@@ -8,7 +8,6 @@
  */
 import { NodeRuntime } from "@effect/platform-node"
 import * as Effect from "effect/Effect"
-import * as Layer from "effect/Layer"
 import * as Server from "./Server.js"
 import * as ServerConfig from "./ServerConfig.js"
 
@@ -28,7 +27,7 @@ const main = (argv: ReadonlyArray<string>) =>
     }
     const settings = yield* ServerConfig.fromEnv(parsed)
     yield* Effect.logInfo("starting the DMS server").pipe(Effect.annotateLogs(ServerConfig.describe(settings)))
-    yield* Layer.launch(Server.layerFromSettings(settings))
+    yield* Server.launch(Server.layerFromSettings(settings))
   })
 
 main(process.argv.slice(2)).pipe(

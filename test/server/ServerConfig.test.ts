@@ -113,4 +113,31 @@ describe("ServerConfig", () => {
     assert.strictEqual(ServerConfig.parseCommandLine(["--help"]), "help")
     assert.throws(() => ServerConfig.parseCommandLine(["--nope"]))
   })
+
+  it.effect("a list of RabbitMQ nodes and the queue type: command line > environment > server.conf; a bad entry is named, its password never shown", () =>
+    Effect.gen(function*() {
+      const file = confFile("[server]\nnode_id = n1\nrabbitmq_url = amqp://u:pw-file@mq1,amqp://u:pw-file@mq2\nqueue_type = quorum\n")
+      const fromFile = yield* ServerConfig.fromEnv({ configFile: file }).pipe(withEnv({}))
+      assert.strictEqual(fromFile.queueType, "quorum")
+      assert.strictEqual(Redacted.value(fromFile.rabbitmqUrl), "amqp://u:pw-file@mq1,amqp://u:pw-file@mq2")
+      assert.deepInclude(ServerConfig.describe(fromFile), { rabbitmq_url: "amqp://u:***@mq1,amqp://u:***@mq2", queue_type: "quorum" })
+      const fromEnv = yield* ServerConfig.fromEnv({ configFile: file }).pipe(withEnv({ DMS_QUEUE_TYPE: "classic" }))
+      assert.strictEqual(fromEnv.queueType, "classic")
+      const fromCli = yield* ServerConfig.fromEnv({ ...ServerConfig.parseCommandLine(["--queue-type", "CLASSIC"]) as object, configFile: file }).pipe(
+        withEnv({ DMS_QUEUE_TYPE: "quorum" })
+      )
+      assert.strictEqual(fromCli.queueType, "classic")
+      const defaults = yield* ServerConfig.make({ nodeId: "n1", rabbitmqUrl: "amqp://h" })
+      assert.strictEqual(defaults.queueType, "classic")
+
+      const bad = yield* Effect.flip(
+        ServerConfig.fromEnv({ configFile: file, rabbitmqUrl: "amqp://u:pw-one@mq1,amqp//u:pw-two@mq2,amqp://mq3" }).pipe(
+          withEnv({ DMS_QUEUE_TYPE: "stream" })
+        )
+      )
+      assert.include(bad.message, "DMS_RABBITMQ_URL: entry 2 of 3: expected a URL such as amqp://user:password@host:5672 (from the command line)")
+      assert.include(bad.message, 'DMS_QUEUE_TYPE: must be classic or quorum, got "stream" (from DMS_QUEUE_TYPE (environment))')
+      assert.notInclude(bad.message, "pw-one")
+      assert.notInclude(bad.message, "pw-two")
+    }))
 })
