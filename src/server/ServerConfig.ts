@@ -21,10 +21,8 @@
  * @since 0.1.0
  */
 import * as Config from "effect/Config"
-import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import * as Layer from "effect/Layer"
 import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
@@ -133,14 +131,6 @@ export type Options = {
   /** The configuration file to read instead of `DMS_SERVER_CONF` or the default. */
   readonly configFile?: string | undefined
 }
-
-/**
- * The ServerConfig tag.
- *
- * @since 0.1.0
- * @category tags
- */
-export class ServerConfig extends Context.Tag("trilio-dms/server/ServerConfig")<ServerConfig, Settings>() {}
 
 type Source = string
 
@@ -294,15 +284,6 @@ export const make = (options: Options): Effect.Effect<Settings, DmsError.Validat
   }
   return resolve(values, options.configFile ?? DEFAULT_CONFIG_FILE)
 }
-
-/**
- * A layer from options > environment > server.conf > defaults.
- *
- * @since 0.1.0
- * @category layers
- */
-export const layerConfig = (options: Options = {}): Layer.Layer<ServerConfig, DmsError.ValidationError> =>
-  Layer.effect(ServerConfig, fromEnv(options))
 
 /**
  * The configuration as a printable record (the broker password masked).
