@@ -39,7 +39,12 @@ export const State = Schema.Struct({
   mount_path: Schema.String,
   requested_path: Schema.String,
   fs_type: Schema.String,
-  mounted_at: Schema.String
+  mounted_at: Schema.String,
+  /** S3: the secret the mount was made from (its URL is not a secret), absent in older files. */
+  secret_ref: Schema.optional(Schema.String),
+  /** S3: the bucket and endpoint its secret named. */
+  bucket: Schema.optional(Schema.String),
+  endpoint: Schema.optional(Schema.NullOr(Schema.String))
 })
 
 /**
@@ -49,6 +54,14 @@ export const State = Schema.Struct({
  * @category models
  */
 export type State = typeof State.Type
+
+/**
+ * What an S3 mount was made from, as its state file records it.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type S3Origin = Pick<State, "secret_ref" | "bucket" | "endpoint">
 
 /**
  * Writes a file atomically (temp + rename), with the given mode.

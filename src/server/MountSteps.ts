@@ -63,7 +63,8 @@ type Record = (
   type: "nfs" | "s3",
   entry: MountInfo.Entry,
   requested: string,
-  mountPoint: string
+  mountPoint: string,
+  origin?: MountState.S3Origin
 ) => Effect.Effect<void>
 
 /**
@@ -98,8 +99,9 @@ export const make = (options: Options): Steps => {
     MountInfo.read(options.mountinfoFile).pipe(
       Effect.mapError((e) => new MounterError({ operation, path: p, reason: e.message, cause: e }))
     )
-  const record = (targetId: string, type: "nfs" | "s3", entry: MountInfo.Entry, requested: string, mountPoint: string) =>
+  const record: Record = (targetId, type, entry, requested, mountPoint, origin) =>
     store.write({
+      ...origin,
       backup_target_id: targetId,
       type,
       source: entry.source,
@@ -159,11 +161,14 @@ export const make = (options: Options): Steps => {
           )
         }
       }),
-    recordIfMissing: (targetId, type, entry, requested, mountPoint) =>
+    recordIfMissing: (targetId, type, entry, requested, mountPoint, origin) =>
       Effect.gen(function*() {
         const state = yield* store.read(targetId)
-        if (state !== undefined && state.mount_path === mountPoint && state.source === entry.source) return
-        yield* record(targetId, type, entry, requested, mountPoint)
+        if (
+          state !== undefined && state.mount_path === mountPoint && state.source === entry.source &&
+          state.secret_ref === origin?.secret_ref
+        ) return
+        yield* record(targetId, type, entry, requested, mountPoint, origin)
       }),
     removeEmptyDir: (dir) => Effect.promise(() => fs.rmdir(dir).catch(() => undefined))
   }

@@ -170,15 +170,41 @@ export const make = (steps: MountSteps.Steps, options: Options) => {
     return daemon !== undefined && bucket !== undefined && daemon.bucket === bucket
   }
 
+  /**
+   * An S3 mount serves the secret it was made from: a FUSE mount at the path is reused, or detached when
+   * its daemon died, only when its state file records this very secret_ref. Another secret_ref may name
+   * another tenant's bucket; an older state file, or none, does not tell, so that mount is refused too.
+   */
+  const refuseOtherSecret = (requested: string, mountPoint: string, state: MountState.State | undefined, secretRef: string) => {
+    const recorded = state !== undefined && state.mount_path === mountPoint ? state.secret_ref : undefined
+    if (recorded === secretRef) return Effect.void
+    return mountFailure(requested)(
+      recorded === undefined
+        ? `${requested} is already mounted, and this server has no record of the secret_ref it was mounted from; refusing to hand it to this request: unmount it first`
+        : `${requested} is already mounted from another secret_ref (${recorded}); refusing to hand it to this request's secret_ref ${secretRef}: unmount it first`,
+      true
+    )
+  }
+
   return (spec: Spec, deadline: number): Effect.Effect<Mounted, MounterError> =>
     Effect.gen(function*() {
       const fail = mountFailure(spec.path)
+      // Refused before anything else: a secret_ref that is not Barbican's never gets near the token.
+      const checked = barbican.check(spec.secretRef)
+      if (Either.isLeft(checked)) return yield* fail(`cannot mount ${spec.path}: ${checked.left}`, true)
+      const secretRef = checked.right
+      const origin = (creds: Barbican.S3Credentials): MountState.S3Origin => ({
+        secret_ref: secretRef,
+        bucket: creds.bucket,
+        endpoint: Option.getOrNull(creds.endpointUrl)
+      })
       return yield* steps.atMountPoint("mount", spec.path, spec.targetId, (mountPoint, current) =>
         Effect.gen(function*() {
           const f = store.files(spec.targetId)
           if (current !== undefined) {
             yield* steps.refuseOtherTarget(spec.path, mountPoint, spec.targetId)
             const state = yield* store.read(spec.targetId)
+            if (MountInfo.isFuse(current.fsType)) yield* refuseOtherSecret(spec.path, mountPoint, state, secretRef)
             const known = yield* daemons.daemonFor(spec.targetId)
             const knownAlive = known !== undefined && (yield* FuseDaemon.isAlive(known.pid)) && (yield* FuseDaemon.servesPath(known.pid, mountPoint))
             if (
@@ -207,7 +233,7 @@ export const make = (steps: MountSteps.Steps, options: Options) => {
                   daemons.set(spec.targetId, { pid: found.pid, mountPoint })
                   yield* MountState.writeAtomic(f.pid, `${found.pid}\n`, 0o644).pipe(Effect.ignore)
                 }
-                yield* steps.recordIfMissing(spec.targetId, "s3", current, spec.path, mountPoint)
+                yield* steps.recordIfMissing(spec.targetId, "s3", current, spec.path, mountPoint, origin(creds))
                 return { alreadyMounted: true, mountPoint, message: `Already mounted at ${spec.path}` }
               }
               return yield* fail(
@@ -288,7 +314,7 @@ export const make = (steps: MountSteps.Steps, options: Options) => {
               )
             }
             yield* MountState.removeFile(f.passwd)
-            yield* steps.record(spec.targetId, "s3", entry, spec.path, mountPoint)
+            yield* steps.record(spec.targetId, "s3", entry, spec.path, mountPoint, origin(creds))
             return { alreadyMounted: false, mountPoint, message: `S3 target mounted successfully at ${spec.path}` }
           }).pipe(
             // On any failure after the start: no daemon, no credentials, no half mount left behind.

@@ -14,7 +14,7 @@
  * | S3 driver command | `DMS_S3_COMMAND` | `s3_command` | the driver's name, looked up on `PATH` |
  * | extra s3fs options | `DMS_S3FS_OPTIONS` | `s3fs_options` | none |
  * | command timeout (s) | `DMS_COMMAND_TIMEOUT` | `command_timeout` | 120 |
- * | Barbican endpoint | `DMS_BARBICAN_URL` | `barbican_url` | none (any `secret_ref` URL) |
+ * | Barbican endpoint | `DMS_BARBICAN_URL` | `barbican_url` | none (S3 mounts refused) |
  * | prefetch | `DMS_PREFETCH` | `prefetch` | 64 |
  * | log level | `DMS_LOG_LEVEL` | `log_level` | `INFO` |
  *
@@ -113,7 +113,7 @@ export interface Settings {
   readonly s3fsOptions: ReadonlyArray<string>
   /** The longest any one command (mount, umount, a FUSE daemon's start) may take. */
   readonly commandTimeout: Duration.Duration
-  /** When set, a `secret_ref` must be under this URL. */
+  /** A `secret_ref` must be under this URL; without it S3 mounts are refused. */
   readonly barbicanUrl: Option.Option<string>
   readonly prefetch: number
   readonly logLevel: LogLevel.LogLevel
@@ -299,7 +299,7 @@ export const describe = (settings: Settings): Record<string, string> => ({
   s3_driver: settings.s3Driver,
   s3_command: settings.s3Command,
   command_timeout: `${Duration.toSeconds(settings.commandTimeout)} s`,
-  barbican_url: Option.getOrElse(settings.barbicanUrl, () => "(any)"),
+  barbican_url: Option.getOrElse(settings.barbicanUrl, () => "(none: S3 mounts refused)"),
   prefetch: String(settings.prefetch),
   log_level: settings.logLevel.label
 })
