@@ -8,7 +8,7 @@
  *   expected source → success; from another source → refused. After mounting, the expected source
  *   must show there, else the mount failed (a "mounted" that is the local directory would send backups
  *   to local disk).
- * - **nfs**: `mount -t nfs -o <opts>,nosuid,nodev <host:/path> <path>`; options are checked against an
+ * - **nfs**: `mount -t nfs -o <opts>,nosuid,nodev,noexec <host:/path> <path>` (`noexec` unless allowed); options are checked against an
  *   allow-list (`exec`, `suid`, `dev` and anything unknown are refused).
  * - **s3**: credentials from Barbican, handed to the FUSE driver — `s3fs -f` through a 0600 passwd file
  *   (removed once mounted), or `s3vaultfuse` through its environment — never on a command line, never
@@ -214,6 +214,8 @@ export interface Options {
   readonly commandTimeout?: Duration.DurationInput | undefined
   /** Default `/proc/self/mountinfo`. */
   readonly mountinfoFile?: string | undefined
+  /** Programs on NFS targets may run: no `noexec` is added. Default false. */
+  readonly nfsAllowExec?: boolean | undefined
   /** File-system types an NFS mount may show as. Default `nfs`, `nfs4`. */
   readonly nfsFsTypes?: ReadonlyArray<string> | undefined
   /** Default `mount`. */
@@ -268,7 +270,10 @@ export const make = (
       stopGrace: Duration.decode(options.daemonStopGrace ?? Duration.seconds(2))
     })
     const { mountTable, umountCommand, stopGrace } = steps
-    const mountNfs = NfsMount.make(steps, { fsTypes: options.nfsFsTypes ?? ["nfs", "nfs4"] })
+    const mountNfs = NfsMount.make(steps, {
+      fsTypes: options.nfsFsTypes ?? ["nfs", "nfs4"],
+      allowExec: options.nfsAllowExec ?? false
+    })
     const mountS3 = S3Mount.make(steps, {
       barbican,
       driver,

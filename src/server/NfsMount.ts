@@ -1,5 +1,6 @@
 /**
- * NFS mounts: `mount -t nfs -o <opts>,nosuid,nodev <host:/path> <path>`, with the options checked
+ * NFS mounts: `mount -t nfs -o <opts>,nosuid,nodev,noexec <host:/path> <path>` (`noexec` left out when
+ * the configuration allows exec), with the options checked
  * against an allow-list (`exec`, `suid`, `dev` and anything unknown are refused) and the export checked
  * so it cannot be read as an option (the checks live in internal/nfs.ts: the client refuses the same
  * input before any I/O). Afterwards the export must show in the mount table at the path.
@@ -30,14 +31,16 @@ export interface Spec {
 }
 
 /**
- * Checks `nfs_mount_opts` against the allow-list and returns the options to pass (`nosuid,nodev`
- * always added), or why they are refused.
+ * Checks `nfs_mount_opts` against the allow-list and returns the options to pass (`nosuid,nodev,noexec`
+ * always added, `noexec` not when `allowExec`), or why they are refused.
  *
  * @since 0.1.0
  * @category nfs
  */
-export const checkNfsOptions = (raw: string | null | undefined): Either.Either<string, string> =>
-  Either.mapLeft(Nfs.checkOptions(raw), (reason) => `invalid nfs_mount_opts: ${reason}`)
+export const checkNfsOptions = (
+  raw: string | null | undefined,
+  options: { readonly allowExec?: boolean | undefined } = {}
+): Either.Either<string, string> => Either.mapLeft(Nfs.checkOptions(raw, options), (reason) => `invalid nfs_mount_opts: ${reason}`)
 
 /**
  * Checks an NFS export (`host:/path`, `[v6]:/path`): a host name or address (never starting with `-`,
@@ -67,6 +70,8 @@ const normalizeNfsSource = (s: string): string => {
 export interface Options {
   /** File-system types an NFS mount may show as. */
   readonly fsTypes: ReadonlyArray<string>
+  /** Programs on NFS targets may run (no `noexec`). */
+  readonly allowExec: boolean
 }
 
 /**
@@ -83,7 +88,7 @@ export const make = (steps: MountSteps.Steps, options: Options) => {
       const fail = mountFailure(spec.path)
       const exp = checkNfsExport(spec.export)
       if (Either.isLeft(exp)) return yield* fail(exp.left, true)
-      const opts = checkNfsOptions(spec.options)
+      const opts = checkNfsOptions(spec.options, { allowExec: options.allowExec })
       if (Either.isLeft(opts)) return yield* fail(opts.left, true)
       return yield* steps.atMountPoint("mount", spec.path, spec.targetId, (mountPoint, current) =>
         Effect.gen(function*() {

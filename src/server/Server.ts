@@ -551,6 +551,7 @@ export const layerFromSettings = (settings: ServerConfig.Settings): Layer.Layer<
         s3Driver: settings.s3Driver,
         s3Command: settings.s3Command,
         s3fsOptions: settings.s3fsOptions,
+        nfsAllowExec: settings.nfsAllowExec,
         commandTimeout: settings.commandTimeout
       })
     ),

@@ -13,6 +13,7 @@
  * | S3 driver | `DMS_S3_DRIVER` | `s3_driver` | `s3fs` (or `s3vaultfuse`) |
  * | S3 driver command | `DMS_S3_COMMAND` | `s3_command` | the driver's name, looked up on `PATH` |
  * | extra s3fs options | `DMS_S3FS_OPTIONS` | `s3fs_options` | none |
+ * | NFS without `noexec` | `DMS_NFS_ALLOW_EXEC` | `nfs_allow_exec` | `false` |
  * | command timeout (s) | `DMS_COMMAND_TIMEOUT` | `command_timeout` | 120 |
  * | Barbican endpoint | `DMS_BARBICAN_URL` | `barbican_url` | none (S3 mounts refused) |
  * | prefetch | `DMS_PREFETCH` | `prefetch` | 64 |
@@ -80,6 +81,7 @@ export const keys = {
   s3Driver: { env: "DMS_S3_DRIVER", file: "s3_driver" },
   s3Command: { env: "DMS_S3_COMMAND", file: "s3_command" },
   s3fsOptions: { env: "DMS_S3FS_OPTIONS", file: "s3fs_options" },
+  nfsAllowExec: { env: "DMS_NFS_ALLOW_EXEC", file: "nfs_allow_exec" },
   commandTimeout: { env: "DMS_COMMAND_TIMEOUT", file: "command_timeout" },
   barbicanUrl: { env: "DMS_BARBICAN_URL", file: "barbican_url" },
   prefetch: { env: "DMS_PREFETCH", file: "prefetch" },
@@ -111,6 +113,8 @@ export interface Settings {
   readonly s3Command: string
   /** Extra `-o` options for s3fs, set by the administrator (e.g. `allow_other`). */
   readonly s3fsOptions: ReadonlyArray<string>
+  /** NFS mounts get no `noexec` (they always get `nosuid,nodev`). */
+  readonly nfsAllowExec: boolean
   /** The longest any one command (mount, umount, a FUSE daemon's start) may take. */
   readonly commandTimeout: Duration.Duration
   /** A `secret_ref` must be under this URL; without it S3 mounts are refused. */
@@ -198,6 +202,8 @@ export const resolve = (
     const s3Command = text("s3Command") ?? s3Driver
     const s3fsOptions = (text("s3fsOptions") ?? "").split(",").map((o) => o.trim()).filter((o) => o !== "")
     for (const o of s3fsOptions) if (!S3FS_OPTION.test(o)) bad("s3fsOptions", `not an s3fs option: ${JSON.stringify(o)}`)
+    const allowExec = (text("nfsAllowExec") ?? "false").toLowerCase()
+    if (allowExec !== "true" && allowExec !== "false") bad("nfsAllowExec", `must be true or false, got ${JSON.stringify(allowExec)}`)
     const seconds = text("commandTimeout") ?? "120"
     const n = /^[0-9]+(\.[0-9]+)?$/.test(seconds) ? Number(seconds) : Number.NaN
     if (!(n > 0)) bad("commandTimeout", `must be a positive number of seconds, got ${JSON.stringify(seconds)}`)
@@ -218,6 +224,7 @@ export const resolve = (
       s3Driver,
       s3Command,
       s3fsOptions,
+      nfsAllowExec: allowExec === "true",
       commandTimeout: Duration.millis(Math.round(n * 1000)),
       barbicanUrl: Option.fromNullable(barbican),
       prefetch,
