@@ -11,7 +11,6 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Option from "effect/Option"
-import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as Broker from "./Broker.js"
@@ -530,7 +529,6 @@ export const softDeleteEntry = (
               action,
               job: { jobid: jobId },
               host: row.host,
-              keystone_token: Option.match(e.config.keystoneToken, { onNone: () => null, onSome: Redacted.value }),
               backup_target: { id: backupTargetId, type: t, filesystem_export_mount_path: path }
             })
           }

@@ -18,7 +18,6 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Option from "effect/Option"
-import * as Redacted from "effect/Redacted"
 import * as Schema from "effect/Schema"
 import * as DmsError from "./DmsError.js"
 import type * as Ledger from "./Ledger.js"
@@ -356,7 +355,6 @@ const bareTarget = (e: Operation.Env, id: string, host: string, type: "nfs" | "s
   body: (action, path, t) => ({
     action,
     host,
-    keystone_token: Option.match(e.config.keystoneToken, { onNone: () => null, onSome: Redacted.value }),
     backup_target: { id, type: t, filesystem_export_mount_path: path }
   })
 })

@@ -8,7 +8,9 @@ import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
+import * as HashMap from "effect/HashMap"
 import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Broker from "../src/Broker.js"
@@ -336,6 +338,45 @@ describe("Mount", () => {
       assert.strictEqual(server.received[0]!.body.keystone_token, "from-config")
       assert.strictEqual(server.received[0]!.body.action, "mount")
     }).pipe(Effect.provide(layer))
+  })
+
+  it.live("only an S3 mount carries a token: NFS mounts, unmounts and forced deletes do not; the KEYSTONE_TOKEN fallback is warned without the token", () => {
+    const { server, layer } = setup({ keystoneToken: "from-config-token" })
+    const logged: Array<string> = []
+    const logger = Logger.make(({ annotations, message }) => void logged.push(`${String(message)} ${JSON.stringify([...HashMap.entries(annotations)])}`))
+    return Effect.gen(function*() {
+      const s3 = (jobid: number, token?: string) => ({
+        job: { jobid },
+        host: HOST,
+        ...(token === undefined ? {} : { keystone_token: token }),
+        backup_target: { id: "s3t", type: "s3", secret_ref: "https://barbican.example/v1/secrets/s", filesystem_export_mount_path: "/m/s3" }
+      })
+      yield* Mount.mount(nfs(1))
+      yield* Mount.unmount(nfs(1))
+      yield* Mount.mount(nfs(2))
+      yield* Mount.softDeleteEntry(2, "t1", { force: true })
+      yield* Mount.mount(s3(3))
+      yield* Mount.mount(s3(4, "own-token"))
+      yield* Mount.unmount(s3(3, "own-token"))
+      yield* Mount.unmount(s3(4))
+      assert.deepStrictEqual(
+        server.received.map((r) => [r.action, (r.body.backup_target as { type: string }).type, r.body.keystone_token]),
+        [
+          ["mount", "nfs", undefined],
+          ["unmount", "nfs", undefined],
+          ["mount", "nfs", undefined],
+          ["unmount", "nfs", undefined],
+          ["mount", "s3", "from-config-token"],
+          ["mount", "s3", "own-token"],
+          ["unmount", "s3", undefined]
+        ]
+      )
+      assert.isTrue(server.received.every((r) => r.action === "mount" && (r.body.backup_target as { type: string }).type === "s3" || !("keystone_token" in r.body)))
+      const warnings = logged.filter((l) => l.includes("using KEYSTONE_TOKEN"))
+      assert.strictEqual(warnings.length, 1, "warned once: job 4 brought its own token")
+      assert.include(warnings[0]!, "https://barbican.example/v1/secrets/s")
+      assert.notInclude(logged.join("\n"), "from-config-token")
+    }).pipe(Effect.provide(layer), Effect.provide(Logger.replace(Logger.defaultLogger, logger)))
   })
 
   it.live("a target has one mount path per host while it is held", () => {

@@ -156,7 +156,7 @@ for (const [name, backendLayer] of backends) {
 
       it.scoped("orphan after a mount that completed after its client timed out: reported with its mark, unmounted by the repair", () =>
         Effect.gen(function*() {
-          const { host, ledger, run, server } = yield* setup({ timeout: 0.3 })
+          const { host, ledger, run, server } = yield* setup({ timeout: 0.3, keystoneToken: "configured-token" })
           const t = unique("t")
           const late = yield* Deferred.make<void>()
           server.gate = (r) => (r.action === "mount" ? Deferred.await(late) : Effect.void)
@@ -178,6 +178,9 @@ for (const [name, backendLayer] of backends) {
           assert.isFalse(server.isMounted(host, pathOf(t)))
           assert.deepStrictEqual(server.transitions.filter((x) => x.host === host).map((x) => x.to), ["mounted", "unmounted"])
           assert.isTrue((yield* run(Reconcile.reconcile(host))).clean)
+          const sent = server.received.filter((r) => r.host === host)
+          assert.deepStrictEqual(sent.map((r) => r.action), ["mount", "status", "status", "unmount", "status"])
+          assert.isTrue(sent.every((r) => !("keystone_token" in r.body)), "no token in an NFS mount, the statuses or the repair's unmount")
         }))
 
       it.scoped("pending marks of a killed client are resolved: the host driven to the ledger's state", () =>

@@ -163,7 +163,7 @@ describe("Secrets", () => {
       const mounter = Layer.effect(
         Mounter.Mounter,
         Mounter.make({ mountBase: dirs.base, runDir: dirs.run, s3Command: "/bin/false", commandTimeout: "10 seconds", daemonStopGrace: "200 millis" })
-      ).pipe(Layer.provide(Layer.succeed(CommandRunner.CommandRunner, runner.service)), Layer.provide(Barbican.layer()))
+      ).pipe(Layer.provide(Layer.succeed(CommandRunner.CommandRunner, runner.service)), Layer.provide(Barbican.layer({ endpoint: barbican.url })))
       const serverCtx = yield* Layer.build(Server.layer({ nodeId: host, rabbitmqUrl: brokerUrl }).pipe(Layer.provide(mounter)))
       yield* Context.get(serverCtx, Server.Server).ready.pipe(Effect.timeout("20 seconds"))
 
@@ -237,7 +237,7 @@ describe("Secrets", () => {
       yield* deleteOnClose(Broker.queueName(childHost))
       const childDirs = yield* serverDirs
       const child = yield* spawnServer(
-        ["--node-id", childHost, "--mount-base", childDirs.base, "--run-dir", childDirs.run, "--s3-command", "/bin/false", "--log-level", "DEBUG", "--command-timeout", "10"],
+        ["--node-id", childHost, "--mount-base", childDirs.base, "--run-dir", childDirs.run, "--s3-command", "/bin/false", "--log-level", "DEBUG", "--command-timeout", "10", "--barbican-url", barbican.url],
         { DMS_RABBITMQ_URL: brokerUrl, HOME: home }
       )
       yield* child.waitForOutput(`consuming dms.${childHost}`).pipe(Effect.timeout("60 seconds"))

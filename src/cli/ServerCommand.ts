@@ -1,6 +1,6 @@
 /**
  * `trilio-dms server --node-id <host>`: runs the DMS server of this host (`src/server`) until SIGTERM or
- * SIGINT. The flags are those of `src/server/main.ts`; each can also be set in the environment or in
+ * SIGINT. Each flag can also be set in the environment or in
  * `/etc/trilio-dms/server.conf` (see `ServerConfig`).
  *
  * @since 0.1.0

@@ -92,14 +92,17 @@ const NFS_VALUES: Record<string, RegExp> = {
 /** Options that would make the export dangerous to the host. */
 const REFUSED = new Set(["exec", "suid", "dev", "defaults"])
 
-/** Added to every NFS mount. */
-const ENFORCED = ["nosuid", "nodev"] as const
+/** Added to every NFS mount; `noexec` unless the server's configuration allows exec. */
+const ENFORCED = ["nosuid", "nodev", "noexec"] as const
 
 /**
  * Checks `nfs_mount_opts` (comma-separated) against the allow-list: the options to pass, with
- * `nosuid,nodev` always added, or why they are refused.
+ * `nosuid,nodev,noexec` always added (`noexec` not when `allowExec`), or why they are refused.
  */
-export const checkOptions = (raw: string | null | undefined): Either.Either<string, string> => {
+export const checkOptions = (
+  raw: string | null | undefined,
+  options: { readonly allowExec?: boolean | undefined } = {}
+): Either.Either<string, string> => {
   const tokens = (raw ?? "").split(",").map((t) => t.trim()).filter((t) => t !== "")
   const out: Array<string> = []
   for (const token of tokens) {
@@ -122,7 +125,7 @@ export const checkOptions = (raw: string | null | undefined): Either.Either<stri
     }
     if (!out.includes(token)) out.push(token)
   }
-  for (const o of ENFORCED) if (!out.includes(o)) out.push(o)
+  for (const o of ENFORCED) if (!out.includes(o) && !(o === "noexec" && options.allowExec === true)) out.push(o)
   return Either.right(out.join(","))
 }
 

@@ -59,7 +59,8 @@ export interface Env {
 export const env = Effect.all({ config: DmsConfig.DmsConfig, ledger: Ledger.Ledger, broker: Broker.Broker })
 
 /**
- * The {@link Target} of a validated request (the token falls back to the configured one).
+ * The {@link Target} of a validated request. Only an S3 mount carries a token (the request's, else the
+ * configured one): the server needs it for Barbican, and nothing else needs it.
  *
  */
 export const fromRequest = (request: Protocol.MountRequest, config: DmsConfig.Settings): RequestTarget => {
@@ -71,10 +72,10 @@ export const fromRequest = (request: Protocol.MountRequest, config: DmsConfig.Se
     type: request.backup_target.type,
     mountPath: request.backup_target.filesystem_export_mount_path,
     body: (action, mountPath, type) => {
-      const wire = Protocol.encodeMountRequest(request, action) as Record<string, unknown>
+      const { keystone_token: _, ...wire } = Protocol.encodeMountRequest(request, action) as Record<string, unknown>
       return {
         ...wire,
-        keystone_token: token === undefined ? wire.keystone_token ?? null : Redacted.value(token),
+        ...(action === "mount" && type === "s3" ? { keystone_token: token === undefined ? null : Redacted.value(token) } : {}),
         backup_target: { ...(wire.backup_target as Record<string, unknown>), filesystem_export_mount_path: mountPath, type }
       }
     }
@@ -89,10 +90,13 @@ export const validate = (operation: Protocol.Action, input: unknown) =>
   Effect.gen(function*() {
     const request = yield* Protocol.decodeMountRequest(input)
     const { config } = yield* env
-    if (
-      operation === "mount" && request.backup_target.type === "s3" && request.keystone_token == null &&
-      Option.isNone(config.keystoneToken)
-    ) {
+    const needsToken = operation === "mount" && request.backup_target.type === "s3" && request.keystone_token == null
+    if (needsToken && Option.isSome(config.keystoneToken)) {
+      yield* Effect.logWarning(
+        "the S3 mount request carries no keystone_token: using KEYSTONE_TOKEN from the configuration for its secret_ref"
+      ).pipe(Effect.annotateLogs({ secretRef: request.backup_target.secret_ref ?? "", backupTargetId: request.backup_target.id }))
+    }
+    if (needsToken && Option.isNone(config.keystoneToken)) {
       return yield* Effect.fail(
         DmsError.invalid(
           "request",

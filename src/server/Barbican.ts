@@ -8,6 +8,12 @@
  * `ssl_cert`, `object_lock`, `max_pool_connections`. The keys are `Redacted`; neither the token nor the
  * payload ever reaches a message or a log.
  *
+ * **The token goes only to Barbican.** A `secret_ref` must be under the configured Barbican endpoint:
+ * same scheme, host and port, and a path that starts with the endpoint's path, compared after URL
+ * normalisation; no user info, query or fragment, no `.` or `..` segment and no percent-encoded `/`,
+ * `\` or `.` in it. Without an endpoint every `secret_ref` is refused. A refused `secret_ref` fetches
+ * nothing. Redirects are never followed: a 3xx answer is a refusal.
+ *
  * @since 0.1.0
  */
 import * as Context from "effect/Context"
@@ -74,6 +80,11 @@ export class BarbicanError extends Schema.TaggedError<BarbicanError>()("Barbican
  * @category models
  */
 export interface Service {
+  /**
+   * The normalised URL of a secret_ref under the configured endpoint, or why it is refused; nothing is
+   * fetched.
+   */
+  readonly check: (secretRef: string) => Either.Either<string, string>
   readonly s3Credentials: (
     secretRef: string,
     token: Redacted.Redacted<string>,
@@ -96,7 +107,10 @@ export class Barbican extends Context.Tag("trilio-dms/server/Barbican")<Barbican
  * @category models
  */
 export interface Options {
-  /** When set, a secret_ref must be under this URL (the token is only ever sent there). */
+  /**
+   * The Barbican endpoint (`https://barbican.example:9311`): a secret_ref must be under it, and the
+   * token is only ever sent there. Without it, every secret_ref is refused.
+   */
   readonly endpoint?: string | undefined
   /** The longest one request may take. Default 30 s. */
   readonly timeout?: Duration.DurationInput | undefined
@@ -189,8 +203,69 @@ const statusReason = (status: number, what: string): string => {
     case 404:
       return `Barbican answered 404 Not Found reading ${what}: no such secret`
     default:
-      return `Barbican answered HTTP ${status} reading ${what}`
+      return status >= 300 && status < 400
+        ? `Barbican answered HTTP ${status} (a redirect) reading ${what}; redirects are not followed (they would carry the token elsewhere)`
+        : `Barbican answered HTTP ${status} reading ${what}`
   }
+}
+
+/**
+ * Checks a configured Barbican endpoint: the normalised URL, or why it is unusable.
+ *
+ * @since 0.1.0
+ * @category checks
+ */
+export const checkEndpoint = (endpoint: string): Either.Either<URL, string> => {
+  let url: URL
+  try {
+    url = new URL(endpoint)
+  } catch {
+    return Either.left(`the Barbican endpoint ${JSON.stringify(endpoint)} is not a URL`)
+  }
+  if (url.protocol !== "https:" && url.protocol !== "http:") return Either.left("the Barbican endpoint must be an http(s) URL")
+  if (url.username !== "" || url.password !== "" || url.search !== "" || url.hash !== "") {
+    return Either.left("the Barbican endpoint must be a plain URL (no user info, query or fragment)")
+  }
+  return Either.right(url)
+}
+
+const DOT_SEGMENT = /(^|\/)\.{1,2}(\/|$)/
+const ENCODED_SEPARATOR = /%(2f|5c|2e)/i
+
+/**
+ * Checks that `secretRef` is under `endpoint` (see the module's description): the URL to read, or why
+ * it is refused. `endpoint` is unset when no Barbican endpoint is configured: then it is refused.
+ *
+ * @since 0.1.0
+ * @category checks
+ */
+export const checkSecretRef = (secretRef: string, endpoint: string | undefined): Either.Either<URL, string> => {
+  if (endpoint === undefined) {
+    return Either.left(
+      "no Barbican endpoint is configured, so no secret_ref is accepted (the Keystone token is sent only there): set barbican_url in the [server] section of server.conf, DMS_BARBICAN_URL or --barbican-url"
+    )
+  }
+  const base = checkEndpoint(endpoint)
+  if (Either.isLeft(base)) return base
+  let url: URL
+  try {
+    url = new URL(secretRef)
+  } catch {
+    return Either.left("secret_ref is not a URL")
+  }
+  if (url.protocol !== "https:" && url.protocol !== "http:") return Either.left("secret_ref must be an http(s) URL")
+  if (url.username !== "" || url.password !== "" || url.search !== "" || url.hash !== "") {
+    return Either.left("secret_ref must be a plain secret URL (no user info, query or fragment)")
+  }
+  const rawPath = secretRef.replace(/^[a-z][a-z0-9+.-]*:\/\/[^/?#]*/i, "")
+  if (DOT_SEGMENT.test(rawPath.split(/[?#]/)[0]!) || rawPath.includes("\\") || ENCODED_SEPARATOR.test(rawPath)) {
+    return Either.left("secret_ref must not contain '.' or '..' segments, backslashes or percent-encoded '/', '\\' or '.'")
+  }
+  const prefix = base.right.pathname.endsWith("/") ? base.right.pathname : `${base.right.pathname}/`
+  if (url.protocol !== base.right.protocol || url.host !== base.right.host || !url.pathname.startsWith(prefix)) {
+    return Either.left(`secret_ref is not under the configured Barbican endpoint ${base.right.href}`)
+  }
+  return Either.right(url)
 }
 
 /**
@@ -232,28 +307,12 @@ export const make = (options: Options = {}): Service => {
       )
     )
   return {
+    check: (secretRef) => Either.map(checkSecretRef(secretRef, options.endpoint), (url) => url.href),
     s3Credentials: (secretRef, token, callOptions) =>
       Effect.gen(function*() {
-        let url: URL
-        try {
-          url = new URL(secretRef)
-        } catch {
-          return yield* Effect.fail(new BarbicanError({ secretRef, reason: "secret_ref is not a URL" }))
-        }
-        if (url.protocol !== "https:" && url.protocol !== "http:") {
-          return yield* Effect.fail(new BarbicanError({ secretRef, reason: "secret_ref must be an http(s) URL" }))
-        }
-        if (url.username !== "" || url.password !== "" || url.search !== "" || url.hash !== "") {
-          return yield* Effect.fail(new BarbicanError({ secretRef, reason: "secret_ref must be a plain secret URL" }))
-        }
-        if (options.endpoint !== undefined) {
-          const base = options.endpoint.endsWith("/") ? options.endpoint : `${options.endpoint}/`
-          if (!url.href.startsWith(base)) {
-            return yield* Effect.fail(
-              new BarbicanError({ secretRef, reason: `secret_ref is not under the configured Barbican endpoint ${options.endpoint}` })
-            )
-          }
-        }
+        const checked = checkSecretRef(secretRef, options.endpoint)
+        if (Either.isLeft(checked)) return yield* Effect.fail(new BarbicanError({ secretRef, reason: checked.left }))
+        const url = checked.right
         const timeout = callOptions?.timeout === undefined
           ? defaultTimeout
           : Duration.min(defaultTimeout, Duration.decode(callOptions.timeout))
@@ -268,9 +327,25 @@ export const make = (options: Options = {}): Service => {
 }
 
 /**
- * The Barbican client over `fetch`.
+ * The Barbican client over `fetch`. Logs at start what the endpoint setting means: a warning when there
+ * is none (S3 mounts are refused) or when it is plain `http` (the token travels in clear).
  *
  * @since 0.1.0
  * @category layers
  */
-export const layer = (options: Options = {}): Layer.Layer<Barbican> => Layer.succeed(Barbican, make(options))
+export const layer = (options: Options = {}): Layer.Layer<Barbican> =>
+  Layer.effect(
+    Barbican,
+    Effect.as(
+      options.endpoint === undefined
+        ? Effect.logWarning("no Barbican endpoint is configured (barbican_url): S3 mount requests will be refused")
+        : Either.match(checkEndpoint(options.endpoint), {
+          onLeft: (reason) => Effect.logWarning(`${reason}: S3 mount requests will be refused`),
+          onRight: (url) =>
+            url.protocol === "http:"
+              ? Effect.logWarning(`the Barbican endpoint ${url.href} is plain http: the Keystone token travels unencrypted`)
+              : Effect.logInfo(`S3 credentials are read only from the Barbican endpoint ${url.href}`)
+        }),
+      make(options)
+    )
+  )

@@ -490,6 +490,7 @@ export const layerFromSettings = (
         s3Driver: settings.s3Driver,
         s3Command: settings.s3Command,
         s3fsOptions: settings.s3fsOptions,
+        nfsAllowExec: settings.nfsAllowExec,
         commandTimeout: settings.commandTimeout
       })
     ),

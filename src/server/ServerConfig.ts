@@ -14,18 +14,17 @@
  * | S3 driver | `DMS_S3_DRIVER` | `s3_driver` | `s3fs` (or `s3vaultfuse`) |
  * | S3 driver command | `DMS_S3_COMMAND` | `s3_command` | the driver's name, looked up on `PATH` |
  * | extra s3fs options | `DMS_S3FS_OPTIONS` | `s3fs_options` | none |
+ * | NFS without `noexec` | `DMS_NFS_ALLOW_EXEC` | `nfs_allow_exec` | `false` |
  * | command timeout (s) | `DMS_COMMAND_TIMEOUT` | `command_timeout` | 120 |
- * | Barbican endpoint | `DMS_BARBICAN_URL` | `barbican_url` | none (any `secret_ref` URL) |
+ * | Barbican endpoint | `DMS_BARBICAN_URL` | `barbican_url` | none (S3 mounts refused) |
  * | prefetch | `DMS_PREFETCH` | `prefetch` | 64 |
  * | log level | `DMS_LOG_LEVEL` | `log_level` | `INFO` |
  *
  * @since 0.1.0
  */
 import * as Config from "effect/Config"
-import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import * as Layer from "effect/Layer"
 import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
@@ -84,6 +83,7 @@ export const keys = {
   s3Driver: { env: "DMS_S3_DRIVER", file: "s3_driver" },
   s3Command: { env: "DMS_S3_COMMAND", file: "s3_command" },
   s3fsOptions: { env: "DMS_S3FS_OPTIONS", file: "s3fs_options" },
+  nfsAllowExec: { env: "DMS_NFS_ALLOW_EXEC", file: "nfs_allow_exec" },
   commandTimeout: { env: "DMS_COMMAND_TIMEOUT", file: "command_timeout" },
   barbicanUrl: { env: "DMS_BARBICAN_URL", file: "barbican_url" },
   prefetch: { env: "DMS_PREFETCH", file: "prefetch" },
@@ -118,9 +118,11 @@ export interface Settings {
   readonly s3Command: string
   /** Extra `-o` options for s3fs, set by the administrator (e.g. `allow_other`). */
   readonly s3fsOptions: ReadonlyArray<string>
+  /** NFS mounts get no `noexec` (they always get `nosuid,nodev`). */
+  readonly nfsAllowExec: boolean
   /** The longest any one command (mount, umount, a FUSE daemon's start) may take. */
   readonly commandTimeout: Duration.Duration
-  /** When set, a `secret_ref` must be under this URL. */
+  /** A `secret_ref` must be under this URL; without it S3 mounts are refused. */
   readonly barbicanUrl: Option.Option<string>
   readonly prefetch: number
   readonly logLevel: LogLevel.LogLevel
@@ -138,14 +140,6 @@ export type Options = {
   /** The configuration file to read instead of `DMS_SERVER_CONF` or the default. */
   readonly configFile?: string | undefined
 }
-
-/**
- * The ServerConfig tag.
- *
- * @since 0.1.0
- * @category tags
- */
-export class ServerConfig extends Context.Tag("trilio-dms/server/ServerConfig")<ServerConfig, Settings>() {}
 
 type Source = string
 
@@ -217,6 +211,8 @@ export const resolve = (
     const s3Command = text("s3Command") ?? s3Driver
     const s3fsOptions = (text("s3fsOptions") ?? "").split(",").map((o) => o.trim()).filter((o) => o !== "")
     for (const o of s3fsOptions) if (!S3FS_OPTION.test(o)) bad("s3fsOptions", `not an s3fs option: ${JSON.stringify(o)}`)
+    const allowExec = (text("nfsAllowExec") ?? "false").toLowerCase()
+    if (allowExec !== "true" && allowExec !== "false") bad("nfsAllowExec", `must be true or false, got ${JSON.stringify(allowExec)}`)
     const seconds = text("commandTimeout") ?? "120"
     const n = /^[0-9]+(\.[0-9]+)?$/.test(seconds) ? Number(seconds) : Number.NaN
     if (!(n > 0)) bad("commandTimeout", `must be a positive number of seconds, got ${JSON.stringify(seconds)}`)
@@ -238,6 +234,7 @@ export const resolve = (
       s3Driver,
       s3Command,
       s3fsOptions,
+      nfsAllowExec: allowExec === "true",
       commandTimeout: Duration.millis(Math.round(n * 1000)),
       barbicanUrl: Option.fromNullable(barbican),
       prefetch,
@@ -306,15 +303,6 @@ export const make = (options: Options): Effect.Effect<Settings, DmsError.Validat
 }
 
 /**
- * A layer from options > environment > server.conf > defaults.
- *
- * @since 0.1.0
- * @category layers
- */
-export const layerConfig = (options: Options = {}): Layer.Layer<ServerConfig, DmsError.ValidationError> =>
-  Layer.effect(ServerConfig, fromEnv(options))
-
-/**
  * The configuration as a printable record (the broker password masked).
  *
  * @since 0.1.0
@@ -329,7 +317,7 @@ export const describe = (settings: Settings): Record<string, string> => ({
   s3_driver: settings.s3Driver,
   s3_command: settings.s3Command,
   command_timeout: `${Duration.toSeconds(settings.commandTimeout)} s`,
-  barbican_url: Option.getOrElse(settings.barbicanUrl, () => "(any)"),
+  barbican_url: Option.getOrElse(settings.barbicanUrl, () => "(none: S3 mounts refused)"),
   prefetch: String(settings.prefetch),
   log_level: settings.logLevel.label
 })

@@ -23,14 +23,14 @@ const TOKEN = "gAAAA-probe-token"
 const setup = (check: (call: Call, ctx: { readonly pidFile: string; readonly mountPath: string }) => Effect.Effect<CommandRunner.Output, CommandRunner.CommandError>) =>
   Effect.gen(function*() {
     const dirs = yield* serverDirs
-    const { secretRef } = yield* startS3WithSecret(TOKEN)
+    const { barbican, secretRef } = yield* startS3WithSecret(TOKEN)
     const mountPath = path.join(dirs.base, "target-s3")
     const pidFile = path.join(dirs.run, "s3", "target-s3.pid")
     const runner = recordingRunner()
     runner.behave = (call) => (call.command === "stat" ? check(call, { pidFile, mountPath }) : sh(call.command, call.args))
     const mounter = yield* Mounter.make({ mountBase: dirs.base, runDir: dirs.run, daemonStopGrace: "500 millis" }).pipe(
       Effect.provideService(CommandRunner.CommandRunner, runner.service),
-      Effect.provideService(Barbican.Barbican, Barbican.make())
+      Effect.provideService(Barbican.Barbican, Barbican.make({ endpoint: barbican.url }))
     )
     const spec: Mounter.MountSpec = { type: "s3", targetId: "target-s3", path: mountPath, secretRef, token: Redacted.make(TOKEN) }
     return { dirs, mounter, spec, mountPath, pidFile, runner }

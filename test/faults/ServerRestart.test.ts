@@ -24,7 +24,7 @@ const setup = (label: string) =>
     const queue = Broker.queueName(host)
     yield* deleteOnClose(queue)
     const start = spawnServer(
-      ["--node-id", host, "--mount-base", dirs.base, "--run-dir", dirs.run, "--config", path.join(dirs.root, "none.conf")],
+      ["--node-id", host, "--mount-base", dirs.base, "--run-dir", dirs.run, "--config", path.join(dirs.root, "none.conf"), "--barbican-url", barbican.url],
       { DMS_RABBITMQ_URL: RABBIT_URL }
     ).pipe(Effect.tap((p) => p.waitForOutput(`consuming ${queue}`)))
     const mountPath = path.join(dirs.base, "target-s3")

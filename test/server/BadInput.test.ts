@@ -10,6 +10,7 @@ import { afterAll, assert, describe, it } from "@effect/vitest"
 import amqp from "amqplib"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as LogLevel from "effect/LogLevel"
@@ -137,6 +138,7 @@ describe("Bad input (server)", () => {
       const runner = recordingRunner()
       const barbicanCalls: Array<string> = []
       const barbican = Layer.succeed(Barbican.Barbican, {
+        check: Either.right,
         s3Credentials: (secretRef) =>
           Effect.suspend(() => {
             barbicanCalls.push(secretRef)

@@ -9,11 +9,11 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
-import * as http from "node:http"
-import type { AddressInfo } from "node:net"
+import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
 import * as Barbican from "../../src/server/Barbican.js"
 import * as Mounter from "../../src/server/Mounter.js"
-import { startBarbican } from "../support/barbican.js"
+import { startBarbican, startRecorder } from "../support/barbican.js"
 
 const token = Redacted.make("tok-123")
 
@@ -72,7 +72,7 @@ describe("Barbican", () => {
     Effect.gen(function*() {
       const fake = yield* startBarbican
       const ref = fake.addSecret("abc", "tok-123", { aws_access_key_id: "A", aws_secret_access_key: "S", bucket: "b" })
-      const client = Barbican.make()
+      const client = Barbican.make({ endpoint: fake.url })
       const got = yield* client.s3Credentials(ref, token)
       assert.strictEqual(got.bucket, "b")
       assert.deepStrictEqual(fake.requests().map((r) => [r.path, r.token]), [["/v1/secrets/abc", "tok-123"], ["/v1/secrets/abc/payload", "tok-123"]])
@@ -85,42 +85,105 @@ describe("Barbican", () => {
       assert.include(missing.message, "no such secret")
     }))
 
-  it.scopedLive("refuses secret_refs that are not plain http(s) URLs, outside the configured endpoint, or that redirect", () =>
+  it("a secret_ref is under the endpoint only with the same scheme, host and port and the endpoint's path, after normalisation", () => {
+    const endpoint = "https://barbican.example:9311/key-manager"
+    const accepted = [
+      "https://barbican.example:9311/key-manager/v1/secrets/abc",
+      "https://BARBICAN.EXAMPLE:9311/key-manager/v1/secrets/abc",
+      "https://barbican.example:9311/key-manager/v1/secrets/abc/"
+    ]
+    for (const ref of accepted) assert.isTrue(Either.isRight(Barbican.checkSecretRef(ref, endpoint)), ref)
+    assert.isTrue(Either.isRight(Barbican.checkSecretRef("https://barbican.example:443/v1/secrets/x", "https://barbican.example")))
+    const refused: ReadonlyArray<[string, string]> = [
+      ["https://evil.example:9311/key-manager/v1/secrets/abc", "not under the configured Barbican endpoint"],
+      ["https://barbican.example:9311@evil.example/key-manager/v1/secrets/abc", "no user info"],
+      ["https://barbican.example:9311/key-manager@evil.example/v1/secrets/abc", "not under"],
+      ["https://barbican.example.evil:9311/key-manager/v1/secrets/abc", "not under"],
+      ["https://barbican.example:19311/key-manager/v1/secrets/abc", "not under"],
+      ["https://barbican.example:9312/key-manager/v1/secrets/abc", "not under"],
+      ["https://barbican.example:9311/key-manager-evil/v1/secrets/abc", "not under"],
+      ["https://barbican.example:9311/key-manager/../v1/secrets/abc", "'..' segments"],
+      ["https://barbican.example:9311/key-manager/%2e%2e/v1/secrets/abc", "percent-encoded"],
+      ["https://barbican.example:9311/key-manager/v1%2F..%2F..%2Fadmin", "percent-encoded"],
+      ["https://barbican.example:9311/key-manager\\..\\admin", "backslashes"],
+      ["http://barbican.example:9311/key-manager/v1/secrets/abc", "not under"],
+      ["https://barbican.example:9311/key-manager/v1/secrets/abc?x=1", "no user info, query or fragment"],
+      ["file:///etc/shadow", "http(s) URL"],
+      ["not a url", "not a URL"]
+    ]
+    for (const [ref, reason] of refused) {
+      const result = Barbican.checkSecretRef(ref, endpoint)
+      assert.isTrue(Either.isLeft(result), ref)
+      assert.include(Either.isLeft(result) ? result.left : "", reason, ref)
+    }
+    const none = Barbican.checkSecretRef("https://barbican.example:9311/key-manager/v1/secrets/abc", undefined)
+    assert.include(Either.isLeft(none) ? none.left : "", "no Barbican endpoint is configured")
+    assert.include(Either.isLeft(none) ? none.left : "", "barbican_url")
+  })
+
+  it.scopedLive("the token never leaves for a foreign URL: each attack is refused and nothing is fetched, from Barbican or elsewhere", () =>
     Effect.gen(function*() {
       const fake = yield* startBarbican
+      const elsewhere = yield* startRecorder
       const ref = fake.addSecret("abc", "tok-123", { aws_access_key_id: "A", aws_secret_access_key: "S", bucket: "b" })
-      const restricted = Barbican.make({ endpoint: "https://barbican.example:9311" })
-      assert.include((yield* Effect.flip(restricted.s3Credentials(ref, token))).message, "not under the configured Barbican endpoint")
-      const client = Barbican.make()
-      for (const bad of ["file:///etc/shadow", "not a url", `${ref}?x=1`, "http://user:pw@host/v1/secrets/x"]) {
-        const e = yield* Effect.flip(client.s3Credentials(bad, token))
-        assert.match(e.reason, /secret_ref/, bad)
+      const fakeHost = new URL(fake.url).host
+      const evilHost = new URL(elsewhere.url).host
+      const attacks: ReadonlyArray<[string, Barbican.Options, string, string]> = [
+        ["no endpoint configured", {}, ref, "no Barbican endpoint is configured"],
+        ["another host", { endpoint: fake.url }, `${elsewhere.url}/v1/secrets/abc`, "not under"],
+        ["user info naming Barbican", { endpoint: fake.url }, `http://${fakeHost}@${evilHost}/v1/secrets/abc`, "no user info"],
+        ["a look-alike host", { endpoint: fake.url }, `http://127.0.0.1.evil.example:${new URL(fake.url).port}/v1/secrets/abc`, "not under"],
+        ["'..' out of the endpoint's path", { endpoint: `${fake.url}/key-manager` }, `${fake.url}/key-manager/../v1/secrets/abc`, "'..'"],
+        ["encoded '..' out of the endpoint's path", { endpoint: `${fake.url}/key-manager` }, `${fake.url}/key-manager/%2e%2e/v1/secrets/abc`, "percent-encoded"],
+        ["http where https is configured", { endpoint: `https://${fakeHost}` }, ref, "not under"]
+      ]
+      for (const [name, options, secretRef, reason] of attacks) {
+        const e = yield* Effect.flip(Barbican.make(options).s3Credentials(secretRef, token))
+        assert.include(e.message, reason, name)
+        assert.notInclude(e.message, "tok-123", name)
       }
-      assert.deepStrictEqual(fake.requests(), [])
-      // A redirect would carry the token elsewhere: it is not followed.
-      const redirector = yield* Effect.acquireRelease(
-        Effect.async<http.Server>((resume) => {
-          const s = http.createServer((_, res) => {
-            res.writeHead(302, { location: ref })
-            res.end()
-          })
-          s.listen(0, "127.0.0.1", () => void resume(Effect.succeed(s)))
-        }),
-        (s) =>
-          Effect.async<void>((resume) => {
-            s.close(() => resume(Effect.void))
-          })
-      )
-      const port = (redirector.address() as AddressInfo).port
-      const e = yield* Effect.flip(client.s3Credentials(`http://127.0.0.1:${port}/v1/secrets/abc`, token))
-      assert.include(e.message, "HTTP 302")
-      assert.deepStrictEqual(fake.requests(), [])
+      assert.deepStrictEqual(fake.requests(), [], "Barbican was asked nothing")
+      assert.deepStrictEqual(elsewhere.requests(), [], "nothing went elsewhere")
+    }))
+
+  it.scopedLive("a redirect from the Barbican endpoint is not followed: refused, and its target receives nothing", () =>
+    Effect.gen(function*() {
+      const elsewhere = yield* startRecorder
+      const redirector = yield* startRecorder
+      redirector.answer((res) => {
+        res.writeHead(302, { location: `${elsewhere.url}/v1/secrets/abc` })
+        res.end()
+      })
+      const e = yield* Effect.flip(Barbican.make({ endpoint: redirector.url }).s3Credentials(`${redirector.url}/v1/secrets/abc`, token))
+      assert.include(e.message, "HTTP 302 (a redirect)")
+      assert.include(e.message, "redirects are not followed")
+      assert.strictEqual(e.status, 302)
+      assert.deepStrictEqual(redirector.requests(), ["GET /v1/secrets/abc"], "one request, to the endpoint")
+      assert.deepStrictEqual(elsewhere.requests(), [], "the redirect's target received nothing")
     }))
 
   it.live("an unreachable Barbican is a clear error", () =>
     Effect.gen(function*() {
-      const e = yield* Effect.flip(Barbican.make({ timeout: "2 seconds" }).s3Credentials("http://127.0.0.1:9/v1/secrets/x", token))
+      const e = yield* Effect.flip(
+        Barbican.make({ endpoint: "http://127.0.0.1:9", timeout: "2 seconds" }).s3Credentials("http://127.0.0.1:9/v1/secrets/x", token)
+      )
       assert.include(e.message, "Barbican is not reachable")
+    }))
+
+  it.scoped("the layer warns at start when no endpoint is configured and when the endpoint is plain http", () =>
+    Effect.gen(function*() {
+      const logged: Array<string> = []
+      const logger = Logger.make(({ logLevel, message }) => void logged.push(`${logLevel.label} ${String(message)}`))
+      const start = (options: Barbican.Options) =>
+        Layer.build(Barbican.layer(options)).pipe(Effect.provide(Logger.replace(Logger.defaultLogger, logger)))
+      yield* start({})
+      yield* start({ endpoint: "http://barbican.example:9311" })
+      yield* start({ endpoint: "https://barbican.example:9311" })
+      assert.deepStrictEqual(logged, [
+        "WARN no Barbican endpoint is configured (barbican_url): S3 mount requests will be refused",
+        "WARN the Barbican endpoint http://barbican.example:9311/ is plain http: the Keystone token travels unencrypted",
+        "INFO S3 credentials are read only from the Barbican endpoint https://barbican.example:9311/"
+      ])
     }))
 })
 

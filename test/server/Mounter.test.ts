@@ -47,11 +47,13 @@ const nfs = (p: string, options: string | null = "rw,sync,hard,intr,nfsvers=4", 
 const mountedAt = (p: string) => Effect.map(MountInfo.read(), (t) => MountInfo.at(t, p))
 
 describe("NFS options and exports", () => {
-  it("keeps allowed options and always adds nosuid,nodev", () => {
-    assert.deepStrictEqual(Mounter.checkNfsOptions("rw,sync,hard,intr,nfsvers=4"), Either.right("rw,sync,hard,intr,nfsvers=4,nosuid,nodev"))
-    assert.deepStrictEqual(Mounter.checkNfsOptions(null), Either.right("nosuid,nodev"))
-    assert.deepStrictEqual(Mounter.checkNfsOptions(" nolock, soft,timeo=180,intr,nosuid "), Either.right("nolock,soft,timeo=180,intr,nosuid,nodev"))
-    assert.deepStrictEqual(Mounter.checkNfsOptions("sec=krb5p,proto=tcp6,vers=4.2"), Either.right("sec=krb5p,proto=tcp6,vers=4.2,nosuid,nodev"))
+  it("keeps allowed options and always adds nosuid,nodev,noexec (noexec not when exec is allowed by configuration)", () => {
+    assert.deepStrictEqual(Mounter.checkNfsOptions("rw,sync,hard,intr,nfsvers=4"), Either.right("rw,sync,hard,intr,nfsvers=4,nosuid,nodev,noexec"))
+    assert.deepStrictEqual(Mounter.checkNfsOptions(null), Either.right("nosuid,nodev,noexec"))
+    assert.deepStrictEqual(Mounter.checkNfsOptions(null, { allowExec: true }), Either.right("nosuid,nodev"))
+    assert.deepStrictEqual(Mounter.checkNfsOptions("rw,noexec", { allowExec: true }), Either.right("rw,noexec,nosuid,nodev"))
+    assert.deepStrictEqual(Mounter.checkNfsOptions(" nolock, soft,timeo=180,intr,nosuid "), Either.right("nolock,soft,timeo=180,intr,nosuid,nodev,noexec"))
+    assert.deepStrictEqual(Mounter.checkNfsOptions("sec=krb5p,proto=tcp6,vers=4.2"), Either.right("sec=krb5p,proto=tcp6,vers=4.2,nosuid,nodev,noexec"))
   })
 
   it("refuses exec, suid, dev, unknown options, bad values and anything that is not an option", () => {
@@ -96,7 +98,7 @@ describe("Mounter (nfs)", () => {
       const first = yield* mounter.mount(nfs(p), Infinity)
       assert.deepStrictEqual(first, { alreadyMounted: false, mountPoint: p, message: `NFS target mounted successfully at ${p}` })
       assert.deepStrictEqual(runner.calls.map((c) => [c.command, ...c.args]), [
-        ["mount", "-t", "nfs", "-o", "rw,sync,hard,intr,nfsvers=4,nosuid,nodev", "192.0.2.10:/backups", p]
+        ["mount", "-t", "nfs", "-o", "rw,sync,hard,intr,nfsvers=4,nosuid,nodev,noexec", "192.0.2.10:/backups", p]
       ])
       assert.strictEqual((yield* mountedAt(p))?.source, "192.0.2.10:/backups")
       const state = JSON.parse(fs.readFileSync(path.join(dirs.run, "state", "target-nfs.json"), "utf8"))
@@ -120,6 +122,23 @@ describe("Mounter (nfs)", () => {
       const none = yield* mounter.unmount({ targetId: "target-nfs", type: "nfs", path: p }, Infinity)
       assert.deepStrictEqual(none, { wasMounted: false, mountPoint: p, message: `Target not mounted at ${p}` })
       assert.strictEqual(runner.calls.length, 2, "nothing executed to unmount what is not mounted")
+    }))
+
+  it.scopedLive("NFS mounts run with nosuid,nodev,noexec by default, and without noexec only when the configuration allows exec", () =>
+    Effect.gen(function*() {
+      const dirs = yield* serverDirs
+      const runner = recordingRunner()
+      runner.behave = realistic
+      const strict = yield* makeMounter(dirs, runner)
+      const p = path.join(dirs.base, "plain")
+      yield* strict.mount(nfs(p, null), Infinity)
+      const allowing = yield* makeMounter(dirs, runner, { nfsAllowExec: true })
+      const q = path.join(dirs.base, "exec")
+      yield* allowing.mount({ ...nfs(q, "rw"), targetId: "target-exec" }, Infinity)
+      assert.deepStrictEqual(runner.calls.map((c) => [c.command, ...c.args]), [
+        ["mount", "-t", "nfs", "-o", "nosuid,nodev,noexec", "192.0.2.10:/backups", p],
+        ["mount", "-t", "nfs", "-o", "rw,nosuid,nodev", "192.0.2.10:/backups", q]
+      ])
     }))
 
   it.scopedLive("a mount command that succeeds without mounting (the path is the local directory) is an error", () =>

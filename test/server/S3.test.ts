@@ -18,7 +18,7 @@ import * as CommandRunner from "../../src/server/CommandRunner.js"
 import * as Mounter from "../../src/server/Mounter.js"
 import * as MountInfo from "../../src/server/MountInfo.js"
 import * as Server from "../../src/server/Server.js"
-import { startBarbican } from "../support/barbican.js"
+import { startBarbican, startRecorder } from "../support/barbican.js"
 import {
   awaitGone,
   awaitMountState,
@@ -36,7 +36,7 @@ import { S3_ACCESS_KEY, S3_SECRET_KEY, startS3 } from "../support/s3.js"
 
 const GOOD_TOKEN = "gAAAA-good-keystone-token"
 
-const setup = (label: string) =>
+const setup = (label: string, options: { readonly endpoint?: "fake" | "none" } = {}) =>
   Effect.gen(function*() {
     const dirs = yield* serverDirs
     const s3 = yield* startS3()
@@ -55,7 +55,7 @@ const setup = (label: string) =>
     yield* deleteOnClose(Broker.queueName(host))
     const mounter = Layer.effect(Mounter.Mounter, Mounter.make({ mountBase: dirs.base, runDir: dirs.run, commandTimeout: "30 seconds" })).pipe(
       Layer.provide(Layer.succeed(CommandRunner.CommandRunner, runner.service)),
-      Layer.provide(Barbican.layer())
+      Layer.provide(Barbican.layer(options.endpoint === "none" ? {} : { endpoint: barbican.url }))
     )
     const ctx = yield* Layer.build(Server.layer({ nodeId: host, rabbitmqUrl: RABBIT_URL }).pipe(Layer.provide(mounter)))
     const server = Context.get(ctx, Server.Server)
@@ -216,5 +216,69 @@ describe("S3 end to end (s3rver + s3fs + fake Barbican + RabbitMQ)", () => {
       assert.include(reply.body.error_msg, `${mountPath} is already mounted from other:/export (tmpfs), not bucket ${s3.bucket}`)
       assert.deepStrictEqual(fuseSpawns(runner), [])
       assert.strictEqual(MountInfo.at(yield* MountInfo.read(), mountPath)?.source, "other:/export")
+    }), { timeout: 60_000 })
+
+  it.scopedLive("another tenant's secret_ref for a mounted target is refused: nothing fetched, nothing started, the first mount untouched", () =>
+    Effect.gen(function*() {
+      const { dirs, secretRef, barbican, runner, server, s3 } = yield* setup("s3-tenant")
+      const mountPath = path.join(dirs.base, "target-s3")
+      const first = yield* rpc(server.queue, { ...s3Request("h", dirs, secretRef, 1), action: "mount" })
+      assert.strictEqual(first.body.status, "success")
+      const entry = MountInfo.at(yield* MountInfo.read(), mountPath)!
+      const pid = Number(fs.readFileSync(path.join(dirs.run, "s3", "target-s3.pid"), "utf8"))
+      assert.deepInclude(JSON.parse(fs.readFileSync(path.join(dirs.run, "state", "target-s3.json"), "utf8")), {
+        secret_ref: secretRef,
+        bucket: s3.bucket,
+        endpoint: s3.endpoint
+      })
+      const otherRef = barbican.addSecret("other-tenant", "other-token", {
+        aws_access_key_id: S3_ACCESS_KEY,
+        aws_secret_access_key: S3_SECRET_KEY,
+        bucket: "other-tenants-bucket",
+        endpoint_url: s3.endpoint
+      })
+      const reads = barbican.requests().length
+      const reply = yield* rpc(server.queue, { ...s3Request("h", dirs, otherRef, 2, "other-token"), action: "mount" })
+      assert.strictEqual(reply.body.status, "error")
+      assert.include(reply.body.error_msg, `${mountPath} is already mounted from another secret_ref (${secretRef})`)
+      assert.include(reply.body.error_msg, "unmount it first")
+      assert.strictEqual(barbican.requests().length, reads, "nothing fetched")
+      assert.strictEqual(fuseSpawns(runner).length, 1, "nothing started")
+      assert.deepStrictEqual(runner.calls.filter((c) => c.command === "umount"), [], "nothing detached")
+      assert.strictEqual(MountInfo.at(yield* MountInfo.read(), mountPath)?.id, entry.id, "the first mount is untouched")
+      assert.isTrue(isAlive(pid))
+
+      // A state file written before secret_refs were recorded: the mount cannot be attributed, so it is
+      // not reused either.
+      const stateFile = path.join(dirs.run, "state", "target-s3.json")
+      const { bucket: _b, endpoint: _e, secret_ref: _s, ...older } = JSON.parse(fs.readFileSync(stateFile, "utf8"))
+      fs.writeFileSync(stateFile, JSON.stringify(older))
+      const again = yield* rpc(server.queue, { ...s3Request("h", dirs, secretRef, 3), action: "mount" })
+      assert.include(again.body.error_msg, "has no record of the secret_ref it was mounted from")
+      assert.strictEqual(fuseSpawns(runner).length, 1)
+      assert.strictEqual(MountInfo.at(yield* MountInfo.read(), mountPath)?.id, entry.id)
+    }), { timeout: 60_000 })
+
+  it.scopedLive("without a Barbican endpoint configured an S3 mount is refused, naming the setting; nothing fetched or started", () =>
+    Effect.gen(function*() {
+      const { dirs, secretRef, barbican, runner, server } = yield* setup("s3-noendpoint", { endpoint: "none" })
+      const reply = yield* rpc(server.queue, { ...s3Request("h", dirs, secretRef, 1), action: "mount" })
+      assert.strictEqual(reply.body.status, "error")
+      assert.include(reply.body.error_msg, "no Barbican endpoint is configured")
+      assert.include(reply.body.error_msg, "barbican_url")
+      assert.deepStrictEqual(barbican.requests(), [])
+      assert.deepStrictEqual(runner.calls, [])
+      assert.deepStrictEqual(fs.readdirSync(dirs.base), [])
+    }), { timeout: 60_000 })
+
+  it.scopedLive("a secret_ref outside the Barbican endpoint is refused by the server before it fetches anything", () =>
+    Effect.gen(function*() {
+      const { dirs, barbican, runner, server } = yield* setup("s3-foreign")
+      const elsewhere = yield* startRecorder
+      const reply = yield* rpc(server.queue, { ...s3Request("h", dirs, `${elsewhere.url}/v1/secrets/s3-creds`, 1), action: "mount" })
+      assert.include(reply.body.error_msg, "not under the configured Barbican endpoint")
+      assert.deepStrictEqual(elsewhere.requests(), [])
+      assert.deepStrictEqual(barbican.requests(), [])
+      assert.deepStrictEqual(runner.calls, [])
     }), { timeout: 60_000 })
 })

@@ -26,6 +26,21 @@ export interface FakeBarbican {
   readonly hold: () => { readonly arrived: Effect.Effect<void>; readonly release: Effect.Effect<void> }
 }
 
+/** Listens on a free port of 127.0.0.1 until the scope closes (running `onClose` first). */
+const listen = (server: http.Server, onClose: () => void = () => undefined) =>
+  Effect.acquireRelease(
+    Effect.async<number, Error>((resume) => {
+      server.once("error", (e) => resume(Effect.fail(e)))
+      server.listen(0, "127.0.0.1", () => resume(Effect.succeed((server.address() as AddressInfo).port)))
+    }),
+    () =>
+      Effect.async<void>((resume) => {
+        onClose()
+        server.closeAllConnections()
+        server.close(() => resume(Effect.void))
+      })
+  )
+
 export const startBarbican: Effect.Effect<FakeBarbican, Error, Scope.Scope> = Effect.gen(function*() {
   const secrets = new Map<string, { token: string; payload: string }>()
   const requests: Array<BarbicanRequest> = []
@@ -56,18 +71,9 @@ export const startBarbican: Effect.Effect<FakeBarbican, Error, Scope.Scope> = Ef
     }
     respond(200, secret.payload, "text/plain")
   })
-  const port = yield* Effect.acquireRelease(
-    Effect.async<number, Error>((resume) => {
-      server.once("error", (e) => resume(Effect.fail(e)))
-      server.listen(0, "127.0.0.1", () => resume(Effect.succeed((server.address() as AddressInfo).port)))
-    }),
-    () =>
-      Effect.async<void>((resume) => {
-        if (gate !== undefined) Deferred.unsafeDone(gate.release, Effect.void)
-        server.closeAllConnections()
-        server.close(() => resume(Effect.void))
-      })
-  )
+  const port = yield* listen(server, () => {
+    if (gate !== undefined) Deferred.unsafeDone(gate.release, Effect.void)
+  })
   const url = `http://127.0.0.1:${port}`
   return {
     url,
@@ -88,4 +94,27 @@ export const startBarbican: Effect.Effect<FakeBarbican, Error, Scope.Scope> = Ef
       }
     }
   }
+})
+
+export interface Recorder {
+  readonly url: string
+  /** `METHOD path` of every request received. */
+  readonly requests: () => ReadonlyArray<string>
+  /** How to answer from now on (default: 404). */
+  readonly answer: (respond: (res: http.ServerResponse) => void) => void
+}
+
+/** An HTTP server on 127.0.0.1 that records every request: a place a token must never reach. */
+export const startRecorder: Effect.Effect<Recorder, Error, Scope.Scope> = Effect.gen(function*() {
+  const requests: Array<string> = []
+  let respond = (res: http.ServerResponse) => {
+    res.writeHead(404)
+    res.end()
+  }
+  const server = http.createServer((req, res) => {
+    requests.push(`${req.method} ${req.url}`)
+    respond(res)
+  })
+  const port = yield* listen(server)
+  return { url: `http://127.0.0.1:${port}`, requests: () => [...requests], answer: (f) => void (respond = f) }
 })

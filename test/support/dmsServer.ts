@@ -7,7 +7,7 @@
  *   command does (fail, hang on a gate, or really mount a tmpfs that plays the NFS export);
  * - {@link rpc}: sends any body (even not JSON) to a queue as the Python client does (`amq.gen-…` reply
  *   queue, no expiration) or as ours does (direct reply-to), and returns the reply with its properties;
- * - {@link spawnServer}: the server as a separate process (`src/server/main.ts`), in its own process group.
+ * - {@link spawnServer}: the server as a separate process (`trilio-dms server` from `src/cli/main.ts`), in its own process group.
  */
 import amqp from "amqplib"
 import type { MessageProperties } from "amqplib"
@@ -271,14 +271,14 @@ export interface ServerProcess {
 
 const root = path.resolve(import.meta.dirname, "../..")
 
-/** Starts `src/server/main.ts` with `args` and `env`; SIGKILLs its process group when the scope closes. */
+/** Starts `trilio-dms server` (`src/cli/main.ts server`) with `args` and `env`; SIGKILLs its process group when the scope closes. */
 export const spawnServer = (
   args: ReadonlyArray<string>,
   env: Readonly<Record<string, string>>
 ): Effect.Effect<ServerProcess, never, Scope.Scope> =>
   Effect.acquireRelease(
     Effect.sync(() => {
-      const child = spawn(process.execPath, ["--import", "tsx", "src/server/main.ts", ...args], {
+      const child = spawn(process.execPath, ["--import", "tsx", "src/cli/main.ts", "server", ...args], {
         cwd: root,
         detached: true,
         stdio: ["ignore", "pipe", "pipe"],
