@@ -31,27 +31,54 @@ export class TestDatabase extends Context.Tag("test/TestDatabase")<TestDatabase,
 
 export const uniqueName = (prefix: string) => `${prefix}_${process.pid}_${randomBytes(4).toString("hex")}`
 
-/** Creates `dms_test_<pid>_<random>`, drops it afterwards. */
-export const TestDatabaseLive = Layer.scoped(
-  TestDatabase,
-  Effect.gen(function*() {
-    const name = uniqueName("dms_test")
-    const admin = yield* adminConnection()
-    yield* Effect.promise(() => admin.query(`CREATE DATABASE \`${name}\``))
-    yield* Effect.addFinalizer(() =>
-      Effect.promise(() => admin.query(`DROP DATABASE IF EXISTS \`${name}\``).catch(() => undefined))
-    )
-    const conn = yield* Effect.acquireRelease(
-      Effect.promise(() =>
-        mysql.createConnection({ host: MYSQL_HOST, port: MYSQL_PORT, user: "root", database: name, timezone: "Z" })
-      ),
-      (c) => Effect.promise(() => c.end().catch(() => undefined))
-    )
-    return {
-      name,
-      url: `mysql://root@${MYSQL_HOST}:${MYSQL_PORT}/${name}`,
-      query: <T>(sql: string, params: ReadonlyArray<unknown> = []) =>
-        Effect.promise(() => conn.query(sql, params as Array<unknown>).then(([rows]) => rows as T))
-    }
-  })
-)
+/** A MariaDB server other than the test's (e.g. a Galera node), and a user that may create databases. */
+export interface DatabaseServer {
+  readonly host: string
+  readonly port: number
+  readonly user: string
+  readonly password?: string
+  /** Statements run first on the test's own connection (e.g. `SET SESSION wsrep_sync_wait = 1`). */
+  readonly session?: ReadonlyArray<string>
+}
+
+/** Creates `dms_test_<pid>_<random>` on `server`, drops it afterwards. */
+export const testDatabaseOn = (server: DatabaseServer) =>
+  Layer.scoped(
+    TestDatabase,
+    Effect.gen(function*() {
+      const name = uniqueName("dms_test")
+      const login = {
+        host: server.host,
+        port: server.port,
+        user: server.user,
+        ...(server.password === undefined ? {} : { password: server.password }),
+        timezone: "Z"
+      }
+      const admin = yield* Effect.acquireRelease(
+        Effect.tryPromise({
+          try: () => mysql.createConnection(login),
+          catch: (cause) => new Error(`MariaDB is not answering on ${server.host}:${server.port} (tests need it): ${String(cause)}`)
+        }),
+        (c) => Effect.promise(() => c.end().catch(() => undefined))
+      )
+      yield* Effect.promise(() => admin.query(`CREATE DATABASE \`${name}\``))
+      yield* Effect.addFinalizer(() =>
+        Effect.promise(() => admin.query(`DROP DATABASE IF EXISTS \`${name}\``).catch(() => undefined))
+      )
+      const conn = yield* Effect.acquireRelease(
+        Effect.promise(() => mysql.createConnection({ ...login, database: name })),
+        (c) => Effect.promise(() => c.end().catch(() => undefined))
+      )
+      for (const statement of server.session ?? []) yield* Effect.promise(() => conn.query(statement))
+      const credentials = server.password === undefined ? server.user : `${server.user}:${encodeURIComponent(server.password)}`
+      return {
+        name,
+        url: `mysql://${credentials}@${server.host}:${server.port}/${name}`,
+        query: <T>(sql: string, params: ReadonlyArray<unknown> = []) =>
+          Effect.promise(() => conn.query(sql, params as Array<unknown>).then(([rows]) => rows as T))
+      }
+    })
+  )
+
+/** Creates `dms_test_<pid>_<random>` on the test MariaDB, drops it afterwards. */
+export const TestDatabaseLive = testDatabaseOn({ host: MYSQL_HOST, port: MYSQL_PORT, user: "root" })
