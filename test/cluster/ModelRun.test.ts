@@ -41,9 +41,12 @@ const ops = Model.envNumber("CLUSTER_OPS", 500)
 const faultCount = Model.envNumber("CLUSTER_FAULTS", 10)
 
 // Who connects where: worker w → Galera node w + 1 and RabbitMQ node A/B; this process (its fibers, the
-// drift, recovery) → Galera node 3 and RabbitMQ C; the model servers → C first. Node 3 and the test's own
-// database connection are never killed (the test reads the ledger there, causally).
+// drift, recovery) → Galera node 3 and RabbitMQ C; the model servers → C first. Each client's db_url
+// lists its own node first, then the others (it fails over along them). Node 3 is never killed: the
+// test's own connection reads the ledger there (causally).
 const galeraNode = (role: Model.ClientRole) => (role === "main" ? 3 : role + 1)
+const galeraNodes = (role: Model.ClientRole) =>
+  [0, 1, 2].map((i) => cluster.galera[(galeraNode(role) - 1 + i) % cluster.galera.length]!).join(",")
 const rabbitNode = (role: Model.ClientRole): RabbitNode => (role === "main" ? "C" : RABBIT_NODES[role]!)
 const SERVER_NODE: RabbitNode = "C"
 const amqpUrl = (node: RabbitNode) => cluster.rabbit[RABBIT_NODES.indexOf(node)]!
@@ -113,7 +116,7 @@ layer(database, { excludeTestServices: true, timeout: "60 seconds" })("model run
           ops,
           faults: true,
           wiring: {
-            dbUrl: (role, name) => `mysql://${cluster.galeraUser}:${cluster.galeraPassword}@${cluster.galera[galeraNode(role) - 1]}/${name}`,
+            dbUrl: (role, name) => `mysql://${cluster.galeraUser}:${cluster.galeraPassword}@${galeraNodes(role)}/${name}`,
             rabbitmqUrl: (role) => amqpUrl(rabbitNode(role)),
             serverUrl: () => fromNode(SERVER_NODE).map(amqpUrl).join(","),
             queueType: "quorum",
