@@ -38,7 +38,9 @@ import { testDatabaseOn } from "../support/mysql.js"
 const cluster = inject("cluster")
 const seed = Model.envNumber("SEED", Math.floor(Math.random() * 2 ** 31))
 const ops = Model.envNumber("CLUSTER_OPS", 500)
-const faultCount = Model.envNumber("CLUSTER_FAULTS", 10)
+const faultCount = Model.envNumber("CLUSTER_FAULTS", 8)
+/** Each slot's pause between operations (ms): node restarts and rabbitmqctl are slow on a loaded machine. */
+const pauseMs = Model.envNumber("CLUSTER_PAUSE_MS", 50)
 
 // Who connects where: worker w → Galera node w + 1 and RabbitMQ node A/B; this process (its fibers, the
 // drift, recovery) → Galera node 3 and RabbitMQ C; the model servers → C first. Each client's db_url
@@ -115,6 +117,7 @@ layer(database, { excludeTestServices: true, timeout: "60 seconds" })("model run
           seed,
           ops,
           faults: true,
+          pauseMs,
           wiring: {
             dbUrl: (role, name) => `mysql://${cluster.galeraUser}:${cluster.galeraPassword}@${galeraNodes(role)}/${name}`,
             rabbitmqUrl: (role) => amqpUrl(rabbitNode(role)),

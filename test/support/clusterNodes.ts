@@ -95,12 +95,14 @@ export const restoreClusters = (login: GaleraLogin): Effect.Effect<void, Error> 
       const m = /^node(\d)\s+\S+\s+(.*)$/.exec(line.trim())
       if (m !== null && !/^pid \d+/.test(m[2]!)) yield* script("galera.sh", ["restart", m[1]!])
     }
+    yield* awaitGaleraWhole(login)
     const rabbit = yield* script("rabbitmq.sh", ["status"])
+    let whole = true
     for (const line of rabbit.trim().split("\n")) {
       const m = /^dms([ABC])\s/.exec(line.trim())
-      if (m === null || /running, sees/.test(line)) continue
-      yield* Effect.ignore(script("rabbitmq.sh", [/app stopped/.test(line) ? "start-app" : "restart", m[1]!]))
+      if (m === null || /running, sees 3 running$/.test(line)) continue
+      whole = false
+      if (!/running, sees/.test(line)) yield* Effect.ignore(script("rabbitmq.sh", [/app stopped/.test(line) ? "start-app" : "restart", m[1]!]))
     }
-    yield* awaitGaleraWhole(login)
-    yield* awaitRabbitWhole
+    if (!whole) yield* awaitRabbitWhole
   })

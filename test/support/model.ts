@@ -58,6 +58,8 @@ export interface RunOptions {
   readonly releaseTimeoutMs?: number
   /** Pause between two faults, drawn in this range (ms). */
   readonly faultGapMs?: readonly [number, number]
+  /** A pause of every slot between two operations (ms; none by default). */
+  readonly pauseMs?: number
   /** Where clients and model servers connect, and faults of a cluster (default: the test services). */
   readonly wiring?: Wiring
 }
@@ -1026,7 +1028,8 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
           choices: scripts[s]!.slice(mine.length),
           exact: !options.faults,
           initial,
-          ...(untilFaultsEnd ? { minOps: Math.max(0, perSlot - mine.length) } : {})
+          ...(untilFaultsEnd ? { minOps: Math.max(0, perSlot - mine.length) } : {}),
+          ...(options.pauseMs === undefined ? {} : { pauseMs: options.pauseMs })
         }
       })
       return { client: client(`w${w}g${generation}`, w), slots }
@@ -1059,7 +1062,15 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
       Array.from({ length: o.inProcessSlots }, (_, s) => s),
       (s) =>
         ModelClient.runSlot(
-          { slot: `m${s}`, jobs: jobsOf(s), pairs, choices: scripts[s]!, exact: !options.faults, ...(untilFaultsEnd ? { minOps: perSlot } : {}) },
+          {
+            slot: `m${s}`,
+            jobs: jobsOf(s),
+            pairs,
+            choices: scripts[s]!,
+            exact: !options.faults,
+            ...(untilFaultsEnd ? { minOps: perSlot } : {}),
+            ...(options.pauseMs === undefined ? {} : { pauseMs: options.pauseMs })
+          },
           local,
           client("main", "main"),
           () => scriptsStop

@@ -83,6 +83,8 @@ export interface SlotSpec {
    * (runSlot's `stopped`): a run that lasts as long as its faults runs long scripts and stops them.
    */
   readonly minOps?: number
+  /** A pause between two operations (ms): keeps a long run's load down (a slot has no other timing). */
+  readonly pauseMs?: number
 }
 
 export type Outcome =
@@ -446,6 +448,7 @@ export const runSlot = (
 
         for (const [done, choice] of spec.choices.entries()) {
           if (spec.minOps !== undefined && done >= spec.minOps && stopped()) break
+          if (spec.pauseMs !== undefined && done > 0) yield* Effect.sleep(Duration.millis(spec.pauseMs))
           const jobId = spec.jobs[choice[0] % spec.jobs.length]!
           const stateOf = (pair: number) => states.get(stateKey(jobId, pair)) ?? FREE
           const step = nextStep(stateOf, spec.pairs.length, choice)
