@@ -168,6 +168,39 @@ export interface Lease {
 export interface ActiveMountsFilter {
   readonly host?: string | undefined
   readonly backupTargetId?: string | undefined
+  /** At most this many rows (1 … 10,000), in id order: a page. Without it, every active row. */
+  readonly limit?: number | undefined
+  /** The page after the row with this id (the last id of the previous page). */
+  readonly afterId?: number | undefined
+}
+
+/**
+ * Options of {@link Service.purge}.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface PurgeOptions {
+  /** Rows last written longer ago than this (by the database's clock) may go. */
+  readonly olderThan: Duration.DurationInput
+  /** Rows examined per batch (1 … 10,000; default 1,000): each batch is one short statement or two. */
+  readonly batchSize?: number | undefined
+  /** Count what would go, delete nothing. */
+  readonly dryRun?: boolean | undefined
+}
+
+/**
+ * What {@link Service.purge} did.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface PurgeResult {
+  /** Rows deleted (or, in a dry run, that would be). */
+  readonly deleted: number
+  readonly batches: number
+  readonly dryRun: boolean
+  readonly olderThanMs: number
 }
 
 /**
@@ -249,6 +282,13 @@ export interface Service {
   readonly getActiveMounts: (
     filter?: ActiveMountsFilter
   ) => Effect.Effect<ReadonlyArray<LedgerEntry>, DmsError.DatabaseError | DmsError.ValidationError>
+  /**
+   * Hard-deletes, in small batches, the rows that hold nothing (unmounted or soft-deleted) and were
+   * last written before `olderThan`; never an active holder's row, nor a row of a (target, host) that is
+   * leased or has a pending mark. Each batch locks only the rows it deletes, by primary key, so mounts go
+   * on meanwhile.
+   */
+  readonly purge: (options: PurgeOptions) => Effect.Effect<PurgeResult, DmsError.DatabaseError | DmsError.ValidationError>
   /** Every row of a target (deleted ones too), newest first. */
   readonly getLedgerHistory: (
     backupTargetId: string,
@@ -330,6 +370,9 @@ const validate = <A, I>(schema: Schema.Schema<A, I>, subject: string, path: stri
   )
 
 const HistoryLimit = Schema.Int.pipe(Schema.between(1, MAX_HISTORY_LIMIT))
+const PageLimit = Schema.Int.pipe(Schema.between(1, 10_000))
+const AfterId = Schema.Int.pipe(Schema.greaterThanOrEqualTo(0))
+const PositiveMillis = Schema.Number.pipe(Schema.finite(), Schema.positive())
 
 /**
  * Builds the Ledger over a backend store.
@@ -403,8 +446,36 @@ export const make = (backend: Store, options: LeaseOptions & { readonly location
       Effect.gen(function*() {
         yield* checkHost(filter.host)
         if (filter.backupTargetId !== undefined) yield* checkTarget(filter.backupTargetId)
-        return yield* store.getActiveMounts(filter.host, filter.backupTargetId)
+        if (filter.limit !== undefined) yield* validate(PageLimit, "query", "limit", filter.limit)
+        if (filter.afterId !== undefined) yield* validate(AfterId, "query", "afterId", filter.afterId)
+        const page = filter.limit === undefined && filter.afterId === undefined
+          ? undefined
+          : { limit: filter.limit ?? 10_000, afterId: filter.afterId ?? 0 }
+        return yield* store.getActiveMounts(filter.host, filter.backupTargetId, page)
       }),
+    purge: (purgeOptions) =>
+      Effect.gen(function*() {
+        const olderThanMs = yield* Effect.try({
+          try: () => Duration.toMillis(Duration.decode(purgeOptions.olderThan)),
+          catch: () => DmsError.invalid("query", "olderThan", "must be a duration, e.g. \"90 days\"")
+        })
+        yield* validate(PositiveMillis, "query", "olderThan", olderThanMs)
+        const batchSize = purgeOptions.batchSize ?? 1000
+        yield* validate(PageLimit, "query", "batchSize", batchSize)
+        const dryRun = purgeOptions.dryRun === true
+        let deleted = 0
+        let batches = 0
+        let after: number | null = 0
+        while (after !== null) {
+          const batch: { readonly deleted: number; readonly lastId: number | null } = yield* store.purgeBatch(olderThanMs, after, batchSize, dryRun)
+          deleted += batch.deleted
+          batches++
+          after = batch.lastId
+          // Between batches other statements get their turn (and a purge can be interrupted).
+          yield* Effect.yieldNow()
+        }
+        return { deleted, batches, dryRun, olderThanMs }
+      }).pipe(Effect.withSpan("Ledger.purge", { captureStackTrace: false })),
     getLedgerHistory: (backupTargetId, limit = 100) =>
       Effect.gen(function*() {
         yield* checkTarget(backupTargetId)
@@ -478,13 +549,33 @@ export const layerMysql = (
       DmsError.invalid("config", "db_url", typeof location === "string" ? location : "expected a mysql:// URL")
     )
   }
+  const tls = location.tls
+  const readPem = (parameter: string, file: string | undefined) =>
+    file === undefined ? Effect.succeed(undefined) : Effect.try({
+      try: () => fs.readFileSync(file, "utf8"),
+      catch: (cause) => new DmsError.DatabaseError({ operation: `read ${parameter} (${file}) for TLS to the database`, cause })
+    })
+  const tlsSettings = tls === undefined ? Effect.succeed(undefined) : Effect.gen(function*() {
+    if (!tls.verify) {
+      yield* Effect.logWarning("db_url: ssl_verify_cert=false: the connection to the database is encrypted but the server is not verified")
+    }
+    const [ca, cert, key] = [yield* readPem("ssl_ca", tls.ca), yield* readPem("ssl_cert", tls.cert), yield* readPem("ssl_key", tls.key)]
+    return {
+      ...(ca === undefined ? {} : { ca }),
+      ...(cert === undefined ? {} : { cert }),
+      ...(key === undefined ? {} : { key }),
+      verify: tls.verify
+    }
+  })
   const store = Effect.flatMap(
-    MysqlNodes.make(location.nodes, {
-      user: location.user,
-      password: location.password,
-      database: location.database,
-      connectionLimit: options.maxConnections ?? 10
-    }),
+    Effect.flatMap(tlsSettings, (tlsPem) =>
+      MysqlNodes.make(location.nodes, {
+        user: location.user,
+        password: location.password,
+        database: location.database,
+        connectionLimit: options.maxConnections ?? 10,
+        tls: tlsPem
+      })),
     (nodes) =>
       Effect.zipRight(
         // Connect first, so an unreachable server is named as such rather than as a failed schema check.

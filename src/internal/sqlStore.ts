@@ -305,6 +305,12 @@ const make = (d: Dialect, sql: Statements): Effect.Effect<Store, DatabaseError> 
         OR waiter_at < ${d.nowMinus(RESERVATION_MS)})`
     const hostLockColumns = `backup_target_id, mount_path, target_type, pending_op, pending_deadline,
       ${d.msUntil("pending_deadline")} AS pending_left, pending_path, pending_type`
+    // A row a purge may delete: it holds nothing, was last written before the cutoff, and its (target,
+    // host) is neither leased (an operation may be about to write it) nor marked pending.
+    const purgeable = (row: string, olderThanMs: number) =>
+      `((${row}.mounted = 0 OR ${row}.deleted = 1) AND ${row}.updated_at < ${d.nowMinus(olderThanMs)} AND NOT EXISTS (
+        SELECT 1 FROM ${LOCK_TABLE} l WHERE l.backup_target_id = ${x}${row}.backup_target_id AND l.host = ${x}${row}.host
+          AND (l.pending_op IS NOT NULL OR (l.owner IS NOT NULL AND l.expires_at >= ${d.now}))))`
     // Newest first by creation time: on Galera ids interleave across nodes (offsets 1, 2, 3 of step 3),
     // so a larger id is not a newer row. The id orders rows created within one second.
     const newestFirst = "ORDER BY created_at DESC, id DESC"
@@ -420,14 +426,35 @@ const make = (d: Dialect, sql: Statements): Effect.Effect<Store, DatabaseError> 
           Effect.map((rows) => Option.fromNullable(rows[0])),
           Effect.mapError(toDatabaseError("getMountStatus"))
         ),
-      getActiveMounts: (host, backupTargetId) =>
+      getActiveMounts: (host, backupTargetId, page) =>
         entries(
           `SELECT ${ledgerSelect} FROM ${LEDGER_TABLE}
             WHERE mounted = 1 AND deleted = 0${host === undefined ? "" : ` AND host = ${x}?`}${
             backupTargetId === undefined ? "" : ` AND backup_target_id = ${x}?`
-          } ORDER BY id`,
-          [...(host === undefined ? [] : [host]), ...(backupTargetId === undefined ? [] : [backupTargetId])]
+          }${page === undefined ? "" : " AND id > ?"} ORDER BY id${page === undefined ? "" : ` LIMIT ${Math.trunc(page.limit)}`}`,
+          [
+            ...(host === undefined ? [] : [host]),
+            ...(backupTargetId === undefined ? [] : [backupTargetId]),
+            ...(page === undefined ? [] : [page.afterId])
+          ]
         ).pipe(Effect.mapError(toDatabaseError("getActiveMounts"))),
+      purgeBatch: (olderThanMs, afterId, batchSize, dryRun) =>
+        Effect.gen(function*() {
+          // Candidates by primary key, a plain (non-locking) read; then deleted by id with every condition
+          // checked again, so only those rows are locked, briefly, and a mount meanwhile keeps its row.
+          const candidates = yield* query(
+            `SELECT id, ${purgeable("e", olderThanMs)} AS ok FROM ${LEDGER_TABLE} e WHERE e.id > ? ORDER BY e.id LIMIT ${Math.trunc(batchSize)}`,
+            [afterId]
+          )
+          const lastId = candidates.length < batchSize ? null : Number(candidates[candidates.length - 1]!.id)
+          const ids = candidates.filter((r) => truthy(r.ok)).map((r) => Number(r.id))
+          if (ids.length === 0 || dryRun) return { deleted: ids.length, lastId }
+          const raw = yield* run(
+            `DELETE FROM ${LEDGER_TABLE} WHERE id IN (${ids.map(() => "?").join(", ")}) AND ${purgeable(LEDGER_TABLE, olderThanMs)}`,
+            ids
+          )
+          return { deleted: d.affected(raw), lastId }
+        }).pipe(Effect.mapError(toDatabaseError("purge"))),
       ping: query("SELECT 1", []).pipe(Effect.asVoid, Effect.mapError(toDatabaseError("ping"))),
       getHostState: (host) =>
         Effect.gen(function*() {

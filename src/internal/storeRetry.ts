@@ -99,6 +99,7 @@ export const store = (inner: Store, budget: Duration.Duration): Store => {
   const write = retrying("ledger write", budget)
   const softDelete = retrying("softDeleteEntry", budget)
   const queryRetry = retrying("query", budget)
+  const purge = retrying("purge", budget)
   return {
     dialect: inner.dialect,
     tryAcquire: (...args) => take(inner.tryAcquire(...args)),
@@ -110,6 +111,7 @@ export const store = (inner: Store, budget: Duration.Duration): Store => {
     getMountStatus: (...args) => queryRetry(inner.getMountStatus(...args)),
     getActiveMounts: (...args) => queryRetry(inner.getActiveMounts(...args)),
     getLedgerHistory: (...args) => queryRetry(inner.getLedgerHistory(...args)),
+    purgeBatch: (...args) => purge(inner.purgeBatch(...args)),
     ping: inner.ping,
     getHostState: (...args) => queryRetry(inner.getHostState(...args))
   }

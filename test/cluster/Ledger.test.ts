@@ -17,6 +17,7 @@ import * as Deferred from "effect/Deferred"
 import * as Ledger from "../../src/Ledger.js"
 import { retriesTotal, type RetryKind } from "../../src/internal/storeRetry.js"
 import { galera, galeraDatabase, nodeStatus } from "../support/galera.js"
+import { haproxy } from "../support/haproxy.js"
 
 const retries = (kind: RetryKind) => Effect.map(Metric.value(retriesTotal.pipe(Metric.tagged("error", kind))), (s) => s.count)
 
@@ -26,7 +27,7 @@ const ledgerAt = (url: string, options: Omit<Ledger.MysqlOptions, "url"> = {}) =
 /** Creates the tables through node 1 (a client of the test's own, as `migrate` would). */
 const withTables = Effect.gen(function*() {
   const db = yield* galeraDatabase
-  yield* Effect.scoped(ledgerAt(db.url(1)))
+  yield* Effect.scoped(ledgerAt(db.url(1, 2, 3)))
   return db
 })
 
@@ -119,5 +120,23 @@ describe("Ledger on a 3-node Galera cluster", () => {
       assert.isAtLeast(polls, 60)
       // Its reservation (a write or two), the take and the release; never one per poll.
       assert.isBelow(writeSets, polls / 5, `${writeSets} write-sets for ${polls} polls`)
+    }), { timeout: 120_000 })
+
+  it.scopedLive("through HAProxy balancing round robin over the nodes: a read right after a write sees it, from any client", () =>
+    Effect.gen(function*() {
+      const db = yield* withTables
+      const port = yield* haproxy
+      const url = db.url(1).replace("127.0.0.1:3307", `127.0.0.1:${port}`)
+      // Each client's connections are spread over the three nodes by the proxy.
+      const [a, b] = [yield* ledgerAt(url, { maxConnections: 3 }), yield* ledgerAt(url, { maxConnections: 3 })]
+      for (let job = 1; job <= 30; job++) {
+        const writer = job % 2 === 0 ? a : b
+        const reader = job % 2 === 0 ? b : a
+        yield* writer.withTargetLock(`t-proxy-${job % 3}`, "compute-p", (lease) =>
+          lease.write({ job: { jobId: job, mounted: true }, mountPath: "/m/p", targetType: "nfs" }))
+        const status = yield* reader.getMountStatus(job, `t-proxy-${job % 3}`, "compute-p")
+        assert.isTrue(Option.isSome(status) && status.value.mounted, `job ${job}: the read saw the write before it`)
+      }
+      assert.lengthOf(yield* a.getActiveMounts({ host: "compute-p" }), 30)
     }), { timeout: 120_000 })
 })

@@ -20,7 +20,7 @@ const PASSWORD = "dms"
 /** A connection to one node (1..3) as the test user. */
 export const nodeConnection = (node: 1 | 2 | 3, database?: string) =>
   Effect.acquireRelease(
-    Effect.promise(() => {
+    Effect.tryPromise(() => {
       const [host, port] = GALERA_NODES[node - 1]!.split(":")
       return mysql.createConnection({
         host: host!,
@@ -34,15 +34,18 @@ export const nodeConnection = (node: 1 | 2 | 3, database?: string) =>
     (c) => Effect.promise(() => c.end().catch(() => undefined))
   )
 
+/** Runs `statement` on the first node that answers (a test may have stopped one). */
+const onAnyNode = (statement: string) =>
+  Effect.firstSuccessOf(
+    ([1, 2, 3] as const).map((n) => Effect.scoped(Effect.flatMap(nodeConnection(n), (c) => Effect.tryPromise(() => c.query(statement)))))
+  ).pipe(Effect.orDie)
+
 /** A fresh database on the cluster; `url(nodes)` names it through those nodes (1-based, in order). */
 export const galeraDatabase = Effect.gen(function*() {
   const name = uniqueName("dms_galera")
   yield* Effect.acquireRelease(
-    Effect.scoped(Effect.flatMap(nodeConnection(1), (c) => Effect.promise(() => c.query(`CREATE DATABASE \`${name}\``)))),
-    () =>
-      Effect.scoped(Effect.flatMap(nodeConnection(1), (c) => Effect.promise(() => c.query(`DROP DATABASE IF EXISTS \`${name}\``)))).pipe(
-        Effect.catchAllDefect(() => Effect.void)
-      )
+    onAnyNode(`CREATE DATABASE \`${name}\``),
+    () => onAnyNode(`DROP DATABASE IF EXISTS \`${name}\``).pipe(Effect.catchAllDefect(() => Effect.void))
   )
   return {
     name,
@@ -62,4 +65,4 @@ export const nodeStatus = (node: 1 | 2 | 3, variable: string) =>
       Effect.promise(() =>
         c.query(`SHOW GLOBAL STATUS LIKE ?`, [variable]).then(([rows]) => Number((rows as Array<{ Value: string }>)[0]?.Value ?? NaN))
       ))
-  )
+  ).pipe(Effect.orDie)
