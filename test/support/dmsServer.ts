@@ -202,6 +202,8 @@ export interface RpcOptions {
   readonly headers?: Record<string, unknown>
   readonly correlationId?: string
   readonly timeout?: Duration.DurationInput
+  /** The broker (default: the test broker). */
+  readonly url?: string
 }
 
 /** Sends `content` to `queue` and waits for one reply. */
@@ -209,7 +211,7 @@ export const rpc = (queue: string, content: string | object, options: RpcOptions
   Effect.acquireUseRelease(
     Effect.tryPromise({
       try: async () => {
-        const model = await amqp.connect(RABBIT_URL, { noDelay: true })
+        const model = await amqp.connect(options.url ?? RABBIT_URL, { noDelay: true })
         model.on("error", () => {})
         model.on("close", () => {})
         return model

@@ -16,6 +16,7 @@ import * as Effect from "effect/Effect"
 import * as FastCheck from "effect/FastCheck"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
+import * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
 import { randomBytes } from "node:crypto"
 import * as fs from "node:fs"
@@ -29,7 +30,7 @@ import * as ModelClient from "./modelClient.js"
 import * as ModelServer from "./modelServer.js"
 import { TestDatabase } from "./mysql.js"
 import { type Child, spawnTs } from "./process.js"
-import { closeConnectionNamed, deleteOnClose, RABBIT_URL, uniqueHost } from "./rabbit.js"
+import { closeConnectionNamed, deleteOnClose, RABBIT_URL, type Rabbitmqctl, uniqueHost } from "./rabbit.js"
 
 // ---------------------------------------------------------------------------------------------------
 // Options and results
@@ -57,7 +58,62 @@ export interface RunOptions {
   readonly releaseTimeoutMs?: number
   /** Pause between two faults, drawn in this range (ms). */
   readonly faultGapMs?: readonly [number, number]
+  /** A pause of every slot between two operations (ms; none by default). */
+  readonly pauseMs?: number
+  /** Where clients and model servers connect, and faults of a cluster (default: the test services). */
+  readonly wiring?: Wiring
 }
+
+/** A client of the run: the test process's (its fibers, the drift, recovery) or a worker's (its index). */
+export type ClientRole = "main" | number
+
+/**
+ * Where the run's clients and model servers connect (e.g. each to another node of a cluster), and which
+ * faults it injects. Every field has the plain run's default: the test MariaDB and RabbitMQ, the
+ * built-in fault kinds in turn while the scripts run.
+ */
+export interface Wiring {
+  /** A client's ledger URL, for the run's database. */
+  readonly dbUrl?: (client: ClientRole, database: string) => string
+  /** A client's broker URL (or URLs, as the client takes them). */
+  readonly rabbitmqUrl?: (client: ClientRole) => string
+  /** A model server's broker URLs, comma-separated: it connects to the first that answers. */
+  readonly serverUrl?: (host: number) => string
+  readonly queueType?: "classic" | "quorum"
+  /** The broker the test itself uses (the queues' deletion, `status` at the end). */
+  readonly adminUrl?: string
+  /** `rabbitmqctl` of the broker the clients use (the `rabbitClose` fault). */
+  readonly rabbitmqctl?: Rabbitmqctl
+  /**
+   * Restart a model server whose process ended by itself (it lost its broker), as systemd would, once
+   * it can connect again; each restart is counted in `Summary.serverRestarts`.
+   */
+  readonly superviseServers?: boolean
+  /** The fault kinds injected in turn (default {@link FAULT_KINDS}): built-in ones and `extraFaults`' keys. */
+  readonly faultKinds?: ReadonlyArray<string>
+  readonly extraFaults?: Readonly<Record<string, ExtraFault>>
+  /**
+   * Inject this many faults, then stop: the scripts run (each at least its share of `ops`) until the
+   * last fault is over, so the run lasts as long as its faults. Default: faults until the scripts end.
+   */
+  readonly faultCount?: number
+}
+
+/** What a fault of a cluster may use of the run. */
+export interface FaultContext {
+  readonly workers: number
+  readonly servers: number
+  /** The model servers' queues, by host index. */
+  readonly queues: ReadonlyArray<string>
+  /** Waits (bounded) until every model server runs again (see `superviseServers`). */
+  readonly serversUp: Effect.Effect<void, Error>
+}
+
+/**
+ * A fault of the test's own, drawn with `r`: it injects it, restores what it broke before it returns
+ * (also when interrupted), and gives the label it is counted under, or undefined when it was skipped.
+ */
+export type ExtraFault = (r: number, context: FaultContext) => Effect.Effect<string | undefined, Error, Scope.Scope>
 
 /** One operation as the run recorded it. */
 export interface OpRecord {
@@ -81,6 +137,12 @@ export interface Summary {
   readonly faults: Record<string, number>
   /** Faults attempted but not injected (e.g. no request came to stall in time). */
   readonly faultsSkipped: number
+  /** Failed operations by error, with the phase, reason or code that tells what failed (see {@link errorKind}). */
+  readonly errors: Record<string, number>
+  /** The clients' retry counters ({@link ModelClient.retryCounts}), summed over the processes that reported. */
+  readonly retries: Record<string, number>
+  /** Model servers restarted after they ended by themselves (`Wiring.superviseServers`). */
+  readonly serverRestarts: number
   readonly transitions: { readonly mounted: number; readonly unmounted: number }
   readonly physicalMounts: number
   readonly physicalUnmounts: number
@@ -141,7 +203,41 @@ export const summaryLine = (s: Summary): string =>
     s.seconds.toFixed(1)
   } s (drift ${s.driftSeconds.toFixed(1)} s, recovery ${s.recoverySeconds.toFixed(1)} s); outcomes ${
     JSON.stringify(s.byOutcome)
-  }; faults ${JSON.stringify(s.faults)} (${s.faultsSkipped} skipped); transitions ${s.transitions.mounted} mounted / ${s.transitions.unmounted} unmounted; holds at end ${s.holdsAtEnd}; violations ${s.violations.length}`
+  }; faults ${JSON.stringify(s.faults)} (${s.faultsSkipped} skipped${s.serverRestarts > 0 ? `, ${s.serverRestarts} model server restarts` : ""}); errors ${
+    JSON.stringify(s.errors)
+  }; retries ${JSON.stringify(s.retries)}; transitions ${s.transitions.mounted} mounted / ${s.transitions.unmounted} unmounted; holds at end ${s.holdsAtEnd}; violations ${s.violations.length}`
+
+/** What a database or broker error's message says failed, in a word or a code (see {@link errorKind}). */
+const ERROR_CAUSES: ReadonlyArray<readonly [RegExp, string]> = [
+  [/Deadlock found|ER_LOCK_DEADLOCK/, "1213 deadlock"],
+  [/Lock wait timeout|ER_LOCK_WAIT_TIMEOUT/, "1205 lock wait timeout"],
+  [/WSREP has not yet prepared|ER_UNKNOWN_COM_ERROR/, "1047 WSREP not ready"],
+  [/lease is no longer held/, "lease lost"],
+  [/no DMS server for host/, "no server"],
+  [/connection to the broker was lost/, "connection lost"],
+  [/\b(ECONNREFUSED|ECONNRESET|ETIMEDOUT|EPIPE|PROTOCOL_CONNECTION_LOST|ER_[A-Z_]+)\b/, "$1"],
+  [/[Cc]onnection (?:lost|closed)|closed state/, "connection lost"]
+]
+
+/**
+ * A failure's kind for the figures: its error, phase and reason (when it is a word), and for a database
+ * or broker error what its message says failed (`DatabaseError[1213 deadlock]`, `BrokerError[ECONNREFUSED]`).
+ */
+export const errorKind = (o: Extract<ModelClient.Outcome, { _tag: "failure" }>): string => {
+  let cause: string | undefined
+  if (o.error === "DatabaseError" || o.error === "BrokerError") {
+    for (const [pattern, label] of ERROR_CAUSES) {
+      const m = pattern.exec(o.message)
+      if (m !== null) {
+        cause = label.replace("$1", m[1] ?? "")
+        break
+      }
+    }
+    cause ??= "other"
+  }
+  const reason = o.reason !== undefined && /^[\w-]+$/.test(o.reason) ? `(${o.reason})` : ""
+  return `${o.error}${o.phase ? `(${o.phase})` : ""}${reason}${cause === undefined ? "" : `[${cause}]`}`
+}
 
 /** `DMS_MODEL_<NAME>` as a number, or the default. */
 export const envNumber = (name: string, fallback: number): number => {
@@ -159,6 +255,8 @@ interface ServerHandle {
   readonly host: string
   child: Child
   readonly start: Effect.Effect<Child, Error, Scope.Scope>
+  /** A fault restarts it: its supervisor must not. */
+  restarting: boolean
 }
 
 let stallTags = 0
@@ -818,8 +916,9 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
     )
 
     // Targets × hosts, and a model server per host.
+    const wiring = options.wiring ?? {}
     const hosts = Array.from({ length: o.hosts }, (_, i) => uniqueHost(`model${i}`))
-    for (const h of hosts) yield* deleteOnClose(Broker.queueName(h))
+    for (const h of hosts) yield* deleteOnClose(Broker.queueName(h), wiring.adminUrl)
     const pairs: Array<ModelClient.Pair> = []
     for (let t = 0; t < o.targets; t++) {
       for (const host of hosts) {
@@ -837,14 +936,23 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
     }
     const allPairs = [...pairs, ...driftPairs]
     const servers: Array<ServerHandle> = []
-    for (const host of hosts) {
-      const start = startServer({ url: RABBIT_URL, host, dir, connectionName: `dms-model-${runId}-server-${host}` })
-      servers.push({ host, start, child: yield* start })
+    for (const [i, host] of hosts.entries()) {
+      const start = startServer({
+        url: wiring.serverUrl?.(i) ?? RABBIT_URL,
+        host,
+        dir,
+        connectionName: `dms-model-${runId}-server-${host}`,
+        ...(wiring.queueType === undefined ? {} : { queueType: wiring.queueType })
+      })
+      servers.push({ host, start, child: yield* start, restarting: false })
     }
 
     // The scripts, from the seed.
     const slotCount = o.inProcessSlots + o.workers * o.slotsPerWorker
     const perSlot = Math.max(1, Math.ceil(options.ops / slotCount))
+    // A run as long as its faults: scripts long enough to outlast them, stopped once they are over.
+    const untilFaultsEnd = options.faults && wiring.faultCount !== undefined
+    const scriptLength = untilFaultsEnd ? perSlot * 40 : perSlot
     const choice = FastCheck.tuple(
       FastCheck.nat(o.jobsPerSlot - 1),
       FastCheck.nat(pairs.length - 1),
@@ -856,7 +964,7 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
     // and a stray unmount.
     const [scripts, faultPlan] = FastCheck.sample(
       FastCheck.noBias(FastCheck.tuple(
-        FastCheck.array(FastCheck.array(choice, { minLength: perSlot, maxLength: perSlot }), {
+        FastCheck.array(FastCheck.array(choice, { minLength: scriptLength, maxLength: scriptLength }), {
           minLength: slotCount,
           maxLength: slotCount
         }),
@@ -871,15 +979,18 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
       { seed: options.seed, numRuns: 1 }
     )[0]!
     const jobsOf = (slot: number) => Array.from({ length: o.jobsPerSlot }, (_, i) => 1 + slot * o.jobsPerSlot + i)
-    const client = (name: string): ModelClient.ClientSettings => ({
-      dbUrl: db.url,
-      rabbitmqUrl: RABBIT_URL,
+    const client = (name: string, role: ClientRole): ModelClient.ClientSettings => ({
+      dbUrl: wiring.dbUrl?.(role, db.name) ?? db.url,
+      rabbitmqUrl: wiring.rabbitmqUrl?.(role) ?? RABBIT_URL,
       connectionName: `dms-model-${runId}-${name}`,
       timeoutMs: o.timeoutMs,
       leaseMs: o.leaseMs,
       lockTimeoutMs: o.lockTimeoutMs,
       releaseTimeoutMs: o.releaseTimeoutMs
     })
+
+    // Set once the faults are over (with `faultCount`): the scripts end, each after its share of `ops`.
+    let scriptsStop = false
 
     // Records: the test process writes its own; the workers' are parsed from their output.
     const records = new Map<string, OpRecord>()
@@ -916,10 +1027,12 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
           pairs,
           choices: scripts[s]!.slice(mine.length),
           exact: !options.faults,
-          initial
+          initial,
+          ...(untilFaultsEnd ? { minOps: Math.max(0, perSlot - mine.length) } : {}),
+          ...(options.pauseMs === undefined ? {} : { pauseMs: options.pauseMs })
         }
       })
-      return { client: client(`w${w}g${generation}`), slots }
+      return { client: client(`w${w}g${generation}`, w), slots }
     }
     const spawnWorker = (w: number, generation: number) =>
       Effect.gen(function*() {
@@ -927,6 +1040,7 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
           Scope.extend(scope)
         )
         yield* child.waitFor("ready")
+        if (scriptsStop) yield* child.send("stop")
         return child
       })
     const workers: Array<WorkerHandle> = []
@@ -940,13 +1054,27 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
     }
 
     // The test process's client and fibers.
-    const context = yield* Layer.buildWithScope(ModelClient.clientLayer(client("main")), scope).pipe(
+    const retriesBefore = yield* ModelClient.retryCounts
+    const context = yield* Layer.buildWithScope(ModelClient.clientLayer(client("main", "main")), scope).pipe(
       Effect.mapError((e) => new Error(`client layer: ${e.message}`))
     )
     const localFibers = yield* Effect.forEach(
       Array.from({ length: o.inProcessSlots }, (_, s) => s),
       (s) =>
-        ModelClient.runSlot({ slot: `m${s}`, jobs: jobsOf(s), pairs, choices: scripts[s]!, exact: !options.faults }, local, client("main")).pipe(
+        ModelClient.runSlot(
+          {
+            slot: `m${s}`,
+            jobs: jobsOf(s),
+            pairs,
+            choices: scripts[s]!,
+            exact: !options.faults,
+            ...(untilFaultsEnd ? { minOps: perSlot } : {}),
+            ...(options.pauseMs === undefined ? {} : { pauseMs: options.pauseMs })
+          },
+          local,
+          client("main", "main"),
+          () => scriptsStop
+        ).pipe(
           Effect.provide(context),
           Effect.fork
         )
@@ -973,17 +1101,63 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
       faults[kind] = (faults[kind] ?? 0) + n
       faultLog.push({ at: Date.now(), kind, n })
     }
-    const inject = (kind: FaultKind, r: number): Effect.Effect<void, Error, Scope.Scope> =>
+    // Model servers that end by themselves (they lost their broker) are restarted once they can
+    // connect again, as a supervisor would.
+    let serverRestarts = 0
+    const supervisorErrors: Array<string> = []
+    const supervise = (server: ServerHandle) =>
       Effect.gen(function*() {
-        switch (kind) {
+        for (;;) {
+          const child = server.child
+          yield* child.exited
+          if (server.restarting || server.child !== child) {
+            while (server.restarting) yield* Effect.sleep("50 millis")
+            continue
+          }
+          server.restarting = true
+          const restarted = yield* server.start.pipe(
+            Scope.extend(scope),
+            Effect.retry(Schedule.spaced("500 millis").pipe(Schedule.upTo("120 seconds"))),
+            Effect.either
+          )
+          if (restarted._tag === "Left") {
+            supervisorErrors.push(`the model server of ${server.host} could not be restarted: ${restarted.left.message}`)
+            return
+          }
+          server.child = restarted.right
+          server.restarting = false
+          serverRestarts++
+        }
+      })
+    const supervisors = wiring.superviseServers === true ? yield* Effect.forEach(servers, (s) => Effect.fork(supervise(s))) : []
+    const serversUp = Effect.gen(function*() {
+      for (let i = 0; servers.some((s) => s.restarting); i++) {
+        if (i > 2_400 || supervisorErrors.length > 0) {
+          return yield* Effect.fail(new Error(`model servers not back: ${supervisorErrors.join("; ")}`))
+        }
+        yield* Effect.sleep("50 millis")
+      }
+    })
+    const faultContext: FaultContext = { workers: o.workers, servers: servers.length, queues: hosts.map(Broker.queueName), serversUp }
+    const inject = (kind: string, r: number): Effect.Effect<void, Error, Scope.Scope> =>
+      Effect.gen(function*() {
+        const extra = wiring.extraFaults?.[kind]
+        if (extra !== undefined) {
+          const label = yield* extra(r, faultContext)
+          yield* serversUp
+          if (label === undefined) skipped++
+          else count(label)
+          return
+        }
+        switch (kind as FaultKind) {
           case "rabbitClose": {
             // The Effect clients and the slots' DMSClients (one closed by its slot just now has none: skipped).
-            const main = client("main")
+            const main = client("main", "main")
             const names = [
               main.connectionName,
               ...Array.from({ length: o.inProcessSlots }, (_, s) => ModelClient.promiseConnectionName(main, `m${s}`)),
               ...workers.filter((w) => !w.replacing).flatMap((w) => {
-                const settings = client(`w${w.index}g${w.generation}`)
+                const settings = client(`w${w.index}g${w.generation}`, w.index)
                 return [
                   settings.connectionName,
                   ...workerSlots(w.index).map((_, i) => ModelClient.promiseConnectionName(settings, `w${w.index}s${i}g${w.generation}`))
@@ -991,7 +1165,7 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
               })
             ]
             const name = names[r % names.length]!
-            const closed = yield* Effect.either(closeConnectionNamed(name, "model test: fault"))
+            const closed = yield* Effect.either(closeConnectionNamed(name, "model test: fault", wiring.rabbitmqctl))
             if (closed._tag === "Right") count("rabbitClose", closed.right)
             else skipped++
             return
@@ -1018,9 +1192,11 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
               skipped++
               return
             }
+            server.restarting = true
             yield* server.child.kill("SIGKILL")
             yield* server.child.exited
             server.child = yield* server.start.pipe(Scope.extend(scope))
+            server.restarting = false
             count(`serverKill(${when})`)
             return
           }
@@ -1060,25 +1236,38 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
           }
         }
       })
+    const kinds = wiring.faultKinds ?? FAULT_KINDS
     const injector = Effect.gen(function*() {
       // Every kind in turn; which connection, server, worker and variant is drawn. Until every kind has
       // been injected once (a stall can find no request in time and be skipped), the kinds still
       // missing go first, at short gaps: a quick run must not end before each kind had its turn.
       const injected = (kind: string) => Object.keys(faults).some((k) => k.startsWith(kind))
-      for (const [i, [gap, r]] of faultPlan.entries()) {
-        const missing = FAULT_KINDS.filter((k) => !injected(k))
-        const kind = missing[0] ?? FAULT_KINDS[i % FAULT_KINDS.length]!
+      const attempts = wiring.faultCount === undefined ? faultPlan.length : Math.min(faultPlan.length, wiring.faultCount)
+      for (const [i, [gap, r]] of faultPlan.slice(0, attempts).entries()) {
+        const missing = kinds.filter((k) => !injected(k))
+        const kind = missing[0] ?? kinds[i % kinds.length]!
         yield* Effect.sleep(Duration.millis(missing.length > 0 ? Math.min(gap, 300) : gap))
         if (stop) return
         yield* inject(kind, r)
       }
     })
-    const injecting = options.faults ? yield* Effect.fork(Effect.scoped(injector)) : undefined
+    // With `faultCount`, the scripts stop once the faults are over (the workers are told on stdin).
+    const endScripts = Effect.gen(function*() {
+      scriptsStop = true
+      for (const w of workers) {
+        while (w.replacing) yield* Effect.sleep("50 millis")
+        yield* w.child.send("stop")
+      }
+    })
+    const injecting = options.faults
+      ? yield* Effect.fork(Effect.scoped(injector).pipe(Effect.zipRight(untilFaultsEnd ? endScripts : Effect.void)))
+      : undefined
 
     yield* Fiber.joinAll(localFibers)
     yield* workersDone
     stop = true
     if (injecting !== undefined) yield* Fiber.join(injecting)
+    yield* serversUp
     for (const s of servers) yield* s.child.send("cancel")
     collectWorkerRecords()
     for (const r of records.values()) if (r.end === undefined) r.killed = true
@@ -1091,7 +1280,7 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
     // A client of its own: the drift is set up, not a fault; the faults' leftovers in the run's client
     // (a killed database connection still pooled) must not fail it.
     const driftContext = options.faults
-      ? yield* Layer.buildWithScope(ModelClient.clientLayer(client("drift")), scope).pipe(
+      ? yield* Layer.buildWithScope(ModelClient.clientLayer(client("drift", "main")), scope).pipe(
         Effect.mapError((e) => new Error(`drift client layer: ${e.message}`))
       )
       : undefined
@@ -1104,7 +1293,10 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
     const stateFiles = new Map(hosts.map((h) => [h, ModelServer.readState(dir, h)]))
     const statusReplies = new Map<string, Record<string, string>>()
     for (const h of hosts) {
-      const reply = yield* rpc(Broker.queueName(h), { action: "status" }, { timeout: "10 seconds" })
+      const reply = yield* rpc(Broker.queueName(h), { action: "status" }, {
+        timeout: "10 seconds",
+        ...(wiring.adminUrl === undefined ? {} : { url: wiring.adminUrl })
+      })
       statusReplies.set(
         h,
         Object.fromEntries((reply.body.mounts as Array<{ mount_path: string; backup_target_id: string }>).map((m) => [m.mount_path, m.backup_target_id]))
@@ -1116,14 +1308,31 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
     const lockRows = yield* db.query<Array<{ backup_target_id: string; host: string; owner: string | null; pending_op: string | null }>>(
       "SELECT backup_target_id, host, owner, pending_op FROM backup_target_mount_lock"
     )
+    yield* Fiber.interruptAll(supervisors)
     const all = [...records.values()]
+    // Retries: the test process's since the run began, and each worker process's last report.
+    const retries: Record<string, number> = {}
+    const addRetries = (counts: Record<string, number>, sign = 1) => {
+      for (const [k, n] of Object.entries(counts)) retries[k] = (retries[k] ?? 0) + sign * n
+    }
+    addRetries(yield* ModelClient.retryCounts)
+    addRetries(retriesBefore, -1)
+    for (const w of workers) {
+      for (const c of [...w.retired, w.child]) {
+        const line = c.lines().filter((l) => l.startsWith("metrics ")).pop()
+        if (line !== undefined) addRetries(JSON.parse(line.slice("metrics ".length)) as Record<string, number>)
+      }
+    }
+    for (const k of Object.keys(retries)) if (retries[k] === 0) delete retries[k]
     if (process.env.DMS_MODEL_DUMP) fs.writeFileSync(process.env.DMS_MODEL_DUMP, JSON.stringify({ all, transitions, active, faultLog, reconciles }, null, 1))
     const violations = [
+      ...supervisorErrors,
       ...check({ pairs: allPairs, records: all, transitions, stateFiles, statusReplies, active, lockRows, reconciles, exact: !options.faults }),
       ...(drift === undefined ? [] : checkDrift(drift, reconciles))
     ]
 
     const byOutcome: Record<string, number> = {}
+    const errors: Record<string, number> = {}
     let physicalMounts = 0
     let physicalUnmounts = 0
     for (const r of all) {
@@ -1134,6 +1343,7 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
         ? `${r.start.action} ok`
         : `${r.start.action} ${out.error}${out.phase ? `(${out.phase})` : ""}${out.error === "MountError" && out.reason ? `(${out.reason})` : ""}`
       byOutcome[label] = (byOutcome[label] ?? 0) + 1
+      if (out?._tag === "failure") errors[errorKind(out)] = (errors[errorKind(out)] ?? 0) + 1
       if (out?._tag === "success" && out.physicallyMounted === true) physicalMounts++
       if (out?._tag === "success" && out.unmounted === true) physicalUnmounts++
     }
@@ -1147,6 +1357,9 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
       script: scriptFigures(all, !options.faults),
       faults,
       faultsSkipped: skipped,
+      errors,
+      retries,
+      serverRestarts,
       transitions: {
         mounted: transitions.filter((t) => t.to === "mounted").length,
         unmounted: transitions.filter((t) => t.to === "unmounted").length

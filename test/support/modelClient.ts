@@ -22,6 +22,8 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as MetricState from "effect/MetricState"
 import * as Option from "effect/Option"
 import * as Scope from "effect/Scope"
 import * as Dms from "../../src/Dms.js"
@@ -76,6 +78,13 @@ export interface SlotSpec {
   readonly exact: boolean
   /** Where a slot restarted in a new process begins (`jobId|pairIndex` → state). */
   readonly initial?: Readonly<Record<string, JobPairState>>
+  /**
+   * The script may end early, once this many of its choices ran, when its process is told to stop
+   * (runSlot's `stopped`): a run that lasts as long as its faults runs long scripts and stops them.
+   */
+  readonly minOps?: number
+  /** A pause between two operations (ms): keeps a long run's load down (a slot has no other timing). */
+  readonly pauseMs?: number
 }
 
 export type Outcome =
@@ -361,7 +370,8 @@ const bounded = (effect: Effect.Effect<Outcome>, bound: Duration.Duration, what:
 export const runSlot = (
   spec: SlotSpec,
   report: Reporter,
-  settings: ClientSettings
+  settings: ClientSettings,
+  stopped: () => boolean = () => false
 ): Effect.Effect<void, never, Mount.Services> =>
   Effect.acquireUseRelease(
     Effect.sync(() => new DMSClient(promiseClientOptions(settings, spec.slot))),
@@ -436,7 +446,9 @@ export const runSlot = (
             if (state !== undefined) states.set(key, state)
           })
 
-        for (const choice of spec.choices) {
+        for (const [done, choice] of spec.choices.entries()) {
+          if (spec.minOps !== undefined && done >= spec.minOps && stopped()) break
+          if (spec.pauseMs !== undefined && done > 0) yield* Effect.sleep(Duration.millis(spec.pauseMs))
           const jobId = spec.jobs[choice[0] % spec.jobs.length]!
           const stateOf = (pair: number) => states.get(stateKey(jobId, pair)) ?? FREE
           const step = nextStep(stateOf, spec.pairs.length, choice)
@@ -480,3 +492,20 @@ export const clientLayer = (s: ClientSettings): Layer.Layer<Dms.Services, Dms.La
     ledger: { leaseDuration: Duration.millis(s.leaseMs), maxConnections: 4 },
     broker: { connectionName: s.connectionName }
   })
+
+/**
+ * The process's retry counters so far (counters whose name has `retries`, e.g. the ledger's
+ * `dms_ledger_retries_total`), by name and tags: `{"dms_ledger_retries_total{error=1213}": 3}`.
+ */
+export const retryCounts: Effect.Effect<Record<string, number>> = Effect.map(Metric.snapshot, (pairs) => {
+  const out: Record<string, number> = {}
+  for (const { metricKey, metricState } of pairs) {
+    if (!metricKey.name.includes("retries") || !MetricState.isCounterState(metricState)) continue
+    const count = Number(metricState.count)
+    if (count === 0) continue
+    const tags = metricKey.tags.map((t) => `${t.key}=${t.value}`).join(",")
+    const key = `${metricKey.name}{${tags}}`
+    out[key] = (out[key] ?? 0) + count
+  }
+  return out
+})

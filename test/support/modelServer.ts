@@ -1,7 +1,7 @@
 /**
  * A model DMS server for the randomized model test, as a separate process so that it can be SIGKILLed
  * and restarted mid-request:
- *   node --import tsx test/support/modelServer.ts '{"url":…,"host":…,"dir":…,"connectionName":…}'
+ *   node --import tsx test/support/modelServer.ts '{"url":…,"host":…,"dir":…,"connectionName":…[,"queueType":"quorum"]}'
  *
  * It answers like the real server (src/server/Server.ts): one exclusive consumer on `dms.<host>`,
  * requests for one mount path in FIFO order, idempotent mount (`already_mounted`) and unmount
@@ -40,10 +40,26 @@ import * as Protocol from "../../src/Protocol.js"
 
 /** Arguments of the model server process. */
 export interface ModelServerArgs {
+  /** The broker's URL, or a comma-separated list of a cluster's nodes: the first that answers is used. */
   readonly url: string
   readonly host: string
   readonly dir: string
   readonly connectionName: string
+  /** The queue's type (`quorum`: replicated over a cluster's nodes); classic by default. */
+  readonly queueType?: "classic" | "quorum"
+}
+
+/** Connects to the first of a comma-separated list of broker URLs that accepts the connection. */
+const connectFirst = async (urls: string, connectionName: string) => {
+  let last: unknown = new Error("no broker URL")
+  for (const url of urls.split(",").map((u) => u.trim()).filter((u) => u !== "")) {
+    try {
+      return await amqp.connect(url, { noDelay: true, clientProperties: { connection_name: connectionName } })
+    } catch (e) {
+      last = e
+    }
+  }
+  throw last
 }
 
 /** One line of the transition log. */
@@ -165,14 +181,14 @@ const run = async (args: ModelServerArgs) => {
       say(`stalled ${fault.tag} ${opId} ${action} ${when}`)
     })
 
-  const model = await amqp.connect(args.url, { noDelay: true, clientProperties: { connection_name: args.connectionName } })
+  const model = await connectFirst(args.url, args.connectionName)
   model.on("error", (e: Error) => fatal(`connection error: ${e.message}`))
   model.on("close", () => fatal("connection closed"))
   const channel = await model.createChannel()
   channel.on("error", (e: Error) => fatal(`channel error: ${e.message}`))
   channel.on("close", () => fatal("channel closed"))
   const queue = Broker.queueName(args.host)
-  await channel.assertQueue(queue, { durable: true })
+  await channel.assertQueue(queue, { durable: true, ...(args.queueType === "quorum" ? { arguments: { "x-queue-type": "quorum" } } : {}) })
   await channel.prefetch(200)
 
   const answer = (msg: ConsumeMessage, body: unknown) => {

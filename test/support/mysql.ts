@@ -33,34 +33,61 @@ export class TestDatabase extends Context.Tag("test/TestDatabase")<TestDatabase,
 
 export const uniqueName = (prefix: string) => `${prefix}_${process.pid}_${randomBytes(4).toString("hex")}`
 
-const testDatabase = (options: { readonly migrate: boolean }) => Layer.scoped(
-  TestDatabase,
-  Effect.gen(function*() {
-    const name = uniqueName("dms_test")
-    const admin = yield* adminConnection()
-    yield* Effect.promise(() => admin.query(`CREATE DATABASE \`${name}\``))
-    yield* Effect.addFinalizer(() =>
-      Effect.promise(() => admin.query(`DROP DATABASE IF EXISTS \`${name}\``).catch(() => undefined))
-    )
-    const conn = yield* Effect.acquireRelease(
-      Effect.promise(() =>
-        mysql.createConnection({ host: MYSQL_HOST, port: MYSQL_PORT, user: "root", database: name, timezone: "Z" })
-      ),
-      (c) => Effect.promise(() => c.end().catch(() => undefined))
-    )
-    const url = `mysql://root@${MYSQL_HOST}:${MYSQL_PORT}/${name}`
-    if (options.migrate) yield* Effect.orDie(Ledger.migrate({ url }))
-    return {
-      name,
-      url,
-      query: <T>(sql: string, params: ReadonlyArray<unknown> = []) =>
-        Effect.promise(() => conn.query(sql, params as Array<unknown>).then(([rows]) => rows as T))
-    }
-  })
-)
+/** A MariaDB server other than the test's (e.g. a Galera node), and a user that may create databases. */
+export interface DatabaseServer {
+  readonly host: string
+  readonly port: number
+  readonly user: string
+  readonly password?: string
+  /** Statements run first on the test's own connection (e.g. `SET SESSION wsrep_sync_wait = 1`). */
+  readonly session?: ReadonlyArray<string>
+}
 
-/** Creates `dms_test_<pid>_<random>` with the ledger's tables, drops it afterwards. */
-export const TestDatabaseLive = testDatabase({ migrate: true })
+/** Creates `dms_test_<pid>_<random>` on `server` (with the ledger's tables unless `migrate: false`), drops it afterwards. */
+export const testDatabaseOn = (server: DatabaseServer, options: { readonly migrate: boolean } = { migrate: true }) =>
+  Layer.scoped(
+    TestDatabase,
+    Effect.gen(function*() {
+      const name = uniqueName("dms_test")
+      const login = {
+        host: server.host,
+        port: server.port,
+        user: server.user,
+        ...(server.password === undefined ? {} : { password: server.password }),
+        timezone: "Z"
+      }
+      const admin = yield* Effect.acquireRelease(
+        Effect.tryPromise({
+          try: () => mysql.createConnection(login),
+          catch: (cause) => new Error(`MariaDB is not answering on ${server.host}:${server.port} (tests need it): ${String(cause)}`)
+        }),
+        (c) => Effect.promise(() => c.end().catch(() => undefined))
+      )
+      yield* Effect.promise(() => admin.query(`CREATE DATABASE \`${name}\``))
+      yield* Effect.addFinalizer(() =>
+        Effect.promise(() => admin.query(`DROP DATABASE IF EXISTS \`${name}\``).catch(() => undefined))
+      )
+      const conn = yield* Effect.acquireRelease(
+        Effect.promise(() => mysql.createConnection({ ...login, database: name })),
+        (c) => Effect.promise(() => c.end().catch(() => undefined))
+      )
+      for (const statement of server.session ?? []) yield* Effect.promise(() => conn.query(statement))
+      const credentials = server.password === undefined ? server.user : `${server.user}:${encodeURIComponent(server.password)}`
+      const url = `mysql://${credentials}@${server.host}:${server.port}/${name}`
+      if (options.migrate) yield* Effect.orDie(Ledger.migrate({ url }))
+      return {
+        name,
+        url,
+        query: <T>(sql: string, params: ReadonlyArray<unknown> = []) =>
+          Effect.promise(() => conn.query(sql, params as Array<unknown>).then(([rows]) => rows as T))
+      }
+    })
+  )
 
-/** Creates an empty `dms_test_<pid>_<random>` (no tables), drops it afterwards. */
-export const TestDatabaseEmpty = testDatabase({ migrate: false })
+const testMariadb = { host: MYSQL_HOST, port: MYSQL_PORT, user: "root" }
+
+/** Creates `dms_test_<pid>_<random>` with the ledger's tables on the test MariaDB, drops it afterwards. */
+export const TestDatabaseLive = testDatabaseOn(testMariadb)
+
+/** Creates an empty `dms_test_<pid>_<random>` (no tables) on the test MariaDB, drops it afterwards. */
+export const TestDatabaseEmpty = testDatabaseOn(testMariadb, { migrate: false })

@@ -50,10 +50,13 @@ export const admin: Effect.Effect<Admin, Error, Scope.Scope> = Effect.acquireRel
   ({ model }) => Effect.promise(() => model.close().catch(() => undefined))
 )
 
-/** Registers a queue for deletion when the scope closes (and in the file's final sweep). */
-export const deleteOnClose = (queue: string): Effect.Effect<void, never, Scope.Scope> =>
-  Effect.sync(() => void created.add(queue)).pipe(
-    Effect.zipRight(Effect.addFinalizer(() => deleteQueues([queue])))
+/**
+ * Registers a queue for deletion when the scope closes (and, on the test broker, in the file's final
+ * sweep); `url`: on another broker (e.g. a cluster's node).
+ */
+export const deleteOnClose = (queue: string, url?: string): Effect.Effect<void, never, Scope.Scope> =>
+  Effect.sync(() => void (url === undefined && created.add(queue))).pipe(
+    Effect.zipRight(Effect.addFinalizer(() => deleteQueues([queue], url)))
   )
 
 /** Declares a host's queue as the DMS server does (durable, no arguments), deleted with the scope. */
@@ -66,12 +69,12 @@ export const declareHostQueue = (host: string): Effect.Effect<string, Error, Sco
     return queue
   })
 
-/** Deletes queues (missing ones are fine), on a connection of its own. */
-export const deleteQueues = (queues: Iterable<string>): Effect.Effect<void> =>
+/** Deletes queues (missing ones are fine), on a connection of its own (to the test broker, or `url`). */
+export const deleteQueues = (queues: Iterable<string>, url = RABBIT_URL): Effect.Effect<void> =>
   Effect.promise(async () => {
     const names = [...queues]
     if (names.length === 0) return
-    const model = await amqp.connect(RABBIT_URL, { noDelay: true }).catch(() => undefined)
+    const model = await amqp.connect(url, { noDelay: true }).catch(() => undefined)
     if (model === undefined) return
     quiet(model)
     try {
@@ -108,7 +111,10 @@ export const queueInfo = (
     }
   })
 
-const rabbitmqctl = (args: ReadonlyArray<string>): Effect.Effect<string, Error> =>
+/** Runs a `rabbitmqctl` command and gives its output (the test broker's; a cluster's is another). */
+export type Rabbitmqctl = (args: ReadonlyArray<string>) => Effect.Effect<string, Error>
+
+const rabbitmqctl: Rabbitmqctl = (args) =>
   Effect.async<string, Error>((resume) => {
     const child = execFile("rabbitmqctl", [...args], { timeout: 60_000 }, (error, stdout, stderr) => {
       if (error !== null) resume(Effect.fail(new Error(`rabbitmqctl ${args.join(" ")} failed: ${String(error)} ${stderr}`)))
@@ -126,34 +132,42 @@ export interface ConnectionInfo {
  * The broker's connections with their `connection_name` client property. The table output is used
  * because its pids (`<rabbit@host.123.456.0>`) are the form `close_connection` accepts.
  */
-export const listConnections: Effect.Effect<ReadonlyArray<ConnectionInfo>, Error> = rabbitmqctl([
-  "list_connections",
-  "pid",
-  "client_properties",
-  "-q",
-  "--no-table-headers"
-]).pipe(
-  Effect.map((out) =>
-    out.split("\n").filter((line) => line.startsWith("<")).map((line) => {
-      const pid = line.slice(0, line.indexOf("\t"))
-      const name = /\{"connection_name","([^"]*)"\}/.exec(line)?.[1]
-      return { pid, name }
-    })
+export const listConnectionsWith = (ctl: Rabbitmqctl): Effect.Effect<ReadonlyArray<ConnectionInfo>, Error> =>
+  ctl([
+    "list_connections",
+    "pid",
+    "client_properties",
+    "-q",
+    "--no-table-headers"
+  ]).pipe(
+    Effect.map((out) =>
+      out.split("\n").filter((line) => line.startsWith("<")).map((line) => {
+        const pid = line.slice(0, line.indexOf("\t"))
+        const name = /\{"connection_name","([^"]*)"\}/.exec(line)?.[1]
+        return { pid, name }
+      })
+    )
   )
-)
+
+/** The test broker's connections. */
+export const listConnections: Effect.Effect<ReadonlyArray<ConnectionInfo>, Error> = listConnectionsWith(rabbitmqctl)
 
 /** The pids of the connections named `name` (only our own: names are unique per test). */
-export const connectionsNamed = (name: string): Effect.Effect<ReadonlyArray<string>, Error> =>
-  Effect.map(listConnections, (all) => all.filter((c) => c.name === name).map((c) => c.pid))
+export const connectionsNamed = (name: string, ctl: Rabbitmqctl = rabbitmqctl): Effect.Effect<ReadonlyArray<string>, Error> =>
+  Effect.map(listConnectionsWith(ctl), (all) => all.filter((c) => c.name === name).map((c) => c.pid))
 
 /**
  * Closes, from the broker side, the connections named `name` (as `rabbitmqctl close_connection` does
  * on a broker restart or `close_all_connections`). Fails if there is none.
  */
-export const closeConnectionNamed = (name: string, reason = "test: closed by the broker"): Effect.Effect<number, Error> =>
+export const closeConnectionNamed = (
+  name: string,
+  reason = "test: closed by the broker",
+  ctl: Rabbitmqctl = rabbitmqctl
+): Effect.Effect<number, Error> =>
   Effect.gen(function*() {
-    const pids = yield* connectionsNamed(name)
+    const pids = yield* connectionsNamed(name, ctl)
     if (pids.length === 0) return yield* Effect.fail(new Error(`no connection named ${name}`))
-    for (const pid of pids) yield* rabbitmqctl(["close_connection", pid, reason])
+    for (const pid of pids) yield* ctl(["close_connection", pid, reason])
     return pids.length
   })
