@@ -1,0 +1,139 @@
+/**
+ * The cluster scenario of `npm run bench` (issue 13): the sequential cycle and the 64 × 8 fan-out on a
+ * 3-node Galera cluster and a 3-node RabbitMQ cluster (scripts/cluster, started here if they are down
+ * and stopped again at the end if so), against the single node in the same run:
+ *
+ * - galera via one node: every client statement through node 1 (3307); the client publishes through
+ *   RabbitMQ node A and the responder consumes on node B, so every request and reply crosses nodes;
+ * - galera multi-writer: the fan-out with half of each target's jobs on a client of node 1 (3307) and
+ *   half on a client of node 2 (3308), the same rows written through two nodes at once: certification
+ *   conflicts (errno 1213) are counted by kind, and the client's ledger retries
+ *   (`dms_ledger_retries_total`, by `error`) when the client has that metric.
+ */
+import * as Effect from "effect/Effect"
+import * as ManagedRuntime from "effect/ManagedRuntime"
+import * as Metric from "effect/Metric"
+import * as MetricState from "effect/MetricState"
+import mysql from "mysql2/promise"
+import * as Dms from "../src/Dms.js"
+import * as Mount from "../src/Mount.js"
+import { clusterUrls, startClusters } from "../test/support/clusters.js"
+import { deleteQueues, type Errors, fanOut, root, round, type Runtime, sequential, type Stats, startResponder } from "./common.js"
+
+/** The single node's figures of the same run, to compare with. */
+export interface Single {
+  readonly cycle: Stats
+  readonly fanOut: { readonly cyclesPerSecond: number; readonly latency: Stats }
+}
+
+const RETRIES = "dms_ledger_retries_total"
+
+/** The client's ledger retries so far, by their `error` tag (empty while the client has no such metric). */
+const retries = (): Map<string, number> => {
+  const counts = new Map<string, number>()
+  for (const pair of Effect.runSync(Metric.snapshot)) {
+    if (pair.metricKey.name !== RETRIES || !MetricState.isCounterState(pair.metricState)) continue
+    const kind = pair.metricKey.tags.find((t) => t.key === "error")?.value ?? "untagged"
+    counts.set(kind, (counts.get(kind) ?? 0) + Number(pair.metricState.count))
+  }
+  return counts
+}
+
+/** Runs `f`, counting its failures by kind and the ledger retries it caused. */
+const counted = async <A>(f: (errors: Errors) => Promise<A>) => {
+  const errors: Errors = new Map()
+  const before = retries()
+  const result = await f(errors)
+  const after = retries()
+  const retried = Object.fromEntries([...after].map(([k, v]) => [k, v - (before.get(k) ?? 0)]).filter(([, v]) => v !== 0))
+  return { result, errors: Object.fromEntries(errors), retries: after.size === 0 && before.size === 0 ? null : retried }
+}
+
+/** A fan-out's figures, failures and retries, and its ratios to the single node's. */
+const fanFigures = (f: Awaited<ReturnType<typeof counted<Awaited<ReturnType<typeof fanOut>>>>>, single: Single["fanOut"]) => ({
+  cyclesPerSecond: round(f.result.cyclesPerSecond, 1),
+  latency: f.result.latency,
+  minShare: round(f.result.minShare, 2),
+  maxShare: round(f.result.maxShare, 2),
+  errors: f.errors,
+  retries: f.retries,
+  rateRatio: round(f.result.cyclesPerSecond / single.cyclesPerSecond, 2),
+  p99Ratio: round(f.result.latency.p99 / single.latency.p99, 2)
+})
+
+export const cluster = async (options: {
+  /** Sequential cycles measured. */
+  readonly n: number
+  /** Seconds of each fan-out. */
+  readonly seconds: number
+  readonly hostPrefix: string
+  /** Measures (or hands back already measured) the single node's figures. */
+  readonly single: () => Promise<Single>
+}) => {
+  const stopClusters = await startClusters(root)
+  const [sql1, sql2] = clusterUrls.galera
+  const [rabbitA, rabbitB] = clusterUrls.rabbit
+  const credentials = `${clusterUrls.galeraUser}:${clusterUrls.galeraPassword}`
+  const db = `dms_bench_cluster_${process.pid}`
+  const host = `${options.hostPrefix}-cluster`
+  const admin = await mysql.createConnection({
+    host: "127.0.0.1",
+    port: Number(sql1!.split(":")[1]),
+    user: clusterUrls.galeraUser,
+    password: clusterUrls.galeraPassword
+  })
+  await admin.query(`CREATE DATABASE ${db}`)
+  const responder = await startResponder([host], rabbitB)
+  const client = (sql: string): Runtime =>
+    ManagedRuntime.make(Dms.layer({ dbUrl: `mysql://${credentials}@${sql}/${db}`, rabbitmqUrl: rabbitA!, timeout: 30 }))
+  const node1 = client(sql1!)
+  const node2 = client(sql2!)
+  try {
+    const single = await options.single()
+    await node1.runPromise(Mount.getActiveMounts()) // creates the tables
+    await node2.runPromise(Mount.getActiveMounts()) // connects
+    const seq = await counted((errors) => sequential(node1, options.n, "cseq-target", host, 400_000_000, errors))
+    const one = await counted((errors) => fanOut(node1, 64, 8, [host], options.seconds, 410_000_000, errors))
+    const multi = await counted((errors) => fanOut([node1, node2], 64, 8, [host], options.seconds, 420_000_000, errors))
+    return {
+      setup: "Galera 3 nodes (SQL 3307-3309), RabbitMQ 3 nodes (client on A, responder on B); single node: 3306 + 5672",
+      seconds: options.seconds,
+      single: { cycle: single.cycle, fanOut: { cyclesPerSecond: round(single.fanOut.cyclesPerSecond, 1), latency: single.fanOut.latency } },
+      galera: {
+        cycle: { ...seq.result, errors: seq.errors, retries: seq.retries, p50Ratio: round(seq.result.p50 / single.cycle.p50, 2) },
+        fanOut: fanFigures(one, single.fanOut)
+      },
+      multiWriter: { fanOut: fanFigures(multi, single.fanOut) }
+    }
+  } finally {
+    await Promise.allSettled([node1.dispose(), node2.dispose()])
+    responder.stop()
+    await deleteQueues([host], rabbitA).catch(() => undefined)
+    await admin.query(`DROP DATABASE IF EXISTS ${db}`)
+    await admin.end()
+    await stopClusters()
+  }
+}
+
+/** The scenario's lines of results.md. */
+export const clusterMarkdown = (c: Awaited<ReturnType<typeof cluster>> | undefined): Array<string> => {
+  if (c === undefined) return []
+  const ms = (s: Stats) => `${round(s.p50, 2)} / ${round(s.p90, 2)} / ${round(s.p99, 2)}`
+  const failures = (r: { errors: Record<string, number>; retries: Record<string, number> | null }) => {
+    const errors = Object.entries(r.errors).map(([k, v]) => `${v} × ${k}`).join(", ") || "none"
+    const retried = r.retries === null ? "" : `; retries ${Object.entries(r.retries).map(([k, v]) => `${v} × ${k}`).join(", ") || "none"}`
+    return `failed cycles: ${errors}${retried}`
+  }
+  return [
+    "",
+    `Clusters (${c.setup}):`,
+    "",
+    `| scenario | p50 / p90 / p99 ms | throughput | cluster / single | errors |`,
+    `| --- | --- | --- | --- | --- |`,
+    `| cycle, single node, sequential | ${ms(c.single.cycle)} | ${round(1000 / c.single.cycle.mean, 0)}/s | | |`,
+    `| cycle, Galera via node 1, RabbitMQ A → B, sequential | ${ms(c.galera.cycle)} | ${round(1000 / c.galera.cycle.mean, 0)}/s | p50 ${c.galera.cycle.p50Ratio} × | ${failures(c.galera.cycle)} |`,
+    `| fan-out 64 jobs x 8 targets, single node | ${ms(c.single.fanOut.latency)} | ${round(c.single.fanOut.cyclesPerSecond, 0)}/s | | |`,
+    `| fan-out 64 x 8, Galera via node 1, ${c.seconds} s | ${ms(c.galera.fanOut.latency)} | ${round(c.galera.fanOut.cyclesPerSecond, 0)}/s | rate ${c.galera.fanOut.rateRatio} ×, p99 ${c.galera.fanOut.p99Ratio} × | ${failures(c.galera.fanOut)} |`,
+    `| fan-out 64 x 8, Galera multi-writer (nodes 1 and 2), ${c.seconds} s | ${ms(c.multiWriter.fanOut.latency)} | ${round(c.multiWriter.fanOut.cyclesPerSecond, 0)}/s | rate ${c.multiWriter.fanOut.rateRatio} ×, p99 ${c.multiWriter.fanOut.p99Ratio} × | ${failures(c.multiWriter.fanOut)} |`
+  ]
+}
