@@ -55,6 +55,8 @@ const fanFigures = (f: Awaited<ReturnType<typeof counted<Awaited<ReturnType<type
   latency: f.result.latency,
   minShare: round(f.result.minShare, 2),
   maxShare: round(f.result.maxShare, 2),
+  /** Cycles that took over 5 s: they waited for a lease a failed cycle left held until it expired. */
+  stalled: f.result.latencies.filter((ms) => ms > 5000).length,
   errors: f.errors,
   retries: f.retries,
   rateRatio: round(f.result.cyclesPerSecond / single.cyclesPerSecond, 2),
@@ -119,10 +121,11 @@ export const cluster = async (options: {
 export const clusterMarkdown = (c: Awaited<ReturnType<typeof cluster>> | undefined): Array<string> => {
   if (c === undefined) return []
   const ms = (s: Stats) => `${round(s.p50, 2)} / ${round(s.p90, 2)} / ${round(s.p99, 2)}`
-  const failures = (r: { errors: Record<string, number>; retries: Record<string, number> | null }) => {
+  const failures = (r: { errors: Record<string, number>; retries: Record<string, number> | null; stalled?: number }) => {
     const errors = Object.entries(r.errors).map(([k, v]) => `${v} × ${k}`).join(", ") || "none"
-    const retried = r.retries === null ? "" : `; retries ${Object.entries(r.retries).map(([k, v]) => `${v} × ${k}`).join(", ") || "none"}`
-    return `failed cycles: ${errors}${retried}`
+    const retried = r.retries === null ? "" : `; retries: ${Object.entries(r.retries).map(([k, v]) => `${v} × ${k}`).join(", ") || "none"}`
+    const stalled = r.stalled ? `; ${r.stalled} cycles over 5 s` : ""
+    return `failed cycles: ${errors}${retried}${stalled}`
   }
   return [
     "",

@@ -52,15 +52,18 @@ export const cycle = (rt: Runtime, jobid: number, target: string, host: string) 
  */
 export type Errors = Map<string, number>
 
-/** A failure's kind: its tag, and the MySQL errno and code of a DatabaseError's cause, or its phase or reason. */
+/**
+ * A failure's kind: its tag, and for a DatabaseError the MySQL errno and code of its cause (or its
+ * reason) and the ledger operation, else its phase or reason.
+ */
 export const errorKind = (e: unknown): string => {
-  const tagged = e as { _tag?: string; phase?: string; reason?: string; message?: string } | null
+  const tagged = e as { _tag?: string; phase?: string; reason?: string; message?: string; operation?: string } | null
   if (typeof tagged?._tag !== "string") return `defect: ${String(tagged?.message ?? e).slice(0, 80)}`
   if (tagged._tag === "DatabaseError") {
     for (let c = e as { errno?: unknown; code?: unknown; cause?: unknown } | undefined, i = 0; c != null && i < 8; c = c.cause as typeof c, i++) {
-      if (typeof c.errno === "number") return `DatabaseError ${c.errno} ${String(c.code ?? "")}`.trim()
+      if (typeof c.errno === "number") return `DatabaseError ${c.errno} ${String(c.code ?? "")} (${tagged.operation})`
     }
-    return `DatabaseError: ${String(tagged.reason ?? tagged.message).slice(0, 80)}`
+    return `DatabaseError (${tagged.operation}): ${String(tagged.reason ?? tagged.message).slice(0, 80)}`
   }
   return [tagged._tag, tagged.phase ?? tagged.reason].filter(Boolean).join(" ")
 }

@@ -284,13 +284,14 @@ const main = async () => {
     })
     await scenario("cluster", async () => {
       // The single node's figures of this run when its scenarios ran, else measured the same way.
-      const clusterSeconds = quick ? 5 : 15
+      const clusterSeconds = quick ? 5 : 10
+      const clusterN = quick ? 200 : 500
       results.cluster = await cluster({
-        n: Math.min(n, 1000),
+        n: clusterN,
         seconds: clusterSeconds,
         hostPrefix: HOST_PREFIX,
         single: async () => ({
-          cycle: results.cycle ?? (await sequential(mysqlRt, Math.min(n, 1000), "cseq-target", host, 430_000_000)),
+          cycle: results.cycle ?? (await sequential(mysqlRt, clusterN, "cseq-target", host, 430_000_000)),
           fanOut: results.fanOut?.["64 jobs x 8 targets, 1 host"] ?? (await fanOut(mysqlRt, 64, 8, [host], clusterSeconds, 440_000_000))
         })
       })
