@@ -1,7 +1,10 @@
 /**
  * The cluster scenario of `npm run bench` (issue 13): the sequential cycle and the 64 × 8 fan-out on a
  * 3-node Galera cluster and a 3-node RabbitMQ cluster (scripts/cluster, started here if they are down
- * and stopped again at the end if so), against the single node in the same run:
+ * and stopped again at the end if so), against the single node measured beside them: the sequential
+ * cycles alternate between the single node and the cluster, and the single node's fan-out runs just
+ * before the cluster's, so that the ratios hold on a machine whose load moves (figures of the single
+ * node taken minutes earlier in the run would not):
  *
  * - galera via one node: every client statement through node 1 (3307); the client publishes through
  *   RabbitMQ node A and the responder consumes on node B, so every request and reply crosses nodes;
@@ -18,13 +21,9 @@ import mysql from "mysql2/promise"
 import * as Dms from "../src/Dms.js"
 import * as Mount from "../src/Mount.js"
 import { clusterUrls, startClusters } from "../test/support/clusters.js"
-import { deleteQueues, type Errors, fanOut, root, round, type Runtime, sequential, type Stats, startResponder } from "./common.js"
+import { alternating, deleteQueues, type Errors, fanOut, root, round, type Runtime, type Stats, startResponder } from "./common.js"
 
-/** The single node's figures of the same run, to compare with. */
-export interface Single {
-  readonly cycle: Stats
-  readonly fanOut: { readonly cyclesPerSecond: number; readonly latency: Stats }
-}
+type Single = { readonly cyclesPerSecond: number; readonly latency: Stats }
 
 const RETRIES = "dms_ledger_retries_total"
 
@@ -50,7 +49,7 @@ const counted = async <A>(f: (errors: Errors) => Promise<A>) => {
 }
 
 /** A fan-out's figures, failures and retries, and its ratios to the single node's. */
-const fanFigures = (f: Awaited<ReturnType<typeof counted<Awaited<ReturnType<typeof fanOut>>>>>, single: Single["fanOut"]) => ({
+const fanFigures = (f: Awaited<ReturnType<typeof counted<Awaited<ReturnType<typeof fanOut>>>>>, single: Single) => ({
   cyclesPerSecond: round(f.result.cyclesPerSecond, 1),
   latency: f.result.latency,
   minShare: round(f.result.minShare, 2),
@@ -69,8 +68,8 @@ export const cluster = async (options: {
   /** Seconds of each fan-out. */
   readonly seconds: number
   readonly hostPrefix: string
-  /** Measures (or hands back already measured) the single node's figures. */
-  readonly single: () => Promise<Single>
+  /** A client of the single node (3306 + 5672) and a host its responder answers for. */
+  readonly single: { readonly rt: Runtime; readonly host: string }
 }) => {
   const stopClusters = await startClusters(root)
   const [sql1, sql2] = clusterUrls.galera
@@ -91,21 +90,22 @@ export const cluster = async (options: {
   const node1 = client(sql1!)
   const node2 = client(sql2!)
   try {
-    const single = await options.single()
     await node1.runPromise(Mount.getActiveMounts()) // creates the tables
     await node2.runPromise(Mount.getActiveMounts()) // connects
-    const seq = await counted((errors) => sequential(node1, options.n, "cseq-target", host, 400_000_000, errors))
+    const seq = await counted((errors) => alternating([options.single, { rt: node1, host, errors }], options.n, "cseq-target", 400_000_000))
+    const [singleCycle, galeraCycle] = seq.result as [Stats, Stats]
+    const singleFan = await fanOut(options.single.rt, 64, 8, [options.single.host], options.seconds, 405_000_000)
     const one = await counted((errors) => fanOut(node1, 64, 8, [host], options.seconds, 410_000_000, errors))
     const multi = await counted((errors) => fanOut([node1, node2], 64, 8, [host], options.seconds, 420_000_000, errors))
     return {
       setup: "Galera 3 nodes (SQL 3307-3309), RabbitMQ 3 nodes (client on A, responder on B); single node: 3306 + 5672",
       seconds: options.seconds,
-      single: { cycle: single.cycle, fanOut: { cyclesPerSecond: round(single.fanOut.cyclesPerSecond, 1), latency: single.fanOut.latency } },
+      single: { cycle: singleCycle, fanOut: { cyclesPerSecond: round(singleFan.cyclesPerSecond, 1), latency: singleFan.latency } },
       galera: {
-        cycle: { ...seq.result, errors: seq.errors, retries: seq.retries, p50Ratio: round(seq.result.p50 / single.cycle.p50, 2) },
-        fanOut: fanFigures(one, single.fanOut)
+        cycle: { ...galeraCycle, errors: seq.errors, retries: seq.retries, p50Ratio: round(galeraCycle.p50 / singleCycle.p50, 2) },
+        fanOut: fanFigures(one, singleFan)
       },
-      multiWriter: { fanOut: fanFigures(multi, single.fanOut) }
+      multiWriter: { fanOut: fanFigures(multi, singleFan) }
     }
   } finally {
     await Promise.allSettled([node1.dispose(), node2.dispose()])
@@ -133,9 +133,9 @@ export const clusterMarkdown = (c: Awaited<ReturnType<typeof cluster>> | undefin
     "",
     `| scenario | p50 / p90 / p99 ms | throughput | cluster / single | errors |`,
     `| --- | --- | --- | --- | --- |`,
-    `| cycle, single node, sequential | ${ms(c.single.cycle)} | ${round(1000 / c.single.cycle.mean, 0)}/s | | |`,
+    `| cycle, single node, sequential (alternating with the next) | ${ms(c.single.cycle)} | ${round(1000 / c.single.cycle.mean, 0)}/s | | |`,
     `| cycle, Galera via node 1, RabbitMQ A → B, sequential | ${ms(c.galera.cycle)} | ${round(1000 / c.galera.cycle.mean, 0)}/s | p50 ${c.galera.cycle.p50Ratio} × | ${failures(c.galera.cycle)} |`,
-    `| fan-out 64 jobs x 8 targets, single node | ${ms(c.single.fanOut.latency)} | ${round(c.single.fanOut.cyclesPerSecond, 0)}/s | | |`,
+    `| fan-out 64 jobs x 8 targets, single node, ${c.seconds} s | ${ms(c.single.fanOut.latency)} | ${round(c.single.fanOut.cyclesPerSecond, 0)}/s | | |`,
     `| fan-out 64 x 8, Galera via node 1, ${c.seconds} s | ${ms(c.galera.fanOut.latency)} | ${round(c.galera.fanOut.cyclesPerSecond, 0)}/s | rate ${c.galera.fanOut.rateRatio} ×, p99 ${c.galera.fanOut.p99Ratio} × | ${failures(c.galera.fanOut)} |`,
     `| fan-out 64 x 8, Galera multi-writer (nodes 1 and 2), ${c.seconds} s | ${ms(c.multiWriter.fanOut.latency)} | ${round(c.multiWriter.fanOut.cyclesPerSecond, 0)}/s | rate ${c.multiWriter.fanOut.rateRatio} ×, p99 ${c.multiWriter.fanOut.p99Ratio} × | ${failures(c.multiWriter.fanOut)} |`
   ]

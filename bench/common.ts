@@ -86,15 +86,29 @@ const timedCycle = async (rt: Runtime, jobid: number, target: string, host: stri
   return undefined
 }
 
-export const sequential = async (rt: Runtime, n: number, target: string, host: string, firstJob: number, errors?: Errors) => {
-  for (let i = 0; i < 50; i++) await timedCycle(rt, firstJob + i, target, host, errors)
-  const samples: Array<number> = []
+/**
+ * `n` sequential cycles of `target` on each client in turn (one cycle on each, then the next), so that
+ * every client sees the same load of a shared machine; the figures of each, in order.
+ */
+export const alternating = async (
+  clients: ReadonlyArray<{ readonly rt: Runtime; readonly host: string; readonly errors?: Errors | undefined }>,
+  n: number,
+  target: string,
+  firstJob: number
+): Promise<Array<Stats>> => {
+  for (let i = 0; i < 50; i++) for (const c of clients) await timedCycle(c.rt, firstJob + i, target, c.host, c.errors)
+  const samples = clients.map((): Array<number> => [])
   for (let i = 0; i < n; i++) {
-    const ms = await timedCycle(rt, firstJob + 100 + i, target, host, errors)
-    if (ms !== undefined) samples.push(ms)
+    for (const [k, c] of clients.entries()) {
+      const ms = await timedCycle(c.rt, firstJob + 100 + i, target, c.host, c.errors)
+      if (ms !== undefined) samples[k]!.push(ms)
+    }
   }
-  return stats(samples)
+  return samples.map(stats)
 }
+
+export const sequential = async (rt: Runtime, n: number, target: string, host: string, firstJob: number) =>
+  (await alternating([{ rt, host }], n, target, firstJob))[0]!
 
 /**
  * `jobs` workers, each cycling its own job on its target (jobs % targets) and host, for `seconds`. Given

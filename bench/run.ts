@@ -283,18 +283,7 @@ const main = async () => {
       await memRt.dispose()
     })
     await scenario("cluster", async () => {
-      // The single node's figures of this run when its scenarios ran, else measured the same way.
-      const clusterSeconds = quick ? 5 : 10
-      const clusterN = quick ? 200 : 500
-      results.cluster = await cluster({
-        n: clusterN,
-        seconds: clusterSeconds,
-        hostPrefix: HOST_PREFIX,
-        single: async () => ({
-          cycle: results.cycle ?? (await sequential(mysqlRt, clusterN, "cseq-target", host, 430_000_000)),
-          fanOut: results.fanOut?.["64 jobs x 8 targets, 1 host"] ?? (await fanOut(mysqlRt, 64, 8, [host], clusterSeconds, 440_000_000))
-        })
-      })
+      results.cluster = await cluster({ n: quick ? 200 : 500, seconds: quick ? 5 : 10, hostPrefix: HOST_PREFIX, single: { rt: mysqlRt, host } })
     })
   } finally {
     await mysqlRt.dispose()
