@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS backup_target_mount_ledger (
 -- that pair are changed, the path and type (nfs | s3) the target is mounted with on the host, the
 -- operation whose outcome is not yet known (pending_op, until pending_deadline, on pending_path with
 -- pending_type, marked by the lease owner pending_owner), and the client process that reserved the next
--- turn (waiter, refreshed at waiter_at while it polls). lock_key = hex SHA-1 of backup_target_id, a NUL
+-- turn (waiter, refreshed at waiter_at while it polls), and the token of the last fenced write
+-- (last_write: a write whose commit outcome is unknown checks it before it is applied again). lock_key = hex SHA-1 of backup_target_id, a NUL
 -- byte, and host.
 CREATE TABLE IF NOT EXISTS backup_target_mount_lock (
     lock_key CHAR(40) NOT NULL PRIMARY KEY,
@@ -46,6 +47,7 @@ CREATE TABLE IF NOT EXISTS backup_target_mount_lock (
     pending_owner CHAR(36) NULL,
     pending_path VARCHAR(4096) NULL,
     pending_type VARCHAR(8) NULL,
+    last_write CHAR(36) NULL,
 
     INDEX idx_lock_host (host)
 );

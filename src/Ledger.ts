@@ -18,9 +18,6 @@ import * as Redacted from "effect/Redacted"
 import * as Schema from "effect/Schema"
 import * as Either from "effect/Either"
 import * as Cause from "effect/Cause"
-import * as MysqlClient from "@effect/sql-mysql2/MysqlClient"
-import { SqlError } from "@effect/sql/SqlError"
-import * as Mysql from "mysql2"
 import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
 import * as fs from "node:fs"
 import * as path from "node:path"
@@ -33,7 +30,9 @@ import * as LeaseAcquire from "./internal/leaseAcquire.js"
 import * as LeaseHold from "./internal/leaseHold.js"
 import * as LeaseRenewer from "./internal/leaseRenewer.js"
 import * as MemoryStore from "./internal/memoryStore.js"
+import * as MysqlNodes from "./internal/mysqlNodes.js"
 import * as SqlStore from "./internal/sqlStore.js"
+import * as StoreRetry from "./internal/storeRetry.js"
 import { lockKey, type Store } from "./internal/store.js"
 import * as Urls from "./internal/urls.js"
 
@@ -66,7 +65,28 @@ export interface LedgerEntry {
  */
 export interface PendingOperation {
   readonly op: Protocol.Action
+  /** After it no stale request can still run (as the database's clock puts it, for a mark read from the ledger). */
   readonly deadline: Date
+  /**
+   * Milliseconds from the read to the deadline by the database's clock (negative once it passed): what a
+   * client waits, whatever its own clock says, so clients with skewed clocks agree.
+   */
+  readonly remainingMs: number
+  /** The path the operation was sent for (where a mount whose outcome is unknown may have landed). */
+  readonly mountPath?: string | null | undefined
+  readonly targetType?: "nfs" | "s3" | null | undefined
+}
+
+/**
+ * A pending mark to write: due `timeoutMs` after the write, by the database's clock (0 or less: due at
+ * once, for the next operation to resolve without waiting).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface PendingMark {
+  readonly op: Protocol.Action
+  readonly timeoutMs: number
   /** The path the operation was sent for (where a mount whose outcome is unknown may have landed). */
   readonly mountPath?: string | null | undefined
   readonly targetType?: "nfs" | "s3" | null | undefined
@@ -105,7 +125,7 @@ export interface LeaseWrite {
   readonly job?: { readonly jobId: number; readonly mounted: boolean; readonly entryId?: number | null | undefined } | undefined
   readonly mountPath?: string | null | undefined
   readonly targetType?: "nfs" | "s3" | null | undefined
-  readonly pending?: PendingOperation | null | undefined
+  readonly pending?: PendingMark | null | undefined
   /** Releases the lease in the same transaction (the operation is done). */
   readonly release?: boolean | undefined
 }
@@ -272,6 +292,12 @@ export interface LeaseOptions {
   readonly renewInterval?: Duration.DurationInput | undefined
   /** Default time to wait for a lock, when a call gives none. Default 330 s (request timeout + 30 s). */
   readonly lockTimeout?: Duration.DurationInput | undefined
+  /**
+   * How long one statement is retried after passing database errors (a Galera certification failure,
+   * a lock wait timeout, a node not ready, a lost connection) before its `DatabaseError` is the
+   * caller's. Default 15 s: longer than the ~6 s a Galera cluster stalls writes after losing a node.
+   */
+  readonly retryTimeout?: Duration.DurationInput | undefined
 }
 
 /** Where a store's tables are ({@link Service.location}); unset, a location of its own. */
@@ -281,6 +307,7 @@ interface StoreOptions extends LeaseOptions {
 
 const DEFAULT_LEASE = Duration.seconds(30)
 const DEFAULT_LOCK_TIMEOUT = Duration.seconds(330)
+const DEFAULT_RETRY_TIMEOUT = Duration.seconds(15)
 
 /**
  * The largest `limit` accepted by `getLedgerHistory`.
@@ -310,7 +337,8 @@ const HistoryLimit = Schema.Int.pipe(Schema.between(1, MAX_HISTORY_LIMIT))
  * @since 0.1.0
  * @category constructors
  */
-export const make = (store: Store, options: LeaseOptions & { readonly location?: string | undefined } = {}): Service => {
+export const make = (backend: Store, options: LeaseOptions & { readonly location?: string | undefined } = {}): Service => {
+  const store = StoreRetry.store(backend, Duration.decode(options.retryTimeout ?? DEFAULT_RETRY_TIMEOUT))
   const leaseMs = Math.max(1, Math.round(Duration.toMillis(options.leaseDuration ?? DEFAULT_LEASE)))
   const renewEvery = Duration.decode(options.renewInterval ?? Duration.millis(Math.max(1, Math.floor(leaseMs / 3))))
   const defaultLockTimeout = Duration.decode(options.lockTimeout ?? DEFAULT_LOCK_TIMEOUT)
@@ -422,17 +450,19 @@ const fromStore = <E, R>(
  * @category models
  */
 export interface MysqlOptions extends LeaseOptions {
-  /** `mysql://user:password@host:3306/database` (or SQLAlchemy's `mysql+pymysql://…`). */
-  readonly url: string | Redacted.Redacted<string>
   /**
-   * Connections for the lease's statements (take, read, write, release). Default 10. Queries, schema
-   * checks and soft deletes use a second pool of at most 4.
+   * `mysql://user:password@host:3306/database` (or SQLAlchemy's `mysql+pymysql://…`). Several nodes,
+   * `mysql://user:password@h1:3307,h2:3308,h3:3309/database`, are tried in order: every statement goes
+   * to the first that answers (a Galera cluster's nodes, without a proxy in front).
    */
+  readonly url: string | Redacted.Redacted<string>
+  /** Connections per database node. Default 10. */
   readonly maxConnections?: number | undefined
 }
 
 /**
- * The ledger on MySQL or MariaDB (Galera-safe: a lease table, no `GET_LOCK`). Creates the tables if
+ * The ledger on MySQL or MariaDB, a Galera cluster included (a lease table, no `GET_LOCK`; every
+ * statement retried after the errors a cluster produces as a matter of course). Creates the tables if
  * missing and refuses a ledger table of another shape.
  *
  * @since 0.1.0
@@ -448,46 +478,23 @@ export const layerMysql = (
       DmsError.invalid("config", "db_url", typeof location === "string" ? location : "expected a mysql:// URL")
     )
   }
-  const maxConnections = options.maxConnections ?? 10
-  // DATETIME values are UTC (every write uses UTC_TIMESTAMP()), so read them as UTC.
-  const poolConfig = { timezone: "Z", connectTimeout: 10_000 }
-  // Queries, schema checks and soft deletes go through @effect/sql; the lease's own statements through
-  // a plain mysql2 pool (see SqlStore.make).
-  const client = MysqlClient.layer({
-    host: location.host,
-    port: location.port,
-    database: location.database,
-    username: location.user,
-    password: location.password,
-    maxConnections: Math.min(4, maxConnections),
-    poolConfig
-  })
-  const leasePool = Effect.acquireRelease(
-    Effect.sync(() =>
-      Mysql.createPool({
-        ...poolConfig,
-        host: location.host,
-        port: location.port,
-        database: location.database,
-        ...(location.user === undefined ? {} : { user: location.user }),
-        ...(location.password === undefined ? {} : { password: Redacted.value(location.password) }),
-        connectionLimit: maxConnections,
-        multipleStatements: true,
-        supportBigNumbers: true
-      })
-    ),
-    (pool) => Effect.async<void>((resume) => void pool.end(() => resume(Effect.void)))
+  const store = Effect.flatMap(
+    MysqlNodes.make(location.nodes, {
+      user: location.user,
+      password: location.password,
+      database: location.database,
+      connectionLimit: options.maxConnections ?? 10
+    }),
+    (nodes) =>
+      Effect.zipRight(
+        // Connect first, so an unreachable server is named as such rather than as a failed schema check.
+        Effect.mapError(nodes.query("SELECT 1", []), (e) => new DmsError.DatabaseError({ operation: `connect to ${Urls.redactUrl(raw)}`, cause: e.cause })),
+        SqlStore.makeMysql(nodes.query)
+      )
   )
-  const store = Effect.flatMap(leasePool, (pool) =>
-    SqlStore.make("mysql", (text, params) =>
-      Effect.async<unknown, SqlError>((resume) => {
-        pool.query({ sql: text, values: params as Array<unknown> }, (cause, result) =>
-          resume(cause ? Effect.fail(new SqlError({ cause, message: "Failed to execute statement" })) : Effect.succeed(result))
-        )
-      })))
-  const where = `mysql://${location.host.toLowerCase()}:${location.port}/${location.database}`
+  const nodes = location.nodes.map((n) => `${n.host.toLowerCase()}:${n.port}`).join(",")
+  const where = `mysql://${nodes}/${location.database}`
   return Layer.scoped(Ledger, Effect.map(store, (s) => make(s, { ...options, location: where }))).pipe(
-    Layer.provide(client),
     Layer.catchAllCause((cause) => Layer.fail(buildError(`connect to ${Urls.redactUrl(raw)}`)(cause)))
   )
 }
@@ -518,7 +525,7 @@ export const layerSqlite = (
       try: () => {
         if (options.filename !== ":memory:") fs.mkdirSync(path.dirname(path.resolve(options.filename)), { recursive: true })
         const where = options.filename === ":memory:" ? undefined : `sqlite:${path.resolve(options.filename)}`
-        return fromStore(SqlStore.make("sqlite"), { ...options, location: where }).pipe(
+        return fromStore(SqlStore.makeSqlite, { ...options, location: where }).pipe(
           Layer.provide(SqliteClient.layer({ filename: options.filename }))
         )
       },

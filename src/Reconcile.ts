@@ -378,15 +378,15 @@ const repairPair = (
       const out: PairOutcome = {}
       const grace = Duration.toMillis(Operation.PENDING_GRACE)
       let state = yield* lease.read()
-      const now = yield* Clock.currentTimeMillis
-      const past = () => new Date(now - grace)
+      // A mark due at once (as far back as the grace), for the next operation to resolve without waiting.
+      const past = () => -grace
       const requestPathDiffers = request !== undefined && Option.isSome(state.mountPath) &&
         state.mountPath.value !== request.backup_target.filesystem_export_mount_path
 
       if (Option.isSome(state.pending)) {
         const pending = state.pending.value
         if (!findings.pending) out.foundPending = pending
-        if (pending.deadline.getTime() + grace > now) {
+        if (pending.remainingMs + grace > 0) {
           // A request of that operation may still run on the host: nothing about the pair is settled.
           const why = `an earlier ${pending.op} of unknown outcome may still run until ${pending.deadline.toISOString()}`
           out.pending = outcome("left", `${why}; the next operation on the target waits for it and resolves it`)
@@ -477,7 +477,7 @@ const repairPair = (
           yield* lease.write({ pending: null })
           out.stale = outcome("remounted", reply.success_msg ?? `mounted at ${target.mountPath}`)
         } else {
-          yield* lease.write({ pending: { op: "mount", deadline: past() } })
+          yield* lease.write({ pending: { op: "mount", timeoutMs: past() } })
           out.stale = outcome(
             "failed",
             `the server could not remount it: ${reply.error_msg ?? "no message"}; marked, so the next operation on the target tries again`
@@ -485,7 +485,7 @@ const repairPair = (
         }
         return out
       }
-      yield* lease.write({ pending: { op: "mount", deadline: past() } })
+      yield* lease.write({ pending: { op: "mount", timeoutMs: past() } })
       out.stale = outcome(
         "marked",
         `${reason}; ${requestPathDiffers ? "the given request has another mount path; " : ""}` +
@@ -574,7 +574,7 @@ export const reconcile = (
           backupTargetId: l.backupTargetId,
           op: p.op,
           deadline: p.deadline,
-          expired: p.deadline.getTime() + grace <= now,
+          expired: p.remainingMs + grace <= 0,
           jobIds: (holders.get(l.backupTargetId) ?? []).map((r) => r.jobId),
           ...none
         }]

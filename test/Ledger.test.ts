@@ -61,10 +61,9 @@ for (const [name, backendLayer] of backends) {
           const ledger = yield* (yield* Backend).build()
           const host = `host-${randomBytes(4).toString("hex")}`
           const [a, b] = [`a-'"\\%_${target()}`, `b-${target()}`]
-          const deadline = new Date(Date.UTC(2030, 0, 2, 3, 4, 5, 678))
           yield* ledger.withTargetLock(a, host, (lease) =>
             lease.write({ job: { jobId: 7, mounted: true }, mountPath: "/m/a'%_", targetType: "s3" }))
-          const mark = { op: "unmount" as const, deadline, mountPath: "/m/b", targetType: "nfs" as const }
+          const mark = { op: "unmount" as const, timeoutMs: 3_600_000, mountPath: "/m/b", targetType: "nfs" as const }
           yield* ledger.withTargetLock(b, host, (lease) => lease.write({ pending: mark }))
           yield* ledger.withTargetLock(a, "elsewhere", (lease) => lease.write({ job: { jobId: 8, mounted: true } }))
           const state = yield* ledger.getHostState(host)
@@ -76,13 +75,15 @@ for (const [name, backendLayer] of backends) {
               l.host,
               Option.getOrNull(l.mountPath),
               Option.getOrNull(l.targetType),
-              Option.getOrNull(l.pending)
+              Option.getOrNull(Option.map(l.pending, (p) => [p.op, p.mountPath, p.targetType]))
             ]),
             [
               [a, host, "/m/a'%_", "s3", null],
-              [b, host, null, null, mark]
+              [b, host, null, null, ["unmount", "/m/b", "nfs"]]
             ]
           )
+          const due = Option.getOrThrow(state.locks[1]!.pending).remainingMs
+          assert.isTrue(due > 3_500_000 && due <= 3_600_000, `due in ${due} ms`)
           assert.deepStrictEqual(state.holders.map((h) => [h.backupTargetId, h.host, h.jobId, h.mounted]), [[a, host, 7, true]])
           assert.deepStrictEqual(yield* ledger.getHostState(`none-${host}`), { host: `none-${host}`, locks: [], holders: [] })
           const invalid = yield* Effect.flip(ledger.getHostState(""))
@@ -173,11 +174,12 @@ for (const [name, backendLayer] of backends) {
         Effect.gen(function*() {
           const ledger = yield* (yield* Backend).build()
           const t = target()
-          const deadline = new Date(Date.now() + 12_345)
-          const mark = { op: "mount" as const, deadline, mountPath: "/m/p", targetType: "nfs" as const }
+          const mark = { op: "mount" as const, timeoutMs: 12_345, mountPath: "/m/p", targetType: "nfs" as const }
           yield* ledger.withTargetLock(t, HOST, (lease) => lease.write({ pending: mark, mountPath: "/m/p", targetType: "nfs" }))
           const seen = yield* ledger.withTargetLock(t, HOST, (lease) => lease.read())
-          assertSome(seen.pending, mark)
+          const pending = Option.getOrThrow(seen.pending)
+          assert.deepStrictEqual([pending.op, pending.mountPath, pending.targetType], ["mount", "/m/p", "nfs"])
+          assert.isTrue(pending.remainingMs > 0 && pending.remainingMs <= 12_345, `due in ${pending.remainingMs} ms`)
           assertSome(seen.mountPath, "/m/p")
           assertSome(seen.targetType, "nfs")
           yield* ledger.withTargetLock(t, HOST, (lease) => lease.write({ pending: null }))
@@ -211,7 +213,9 @@ for (const [name, backendLayer] of backends) {
           // does not replace it.
           const next = yield* ledger.withTargetLock(t, HOST, (lease) =>
             Effect.map(lease.read(7), (state) => ({ state, own: lease.ownMark() })), withMark("/m/second"))
-          assertSome(next.state.pending, { op: "mount", deadline: ownMark.deadline, mountPath: "/m/first", targetType: "s3" })
+          const earlier = Option.getOrThrow(next.state.pending)
+          assert.deepStrictEqual([earlier.op, earlier.mountPath, earlier.targetType], ["mount", "/m/first", "s3"])
+          assert.isTrue(earlier.remainingMs > 0 && earlier.remainingMs <= 20_000, `due in ${earlier.remainingMs} ms`)
           assertNone(next.own)
           // Its release left the earlier mark alone; clearing it lets the next operation mark its own.
           yield* ledger.withTargetLock(t, HOST, (lease) => lease.write({ pending: null }))

@@ -81,15 +81,15 @@ const settled = (check: () => boolean) =>
 const pastDeadline = (ledger: Ledger.Service, host: string, target: string) =>
   Effect.gen(function*() {
     const lock = (yield* ledger.getHostState(host)).locks.find((l) => l.backupTargetId === target)
-    const deadline = Option.getOrThrow(Option.flatMap(Option.fromNullable(lock), (l) => l.pending)).deadline
-    const wait = deadline.getTime() + Duration.toMillis(Mount.PENDING_GRACE) - Date.now() + 20
+    const pending = Option.getOrThrow(Option.flatMap(Option.fromNullable(lock), (l) => l.pending))
+    const wait = pending.remainingMs + Duration.toMillis(Mount.PENDING_GRACE) + 20
     if (wait > 0) yield* Effect.sleep(Duration.millis(wait))
   })
 
-/** Writes a pending mark as a client killed mid-request leaves it (its deadline long past). */
-const leaveMark = (ledger: Ledger.Service, host: string, target: string, op: "mount" | "unmount", deadline: Date) =>
+/** Writes a pending mark as a client killed mid-request leaves it, due `timeoutMs` from now (negative: long past). */
+const leaveMark = (ledger: Ledger.Service, host: string, target: string, op: "mount" | "unmount", timeoutMs: number) =>
   ledger.withTargetLock(target, host, (lease) =>
-    lease.write({ pending: { op, deadline }, mountPath: pathOf(target), targetType: "nfs" }))
+    lease.write({ pending: { op, timeoutMs }, mountPath: pathOf(target), targetType: "nfs" }))
 
 const actions = (server: FakeServer.FakeServer, host: string) =>
   server.received.filter((r) => r.host === host).map((r) => r.action)
@@ -186,7 +186,7 @@ for (const [name, backendLayer] of backends) {
           const held = unique("held")
           const free = unique("free")
           yield* run(Mount.mount(nfs(5, held, host)))
-          const longAgo = new Date(Date.now() - 60_000)
+          const longAgo = -60_000
           yield* leaveMark(ledger, host, held, "mount", longAgo)
           yield* leaveMark(ledger, host, free, "unmount", longAgo)
           const report = yield* run(Reconcile.reconcile(host, { repair: true }))
@@ -206,8 +206,8 @@ for (const [name, backendLayer] of backends) {
           const t = unique("t")
           // A client died mid-request; its request may still reach the server until the deadline.
           server.mounts.set(host, new Map([[pathOf(t), t]]))
-          const deadline = new Date(Date.now() + 60_000)
-          yield* leaveMark(ledger, host, t, "mount", deadline)
+          yield* leaveMark(ledger, host, t, "mount", 60_000)
+          const { deadline } = Option.getOrThrow((yield* ledger.getHostState(host)).locks[0]!.pending)
           const report = yield* run(Reconcile.reconcile(host, { repair: true }))
           assert.deepStrictEqual(report.pending.map((p) => [p.backupTargetId, p.expired, p.action]), [[t, false, "left"]])
           assert.deepStrictEqual(report.orphans.map((o) => [o.backupTargetId, o.action]), [[t, "left"]])
@@ -263,7 +263,7 @@ for (const [name, backendLayer] of backends) {
           yield* run(Mount.mount(nfs(1, held, host)))
           // A mount that completed after its client was killed (mark left), and a mark on the held target.
           server.mounts.get(host)!.set(pathOf(late), late)
-          const longAgo = new Date(Date.now() - 60_000)
+          const longAgo = -60_000
           yield* leaveMark(ledger, host, late, "mount", longAgo)
           yield* leaveMark(ledger, host, held, "mount", longAgo)
 

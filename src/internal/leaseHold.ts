@@ -9,7 +9,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import * as DmsError from "../DmsError.js"
-import type { Lease, PendingOperation, Service, TargetState } from "../Ledger.js"
+import type { Lease, PendingMark, PendingOperation, Service, TargetState } from "../Ledger.js"
 import type { LockKey, Store, StoreState } from "./store.js"
 
 /** Whether an operation holds its lease, and whether it has started to give it back. */
@@ -61,9 +61,20 @@ export const make = (settings: Settings, key: LockKey, owner: string, options: L
   // The target's state, when the backend read it with the lease (one round trip less); handed to
   // the body's first read of the same job if nothing was written before it.
   let prefetched: TargetState | undefined
+  // Our own mark's deadline is kept on this process's clock: it is the deadline of the request we send.
+  const local = (mark: PendingMark, now: number): PendingOperation => ({
+    op: mark.op,
+    deadline: new Date(now + mark.timeoutMs),
+    remainingMs: mark.timeoutMs,
+    mountPath: mark.mountPath,
+    targetType: mark.targetType
+  })
+  let takenAt = 0
   const ownState = (s: StoreState): TargetState => {
     const mine = s.pendingOwner === owner && Option.isSome(s.pending)
-    if (mine && own === undefined) own = s.pending.value
+    if (mine && own === undefined && markSpec !== undefined) {
+      own = local({ ...s.pending.value, timeoutMs: markTimeoutMs }, takenAt)
+    }
     return {
       holders: s.holders,
       job: s.job,
@@ -75,9 +86,10 @@ export const make = (settings: Settings, key: LockKey, owner: string, options: L
 
   const take = Effect.flatMap(Clock.currentTimeMillis, (now) => {
     state.held = true
-    const mark: PendingOperation | undefined = markSpec === undefined ? undefined : {
+    takenAt = now
+    const mark: PendingMark | undefined = markSpec === undefined ? undefined : {
       op: markSpec.op,
-      deadline: new Date(now + markTimeoutMs),
+      timeoutMs: markTimeoutMs,
       mountPath: markSpec.mountPath,
       targetType: markSpec.targetType
     }
@@ -113,17 +125,15 @@ export const make = (settings: Settings, key: LockKey, owner: string, options: L
         Effect.suspend(() => {
           prefetched = undefined
           if (changes.release === true) state.releasing = true
-          return store.write(key, owner, leaseMs, changes)
+          return Effect.zip(store.write(key, owner, leaseMs, changes), Clock.currentTimeMillis)
         }).pipe(
-          Effect.tap(() =>
-            Effect.sync(() => {
-              if (changes.release === true) state.held = false
-              if (changes.pending !== undefined) {
-                own = changes.pending ?? undefined
-                unpublished = false
-              }
-            })
-          )
+          Effect.map(([, now]) => {
+            if (changes.release === true) state.held = false
+            if (changes.pending !== undefined) {
+              own = changes.pending === null ? undefined : local(changes.pending, now)
+              unpublished = false
+            }
+          })
         )),
     softDelete: (entryId) =>
       whileHeld("softDeleteEntry", () =>

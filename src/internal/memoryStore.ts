@@ -6,7 +6,7 @@ import * as Clock from "effect/Clock"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import { DatabaseError } from "../DmsError.js"
-import type { LedgerEntry, PendingOperation } from "../Ledger.js"
+import type { LedgerEntry, PendingMark, PendingOperation } from "../Ledger.js"
 import type { LockKey, Store } from "./store.js"
 import { leaseLostReason, RESERVATION_MS } from "./store.js"
 import { VERSION } from "./version.js"
@@ -16,11 +16,33 @@ interface LockRow {
   expiresAt: number
   mountPath: string | null
   targetType: "nfs" | "s3" | null
-  pending: PendingOperation | null
+  pending: StoredMark | null
   pendingOwner: string | null
   waiter: string | null
   waiterAt: number
 }
+
+/** A pending mark as the table keeps it: its deadline, on Effect's `Clock`. */
+interface StoredMark {
+  readonly op: PendingMark["op"]
+  readonly deadlineMs: number
+  readonly mountPath: string | null
+  readonly targetType: "nfs" | "s3" | null
+}
+const stored = (mark: PendingMark, now: number): StoredMark => ({
+  op: mark.op,
+  deadlineMs: now + mark.timeoutMs,
+  mountPath: mark.mountPath ?? null,
+  targetType: mark.targetType ?? null
+})
+const pendingAt = (mark: StoredMark | null | undefined, now: number): Option.Option<PendingOperation> =>
+  mark === null || mark === undefined ? Option.none() : Option.some({
+    op: mark.op,
+    deadline: new Date(mark.deadlineMs),
+    remainingMs: mark.deadlineMs - now,
+    mountPath: mark.mountPath,
+    targetType: mark.targetType
+  })
 
 type MutableEntry = { -readonly [K in keyof LedgerEntry]: LedgerEntry[K] }
 
@@ -79,13 +101,14 @@ export const make = (state: MemoryState = makeState()): Store => {
             expiresAt: now + leaseMs,
             mountPath: null,
             targetType: null,
-            pending: mark ?? null,
+            pending: mark === undefined ? null : stored(mark, now),
             pendingOwner: mark === undefined ? null : owner,
             waiter: null,
             waiterAt: 0
           })
           return true
         }
+        if (row.owner === owner) return true // a retried take that had taken it
         const open = row.waiter === null || row.waiter === client || row.waiterAt < now - RESERVATION_MS
         if ((row.owner !== null && row.expiresAt >= now) || !open) {
           if (open) {
@@ -98,7 +121,7 @@ export const make = (state: MemoryState = makeState()): Store => {
         row.expiresAt = now + leaseMs
         if (row.waiter === client) row.waiter = null
         if (mark !== undefined && row.pending === null) {
-          row.pending = mark
+          row.pending = stored(mark, now)
           row.pendingOwner = owner
         }
         return true
@@ -118,7 +141,7 @@ export const make = (state: MemoryState = makeState()): Store => {
         if (clearOwnMark && row.pendingOwner === owner) row.pending = null
       }),
     read: (key, jobId) =>
-      Effect.sync(() => {
+      withNow((now) => {
         const lock = state.locks.get(key.key)
         const own = jobRows(key, jobId).filter((r) => !r.deleted)
         const holders = [...(state.holders.get(key.key) ?? [])].sort((a, b) => a.id - b.id)
@@ -127,7 +150,7 @@ export const make = (state: MemoryState = makeState()): Store => {
           job: Option.map(Option.fromNullable(own[own.length - 1]), copy),
           mountPath: Option.fromNullable(lock?.mountPath ?? null),
           targetType: Option.fromNullable(lock?.targetType ?? null),
-          pending: Option.fromNullable(lock?.pending ?? null),
+          pending: pendingAt(lock?.pending, now),
           pendingOwner: lock?.pending == null ? null : lock.pendingOwner
         }
       }),
@@ -139,7 +162,7 @@ export const make = (state: MemoryState = makeState()): Store => {
         if (w.mountPath !== undefined) lock.mountPath = w.mountPath
         if (w.targetType !== undefined) lock.targetType = w.targetType
         if (w.pending !== undefined) {
-          lock.pending = w.pending
+          lock.pending = w.pending === null ? null : stored(w.pending, now)
           lock.pendingOwner = w.pending === null ? null : owner
         }
         if (w.release === true) lock.owner = null
@@ -208,7 +231,7 @@ export const make = (state: MemoryState = makeState()): Store => {
       ),
     ping: Effect.void,
     getHostState: (host) =>
-      Effect.sync(() => ({
+      withNow((now) => ({
         host,
         locks: [...state.locks.entries()]
           .flatMap(([k, lock]) => {
@@ -218,7 +241,7 @@ export const make = (state: MemoryState = makeState()): Store => {
               host,
               mountPath: Option.fromNullable(lock.mountPath),
               targetType: Option.fromNullable(lock.targetType),
-              pending: Option.fromNullable(lock.pending)
+              pending: pendingAt(lock.pending, now)
             }]
           })
           .sort((a, b) => (a.backupTargetId < b.backupTargetId ? -1 : a.backupTargetId > b.backupTargetId ? 1 : 0)),

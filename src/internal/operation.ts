@@ -147,12 +147,13 @@ export const send = (
     if (Option.isSome(own) && resolving === undefined) {
       deadline = own.value.deadline.getTime()
     } else {
-      deadline = (yield* Clock.currentTimeMillis) + Duration.toMillis(e.config.requestTimeout)
+      const timeoutMs = Duration.toMillis(e.config.requestTimeout)
+      deadline = (yield* Clock.currentTimeMillis) + timeoutMs
       // While resolving, the mark keeps the earlier operation's path: a mount of unknown outcome may be there.
       yield* lease.write({
         pending: {
           op: action,
-          deadline: new Date(deadline),
+          timeoutMs,
           mountPath: resolving?.mountPath ?? mountPath,
           targetType: resolving?.targetType ?? type
         }
@@ -166,7 +167,11 @@ export const send = (
       deadline
     }).pipe(
       Effect.interruptible,
-      Effect.tapError((error) => neverPublished(error) ? lease.write({ pending: resolving ?? null }) : Effect.void)
+      Effect.tapError((error) =>
+        neverPublished(error)
+          ? lease.write({ pending: resolving === undefined ? null : { ...resolving, timeoutMs: resolving.remainingMs } })
+          : Effect.void
+      )
     )
   })
 
@@ -205,8 +210,8 @@ export const resolvePending = (e: Env, lease: Ledger.Lease, target: Target, stat
   Effect.gen(function*() {
     if (Option.isNone(state.pending)) return { state, remounted: false }
     const pending = state.pending.value
-    const now = yield* Clock.currentTimeMillis
-    const wait = pending.deadline.getTime() + Duration.toMillis(PENDING_GRACE) - now
+    // The database's clock says how long is left: a client whose clock is behind waits as long.
+    const wait = Math.ceil(pending.remainingMs + Duration.toMillis(PENDING_GRACE))
     if (wait > 0) {
       yield* Effect.logInfo(`waiting ${wait} ms for an earlier ${pending.op} whose outcome is unknown to expire`)
       yield* Effect.interruptible(Effect.sleep(Duration.millis(wait)))
@@ -228,7 +233,7 @@ export const resolvePending = (e: Env, lease: Ledger.Lease, target: Target, stat
       yield* lease.write({
         pending: {
           op: desired,
-          deadline: new Date(yield* Clock.currentTimeMillis),
+          timeoutMs: 0,
           mountPath: pending.mountPath ?? mountPath,
           targetType: pending.targetType ?? type
         }

@@ -2,11 +2,11 @@
  * The ledger's tables: the DDL of both backends (the MySQL one from schema.sql), the columns this client
  * needs, and the check (and creation) of the tables.
  */
-import type * as SqlClient from "@effect/sql/SqlClient"
+import type { SqlError } from "@effect/sql/SqlError"
 import * as Effect from "effect/Effect"
 import * as fs from "node:fs"
 import { DatabaseError } from "../DmsError.js"
-import { type Dialect, sqliteNow, sqliteNowSeconds, toDatabaseError, truthy } from "./sqlDialect.js"
+import { type Dialect, sqliteNow, sqliteNowSeconds, type Statements, toDatabaseError, truthy } from "./sqlDialect.js"
 
 export const LEDGER_TABLE = "backup_target_mount_ledger"
 export const LOCK_TABLE = "backup_target_mount_lock"
@@ -59,7 +59,8 @@ export const sqliteDdl: ReadonlyArray<string> = [
     updated_at TEXT NOT NULL DEFAULT (${sqliteNow}),
     pending_owner TEXT NULL,
     pending_path TEXT NULL,
-    pending_type TEXT NULL
+    pending_type TEXT NULL,
+    last_write TEXT NULL
   )`,
   `CREATE INDEX IF NOT EXISTS idx_lock_host ON backup_target_mount_lock (host)`
 ]
@@ -93,20 +94,24 @@ const lockColumns = [
 const addedLockColumns: ReadonlyArray<readonly [string, string, string]> = [
   ["pending_owner", "CHAR(36) NULL", "TEXT NULL"],
   ["pending_path", "VARCHAR(4096) NULL", "TEXT NULL"],
-  ["pending_type", "VARCHAR(8) NULL", "TEXT NULL"]
+  ["pending_type", "VARCHAR(8) NULL", "TEXT NULL"],
+  ["last_write", "CHAR(36) NULL", "TEXT NULL"]
 ]
 
 /**
  * Creates the tables if missing and checks that existing ones have our shape. The Python client's ledger
  * (keyed by jobid, backup_target_id, host) is refused: it cannot be shared.
  */
-export const migrate = (sql: SqlClient.SqlClient, dialect: Dialect): Effect.Effect<void, DatabaseError> =>
+export const migrate = (sql: Statements, dialect: Dialect): Effect.Effect<void, DatabaseError> =>
   Effect.gen(function*() {
     const columnsOf = (table: string) =>
-      dialect.name === "mysql"
-        ? sql<{ name: string; pk: unknown }>`SELECT COLUMN_NAME AS name, (COLUMN_KEY = 'PRI') AS pk
-            FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ${table}`
-        : sql<{ name: string; pk: unknown }>`SELECT name, pk FROM pragma_table_info(${table})`
+      sql.query(
+        dialect.name === "mysql"
+          ? `SELECT COLUMN_NAME AS name, (COLUMN_KEY = 'PRI') AS pk
+              FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?`
+          : `SELECT name, pk FROM pragma_table_info(?)`,
+        [table]
+      ) as Effect.Effect<ReadonlyArray<{ name: string; pk: unknown }>, SqlError>
     const check = (table: string, expected: ReadonlyArray<string>, primaryKey: string) =>
       Effect.gen(function*() {
         const cols = yield* columnsOf(table)
@@ -145,9 +150,9 @@ export const migrate = (sql: SqlClient.SqlClient, dialect: Dialect): Effect.Effe
     if (lockHas.length > 0) {
       for (const [column, mysqlType, sqliteType] of addedLockColumns) {
         if (!lockHas.includes(column)) {
-          yield* sql.unsafe(`ALTER TABLE ${LOCK_TABLE} ADD COLUMN ${column} ${dialect.name === "mysql" ? mysqlType : sqliteType}`)
+          yield* sql.run(`ALTER TABLE ${LOCK_TABLE} ADD COLUMN ${column} ${dialect.name === "mysql" ? mysqlType : sqliteType}`, [])
         }
       }
     }
-    for (const statement of dialect.name === "mysql" ? mysqlDdl : sqliteDdl) yield* sql.unsafe(statement)
+    for (const statement of dialect.name === "mysql" ? mysqlDdl : sqliteDdl) yield* sql.run(statement, [])
   }).pipe(Effect.mapError((e) => (e instanceof DatabaseError ? e : toDatabaseError("schema check")(e))))

@@ -1,20 +1,22 @@
 /**
- * The ledger on SQL: MySQL/MariaDB and SQLite, through @effect/sql. Times come from the database's own
+ * The ledger on SQL: MySQL/MariaDB and SQLite. Times come from the database's own
  * UTC clock, so clients on machines with skewed clocks agree on lease expiry.
  */
 import * as SqlClient from "@effect/sql/SqlClient"
-import type { SqlError } from "@effect/sql/SqlError"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
+import { randomUUID } from "node:crypto"
 import { DatabaseError } from "../DmsError.js"
 import type { HostLock, LeaseWrite, LedgerEntry, PendingOperation } from "../Ledger.js"
-import { type Dialect, mysqlDialect, sqliteDialect, toDatabaseError, truthy } from "./sqlDialect.js"
+import { type Dialect, type Exec, mysqlDialect, sqliteDialect, type Statements, toDatabaseError, truthy } from "./sqlDialect.js"
 import { LEDGER_TABLE, LOCK_TABLE, migrate } from "./sqlSchema.js"
 import type { LockKey, Store, StoreState } from "./store.js"
-import { leaseLostReason, RESERVATION_MS } from "./store.js"
+import { leaseLostReason, RESERVATION_MS, RESERVATION_REFRESH_MS } from "./store.js"
+import * as StoreRetry from "./storeRetry.js"
 import { VERSION } from "./version.js"
 
-export { toDatabaseError } from "./sqlDialect.js"
+export { type Exec, toDatabaseError } from "./sqlDialect.js"
 
 interface LedgerRow {
   readonly id: number
@@ -49,46 +51,30 @@ const stateReadText = (d: Dialect) =>
   `SELECT NULL AS id, NULL AS created_at, NULL AS updated_at, NULL AS deleted_at, NULL AS deleted,
           NULL AS version, NULL AS backup_target_id, NULL AS jobid, NULL AS host, NULL AS mounted,
           mount_path AS l_mount_path, target_type AS l_target_type, pending_op AS l_pending_op,
-          pending_deadline AS l_pending_deadline, pending_owner AS l_pending_owner, pending_path AS l_pending_path,
+          pending_deadline AS l_pending_deadline, ${d.msUntil("pending_deadline")} AS l_pending_left, pending_owner AS l_pending_owner, pending_path AS l_pending_path,
           pending_type AS l_pending_type
         FROM ${LOCK_TABLE} WHERE lock_key = ?
       UNION ALL
-      SELECT ${stateColumns}, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM ${LEDGER_TABLE}
+      SELECT ${stateColumns}, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM ${LEDGER_TABLE}
         WHERE mounted = 1 AND ${notDeleted} AND host = ${d.exact}? AND backup_target_id = ${d.exact}?
       UNION ALL
-      SELECT ${stateColumns}, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM ${LEDGER_TABLE}
+      SELECT ${stateColumns}, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM ${LEDGER_TABLE}
         WHERE jobid = ? AND backup_target_id = ${d.exact}? AND host = ${d.exact}? AND ${notDeleted} AND mounted = 0`
 
 /** The MySQL statement that reads a (target, host)'s state under its lease (for plan checks in tests). */
 export const mysqlStateReadText = (): string => stateReadText(mysqlDialect)
 
 /**
- * Runs one statement text with `?` parameters (on MySQL several, `;`-separated, in one round trip) and
- * returns the driver's result: rows for a query, the write's result header otherwise, an array of
- * those for several statements.
+ * Builds the SQL store over its statements, after checking (and creating or upgrading) the tables. On
+ * MySQL they run on a plain mysql2 pool per node (`mysqlNodes`): @effect/sql's span and scope per
+ * statement cost about 0.15 ms each, a fifth of a statement's round trip, on every operation; on SQLite
+ * through @effect/sql's client.
  */
-export type Exec = (text: string, params: ReadonlyArray<unknown>) => Effect.Effect<unknown, SqlError>
-
-/**
- * Builds the SQL store over the current SqlClient (MySQL or SQLite), creating the tables if needed.
- * `exec`, when given, runs the lease's own statements (take, read, write, renew, release) instead of
- * the SqlClient: on MySQL a plain mysql2 pool, because @effect/sql's span and scope per statement cost
- * about 0.15 ms each, a fifth of a statement's round trip, on every operation.
- */
-export const make = (
-  dialectName: "mysql" | "sqlite",
-  exec?: Exec
-): Effect.Effect<Store, DatabaseError, SqlClient.SqlClient> =>
+const make = (d: Dialect, sql: Statements): Effect.Effect<Store, DatabaseError> =>
   Effect.gen(function*() {
-    const sql = yield* SqlClient.SqlClient
-    const d = dialectName === "mysql" ? mysqlDialect : sqliteDialect
     yield* migrate(sql, d)
-    const lit = (s: string) => sql.literal(s)
-    const viaClient: Exec = (text, params) => sql.unsafe(text, params).raw
-    const run: Exec = exec ?? viaClient
-    // Several statements in one round trip (MySQL): the text protocol.
-    const runMany: Exec = exec ?? ((text, params) => sql.unsafe(text, params).unprepared)
-    const exact = lit(d.exact)
+    const { query, run, runMany } = sql
+    const x = d.exact
 
     const toEntry = (r: LedgerRow): LedgerEntry => ({
       id: Number(r.id),
@@ -102,14 +88,18 @@ export const make = (
       updatedAt: d.toDate(r.updated_at)!,
       deletedAt: d.toDate(r.deleted_at)
     })
+    const entries = (text: string, params: ReadonlyArray<unknown>) =>
+      Effect.map(query(text, params), (rows) => (rows as unknown as ReadonlyArray<LedgerRow>).map(toEntry))
 
     const lostLease = (operation: string) => new DatabaseError({ operation, reason: leaseLostReason })
 
-    /** The fence: the transaction's first statement renews our lease, or matches nothing if it is gone. */
-    /** The lock row's assignments of a fenced write (renewing the lease, or releasing it). */
-    const lockSets = (w: LeaseWrite, owner: string, leaseMs: number, prefix: string) => {
-      const sets: Array<string> = [`${prefix}updated_at = ${d.now}`]
-      const params: Array<unknown> = []
+    /**
+     * The lock row's assignments of a fenced write (renewing the lease, or releasing it), with the
+     * write's token: a write whose commit outcome is unknown finds out from it whether it landed.
+     */
+    const lockSets = (w: LeaseWrite, owner: string, leaseMs: number, token: string, prefix: string) => {
+      const sets: Array<string> = [`${prefix}updated_at = ${d.now}`, `${prefix}last_write = ?`]
+      const params: Array<unknown> = [token]
       if (w.mountPath !== undefined) {
         sets.push(`${prefix}mount_path = ?`)
         params.push(w.mountPath)
@@ -121,20 +111,15 @@ export const make = (
       if (w.pending === null) {
         sets.push(`${prefix}pending_op = NULL`)
       } else if (w.pending !== undefined) {
+        // The deadline on the database's clock, as leases are: clients with skewed clocks agree on it.
         sets.push(
           `${prefix}pending_op = ?`,
-          `${prefix}pending_deadline = ?`,
+          `${prefix}pending_deadline = ${d.nowPlus(w.pending.timeoutMs)}`,
           `${prefix}pending_owner = ?`,
           `${prefix}pending_path = ?`,
           `${prefix}pending_type = ?`
         )
-        params.push(
-          w.pending.op,
-          d.fromDate(w.pending.deadline),
-          owner,
-          w.pending.mountPath ?? null,
-          w.pending.targetType ?? null
-        )
+        params.push(w.pending.op, owner, w.pending.mountPath ?? null, w.pending.targetType ?? null)
       }
       sets.push(
         w.release === true ? `${prefix}owner = NULL, ${prefix}expires_at = NULL` : `${prefix}expires_at = ${d.nowPlus(leaseMs)}`
@@ -142,50 +127,73 @@ export const make = (
       return { text: sets.join(", "), params }
     }
 
-    /**
-     * The fence: one UPDATE of our lock row, matching nothing if the lease is no longer ours. Inside a
-     * SqlClient transaction it must run on the transaction's connection (`via` the client).
-     */
-    const fence = (key: LockKey, owner: string, leaseMs: number, w: LeaseWrite, operation: string, via: Exec = run) => {
-      const sets = lockSets(w, owner, leaseMs, "")
-      return via(`UPDATE ${LOCK_TABLE} SET ${sets.text} WHERE lock_key = ? AND owner = ?`, [
-        ...sets.params,
-        key.key,
-        owner
-      ]).pipe(Effect.flatMap((raw) => (d.affected(raw) === 1 ? Effect.void : Effect.fail(lostLease(operation)))))
+    /** The fence: one UPDATE of our lock row, matching nothing if the lease is no longer ours. */
+    const fence = (key: LockKey, owner: string, leaseMs: number, w: LeaseWrite, token: string, operation: string) => {
+      const sets = lockSets(w, owner, leaseMs, token, "")
+      return run(`UPDATE ${LOCK_TABLE} SET ${sets.text} WHERE lock_key = ? AND owner = ?`, [...sets.params, key.key, owner]).pipe(
+        Effect.flatMap((raw) => (d.affected(raw) === 1 ? Effect.void : Effect.fail(lostLease(operation))))
+      )
     }
 
-    const insertEntry = (key: LockKey, jobId: number) =>
-      sql`INSERT INTO ${lit(LEDGER_TABLE)}
-          (created_at, updated_at, deleted, version, backup_target_id, jobid, host, mounted)
-        VALUES (${lit(d.nowSeconds)}, ${lit(d.nowSeconds)}, 0, ${VERSION}, ${key.backupTargetId}, ${jobId}, ${key.host}, 1)`
+    /**
+     * After a write whose commit outcome is unknown (the connection was lost before its answer): the
+     * lock row's write token says whether it landed. If not and the lease is still ours, the error stands
+     * and the write is retried; if the lease is gone, nothing was written under it.
+     */
+    const orRecheck = (key: LockKey, owner: string, token: string, operation: string) =>
+    <A>(write: Effect.Effect<A, DatabaseError>, landed: A): Effect.Effect<A, DatabaseError> =>
+      Effect.catchIf(write, StoreRetry.outcomeUnknown, (error) =>
+        recheckRetry(
+          query(`SELECT owner, last_write FROM ${LOCK_TABLE} WHERE lock_key = ?`, [key.key]).pipe(
+            Effect.mapError(toDatabaseError(operation))
+          )
+        ).pipe(
+          Effect.flatMap((rows) => {
+            const row = rows[0] as { owner: string | null; last_write: string | null } | undefined
+            if (row?.last_write === token) return Effect.succeed(landed)
+            return row?.owner === owner ? Effect.fail(error) : Effect.fail(lostLease(operation))
+          })
+        ))
 
     // SQLite: a local transaction (no round trips): fence, then the job's row.
     const writeInTransaction = (key: LockKey, owner: string, leaseMs: number, w: LeaseWrite, job: NonNullable<LeaseWrite["job"]>) =>
-      sql.withTransaction(Effect.gen(function*() {
-        yield* fence(key, owner, leaseMs, w, "ledger write", viaClient)
-        const raw = yield* sql`UPDATE ${lit(LEDGER_TABLE)} SET mounted = ${job.mounted ? 1 : 0},
-            updated_at = ${lit(d.nowSeconds)}, version = ${VERSION}
-          WHERE jobid = ${job.jobId} AND backup_target_id = ${exact}${key.backupTargetId} AND host = ${exact}${key.host}
-            AND deleted = 0`.raw
-        if (d.affected(raw) === 0 && job.mounted) yield* insertEntry(key, job.jobId)
+      sql.transaction(Effect.gen(function*() {
+        yield* fence(key, owner, leaseMs, w, "-", "ledger write")
+        const raw = yield* run(
+          `UPDATE ${LEDGER_TABLE} SET mounted = ?, updated_at = ${d.nowSeconds}, version = ?
+            WHERE jobid = ? AND backup_target_id = ${x}? AND host = ${x}? AND deleted = 0`,
+          [job.mounted ? 1 : 0, VERSION, job.jobId, key.backupTargetId, key.host]
+        )
+        if (d.affected(raw) === 0 && job.mounted) {
+          yield* run(
+            `INSERT INTO ${LEDGER_TABLE} (created_at, updated_at, deleted, version, backup_target_id, jobid, host, mounted)
+              VALUES (${d.nowSeconds}, ${d.nowSeconds}, 0, ?, ?, ?, ?, 1)`,
+            [VERSION, key.backupTargetId, job.jobId, key.host]
+          )
+        }
       }))
 
-    // MySQL: every statement is fenced by itself, so no BEGIN/COMMIT round trips. An existing row is
-    // updated together with the lock row in one multi-table UPDATE that joins on our ownership; a new
-    // row is inserted by an INSERT … SELECT from our lock row, then the lock row is updated. A crash
-    // between those two leaves the pending mark set, which the next operation resolves.
-    const writeFenced = (key: LockKey, owner: string, leaseMs: number, w: LeaseWrite, job: NonNullable<LeaseWrite["job"]>) =>
+    // MySQL: every statement is fenced by itself, so no BEGIN/COMMIT round trips (on Galera each
+    // autocommit statement is certified alone). An existing row is updated together with the lock row in
+    // one multi-table UPDATE that joins on our ownership; a new row is inserted by an INSERT … SELECT from
+    // our lock row (only if the job holds no row yet: a retried write must not insert twice), then the
+    // lock row is updated. A crash between those two leaves the pending mark set, which the next
+    // operation resolves.
+    const writeFenced = (
+      key: LockKey,
+      owner: string,
+      leaseMs: number,
+      w: LeaseWrite,
+      job: NonNullable<LeaseWrite["job"]>,
+      token: string
+    ) =>
       Effect.gen(function*() {
         if (job.entryId !== null) {
-          const sets = lockSets(w, owner, leaseMs, "l.")
+          const sets = lockSets(w, owner, leaseMs, token, "l.")
           // The row read under this lease is found by its primary key; without it, by the job's index.
           const row = typeof job.entryId === "number"
             ? { where: "e.id = ?", params: [job.entryId] }
-            : {
-              where: `e.jobid = ? AND e.backup_target_id = ${d.exact}? AND e.host = ${d.exact}?`,
-              params: [job.jobId, key.backupTargetId, key.host]
-            }
+            : { where: `e.jobid = ? AND e.backup_target_id = ${x}? AND e.host = ${x}?`, params: [job.jobId, key.backupTargetId, key.host] }
           const raw = yield* run(
             `UPDATE ${LEDGER_TABLE} e JOIN ${LOCK_TABLE} l ON l.lock_key = ? AND l.owner = ?
               SET e.mounted = ?, e.updated_at = ${d.nowSeconds}, e.version = ?, ${sets.text}
@@ -195,16 +203,32 @@ export const make = (
           if (d.affected(raw) > 0) return
         }
         // No row for the job (or the lease is gone: the fence tells).
-        if (!job.mounted) return yield* fence(key, owner, leaseMs, w, "ledger write")
+        if (!job.mounted) return yield* fence(key, owner, leaseMs, w, token, "ledger write")
         // The fenced insert and the lock row's update, in one round trip (two statements).
-        const sets = lockSets(w, owner, leaseMs, "")
-        const [inserted, fenced] = (yield* runMany(
+        const sets = lockSets(w, owner, leaseMs, token, "")
+        const [, fenced] = (yield* runMany(
           `INSERT INTO ${LEDGER_TABLE} (created_at, updated_at, deleted, version, backup_target_id, jobid, host, mounted)
-            SELECT ${d.nowSeconds}, ${d.nowSeconds}, 0, ?, ?, ?, ?, 1 FROM ${LOCK_TABLE} WHERE lock_key = ? AND owner = ?;
+            SELECT ${d.nowSeconds}, ${d.nowSeconds}, 0, ?, ?, ?, ?, 1 FROM ${LOCK_TABLE} l
+            WHERE l.lock_key = ? AND l.owner = ? AND NOT EXISTS (
+              SELECT 1 FROM ${LEDGER_TABLE} e WHERE e.jobid = ? AND e.backup_target_id = ${x}? AND e.host = ${x}?
+                AND e.deleted = 0 AND e.mounted = 1);
           UPDATE ${LOCK_TABLE} SET ${sets.text} WHERE lock_key = ? AND owner = ?`,
-          [VERSION, key.backupTargetId, job.jobId, key.host, key.key, owner, ...sets.params, key.key, owner]
+          [
+            VERSION,
+            key.backupTargetId,
+            job.jobId,
+            key.host,
+            key.key,
+            owner,
+            job.jobId,
+            key.backupTargetId,
+            key.host,
+            ...sets.params,
+            key.key,
+            owner
+          ]
         )) as [unknown, unknown]
-        if (d.affected(inserted) !== 1 || d.affected(fenced) !== 1) return yield* Effect.fail(lostLease("ledger write"))
+        if (d.affected(fenced) !== 1) return yield* Effect.fail(lostLease("ledger write"))
       })
 
     type StateRow = LedgerRow & {
@@ -212,6 +236,7 @@ export const make = (
       l_target_type: string | null
       l_pending_op: string | null
       l_pending_deadline: unknown
+      l_pending_left: unknown
       l_pending_owner: string | null
       l_pending_path: string | null
       l_pending_type: string | null
@@ -225,18 +250,26 @@ export const make = (
       key.backupTargetId,
       key.host
     ]
+    const pendingOf = (
+      op: unknown,
+      deadline: unknown,
+      left: unknown,
+      path: string | null | undefined,
+      type: unknown
+    ): Option.Option<PendingOperation> =>
+      op === "mount" || op === "unmount"
+        ? Option.some({
+          op,
+          deadline: d.toDate(deadline) ?? new Date(0),
+          remainingMs: left === null || left === undefined ? 0 : Number(left),
+          mountPath: path ?? null,
+          targetType: Option.getOrNull(targetTypeOf(type))
+        })
+        : Option.none()
     const toState = (rows: ReadonlyArray<StateRow>, jobId: number | undefined): StoreState => {
       const first = rows.find((r) => r.id === null || r.id === undefined)
       const entries = rows.filter((r) => r.id !== null && r.id !== undefined).map(toEntry).sort((x, y) => x.id - y.id)
-      const pendingOp = first?.l_pending_op
-      const pending: Option.Option<PendingOperation> = pendingOp === "mount" || pendingOp === "unmount"
-        ? Option.some({
-          op: pendingOp,
-          deadline: d.toDate(first?.l_pending_deadline) ?? new Date(0),
-          mountPath: first?.l_pending_path ?? null,
-          targetType: Option.getOrNull(targetTypeOf(first?.l_pending_type))
-        })
-        : Option.none()
+      const pending = pendingOf(first?.l_pending_op, first?.l_pending_deadline, first?.l_pending_left, first?.l_pending_path, first?.l_pending_type)
       const own = entries.filter((e) => e.jobId === jobId)
       return {
         holders: entries.filter((e) => e.mounted),
@@ -250,32 +283,42 @@ export const make = (
     // Fair hand-over between client processes: a process that finds the lease taken reserves the next
     // turn (waiter); the lease is then taken only by that waiter, unless its reservation went stale (it
     // stopped polling). Without it, a process whose fibers queue behind each other re-takes the lease
-    // at once on every release and the other process starves.
+    // at once on every release and the other process starves. A retried take whose first attempt took
+    // the lease (its answer was lost) finds it ours: taking is idempotent for its owner.
     const reservationOpen = `(waiter IS NULL OR waiter = ? OR waiter_at < ${d.nowMinus(RESERVATION_MS)})`
     const takeText = `UPDATE ${LOCK_TABLE} SET owner = ?, expires_at = %EXPIRES%, updated_at = ${d.now},
         waiter = CASE WHEN waiter = ? THEN NULL ELSE waiter END%MARK%
-      WHERE lock_key = ? AND (owner IS NULL OR expires_at < ${d.now}) AND ${reservationOpen}`
+      WHERE lock_key = ? AND (owner = ? OR ((owner IS NULL OR expires_at < ${d.now}) AND ${reservationOpen}))`
     // The operation's pending mark, written by the statement that takes the lease unless an earlier
     // operation's mark is still there (that one is resolved first). pending_op is assigned last: MySQL
     // evaluates a single-table UPDATE's assignments left to right.
-    const markText = `,
+    const markText = (timeoutMs: number) => `,
         pending_owner = CASE WHEN pending_op IS NULL THEN ? ELSE pending_owner END,
-        pending_deadline = CASE WHEN pending_op IS NULL THEN ? ELSE pending_deadline END,
+        pending_deadline = CASE WHEN pending_op IS NULL THEN ${d.nowPlus(timeoutMs)} ELSE pending_deadline END,
         pending_path = CASE WHEN pending_op IS NULL THEN ? ELSE pending_path END,
         pending_type = CASE WHEN pending_op IS NULL THEN ? ELSE pending_type END,
         pending_op = CASE WHEN pending_op IS NULL THEN ? ELSE pending_op END`
+    // A waiter writes its reservation when it has none, and refreshes it only when it is getting old:
+    // its polls in between change nothing (on Galera, no write-set to replicate or collide).
     const reserveText = `UPDATE ${LOCK_TABLE} SET waiter = ?, waiter_at = ${d.now}
-      WHERE lock_key = ? AND ${reservationOpen}`
+      WHERE lock_key = ? AND (waiter IS NULL OR (waiter = ? AND waiter_at < ${d.nowMinus(RESERVATION_REFRESH_MS)})
+        OR waiter_at < ${d.nowMinus(RESERVATION_MS)})`
+    const hostLockColumns = `backup_target_id, mount_path, target_type, pending_op, pending_deadline,
+      ${d.msUntil("pending_deadline")} AS pending_left, pending_path, pending_type`
+    // Newest first by creation time: on Galera ids interleave across nodes (offsets 1, 2, 3 of step 3),
+    // so a larger id is not a newer row. The id orders rows created within one second.
+    const newestFirst = "ORDER BY created_at DESC, id DESC"
 
     const store: Store = {
       dialect: d.name,
       tryAcquire: (key, owner, leaseMs, client, readJobId, mark) =>
         Effect.gen(function*() {
-          const take = takeText.replace("%EXPIRES%", d.nowPlus(leaseMs)).replace("%MARK%", mark === undefined ? "" : markText)
-          const markParams = mark === undefined
-            ? []
-            : [owner, d.fromDate(mark.deadline), mark.mountPath ?? null, mark.targetType ?? null, mark.op]
-          const takeParams = [owner, client, ...markParams, key.key, client]
+          const take = takeText.replace("%EXPIRES%", d.nowPlus(leaseMs)).replace(
+            "%MARK%",
+            mark === undefined ? "" : markText(mark.timeoutMs)
+          )
+          const markParams = mark === undefined ? [] : [owner, mark.mountPath ?? null, mark.targetType ?? null, mark.op]
+          const takeParams = [owner, client, ...markParams, key.key, owner, client]
           if (d.name === "mysql" && readJobId !== undefined) {
             // Take the lease and read the target's state in one round trip (two statements); the state
             // is only used when the take succeeded.
@@ -292,22 +335,21 @@ export const make = (
           const inserted = yield* run(
             `INSERT INTO ${LOCK_TABLE} (lock_key, backup_target_id, host, owner, expires_at, updated_at,
                 pending_op, pending_deadline, pending_owner, pending_path, pending_type)
-              VALUES (?, ?, ?, ?, ${d.nowPlus(leaseMs)}, ${d.now}, ?, ?, ?, ?, ?)`,
+              VALUES (?, ?, ?, ?, ${d.nowPlus(leaseMs)}, ${d.now}, ?, ${mark === undefined ? "NULL" : d.nowPlus(mark.timeoutMs)}, ?, ?, ?)`,
             [
               key.key,
               key.backupTargetId,
               key.host,
               owner,
               mark?.op ?? null,
-              mark === undefined ? null : d.fromDate(mark.deadline),
               mark === undefined ? null : owner,
               mark?.mountPath ?? null,
               mark?.targetType ?? null
             ]
           ).pipe(
-              Effect.as(true),
-              Effect.catchIf(d.isDuplicateKey, () => Effect.succeed(false))
-            )
+            Effect.as(true),
+            Effect.catchIf(d.isDuplicateKey, () => Effect.succeed(false))
+          )
           if (!inserted) yield* run(reserveText, [client, key.key, client])
           return inserted
         }).pipe(Effect.mapError(toDatabaseError("acquire lock"))),
@@ -327,91 +369,121 @@ export const make = (
           Effect.mapError(toDatabaseError("release lock"))
         ),
       read: (key, jobId) =>
-        (exec === undefined ? sql.unsafe<StateRow>(readText, readParams(key, jobId)) : exec(readText, readParams(key, jobId))).pipe(
-          Effect.map((rows) => toState(rows as ReadonlyArray<StateRow>, jobId)),
+        query(readText, readParams(key, jobId)).pipe(
+          Effect.map((rows) => toState(rows as unknown as ReadonlyArray<StateRow>, jobId)),
           Effect.mapError(toDatabaseError("read target state"))
         ),
       // On SQLite the transaction is a deferred BEGIN whose first statement is the fence's UPDATE, so it
       // takes the write lock at once (as BEGIN IMMEDIATE would) and never upgrades from a read snapshot.
       write: (key, owner, leaseMs, w) => {
         const job = w.job
-        const run = job === undefined
-          ? fence(key, owner, leaseMs, w, "ledger write")
+        const token = randomUUID()
+        const write = job === undefined
+          ? fence(key, owner, leaseMs, w, token, "ledger write")
           : d.name === "mysql"
-          ? writeFenced(key, owner, leaseMs, w, job)
+          ? writeFenced(key, owner, leaseMs, w, job, token)
           : writeInTransaction(key, owner, leaseMs, w, job)
-        return run.pipe(Effect.mapError(toDatabaseError("ledger write")))
+        return orRecheck(key, owner, token, "ledger write")(write.pipe(Effect.mapError(toDatabaseError("ledger write"))), undefined)
       },
-      softDelete: (key, owner, leaseMs, entryId) =>
-        sql.withTransaction(
-          Effect.zipRight(
-            fence(key, owner, leaseMs, {}, "softDeleteEntry", viaClient),
-            sql`UPDATE ${lit(LEDGER_TABLE)} SET deleted = 1, deleted_at = ${lit(d.nowSeconds)},
-                updated_at = ${lit(d.nowSeconds)}, version = ${VERSION}
-              WHERE id = ${entryId} AND mounted = 0 AND deleted = 0`.raw
-          )
-        ).pipe(
-          Effect.map((raw) => d.affected(raw) === 1),
-          Effect.mapError(toDatabaseError("softDeleteEntry"))
-        ),
+      softDelete: (key, owner, leaseMs, entryId) => {
+        const token = randomUUID()
+        const mark = `UPDATE ${LEDGER_TABLE} SET deleted = 1, deleted_at = ${d.nowSeconds}, updated_at = ${d.nowSeconds}, version = ?
+          WHERE id = ? AND mounted = 0 AND deleted = 0`
+        const write = d.name === "mysql"
+          // One statement: the row and our lock row, joined on our ownership. Nothing matched: either the
+          // lease is gone (the fence tells) or the row is mounted or already deleted.
+          ? Effect.gen(function*() {
+            const sets = lockSets({}, owner, leaseMs, token, "l.")
+            const raw = yield* run(
+              `UPDATE ${LEDGER_TABLE} e JOIN ${LOCK_TABLE} l ON l.lock_key = ? AND l.owner = ?
+                SET e.deleted = 1, e.deleted_at = ${d.nowSeconds}, e.updated_at = ${d.nowSeconds}, e.version = ?, ${sets.text}
+                WHERE e.id = ? AND e.mounted = 0 AND e.deleted = 0`,
+              [key.key, owner, VERSION, ...sets.params, entryId]
+            )
+            if (d.affected(raw) > 0) return true
+            yield* fence(key, owner, leaseMs, {}, token, "softDeleteEntry")
+            return false
+          })
+          : sql.transaction(
+            Effect.zipRight(fence(key, owner, leaseMs, {}, token, "softDeleteEntry"), run(mark, [VERSION, entryId]))
+          ).pipe(Effect.map((raw) => d.affected(raw) === 1))
+        // A soft delete that landed wrote its token with the row: it deleted the row.
+        return orRecheck(key, owner, token, "softDeleteEntry")(write.pipe(Effect.mapError(toDatabaseError("softDeleteEntry"))), true)
+      },
       getMountStatus: (jobId, backupTargetId, host) =>
-        sql<LedgerRow>`SELECT ${lit(ledgerSelect)} FROM ${lit(LEDGER_TABLE)}
-          WHERE jobid = ${jobId} AND backup_target_id = ${exact}${backupTargetId} AND deleted = 0
-            ${host === undefined ? lit("") : sql`AND host = ${exact}${host}`}
-          ORDER BY id DESC LIMIT 1`.pipe(
-          Effect.map((rows) => Option.map(Option.fromNullable(rows[0]), toEntry)),
+        entries(
+          `SELECT ${ledgerSelect} FROM ${LEDGER_TABLE}
+            WHERE jobid = ? AND backup_target_id = ${x}? AND deleted = 0${host === undefined ? "" : ` AND host = ${x}?`}
+            ${newestFirst} LIMIT 1`,
+          host === undefined ? [jobId, backupTargetId] : [jobId, backupTargetId, host]
+        ).pipe(
+          Effect.map((rows) => Option.fromNullable(rows[0])),
           Effect.mapError(toDatabaseError("getMountStatus"))
         ),
       getActiveMounts: (host, backupTargetId) =>
-        sql<LedgerRow>`SELECT ${lit(ledgerSelect)} FROM ${lit(LEDGER_TABLE)}
-          WHERE mounted = 1 AND deleted = 0
-            ${host === undefined ? lit("") : sql`AND host = ${exact}${host}`}
-            ${backupTargetId === undefined ? lit("") : sql`AND backup_target_id = ${exact}${backupTargetId}`}
-          ORDER BY id`.pipe(
-          Effect.map((rows) => rows.map(toEntry)),
-          Effect.mapError(toDatabaseError("getActiveMounts"))
-        ),
-      ping: sql`SELECT 1`.pipe(Effect.asVoid, Effect.mapError(toDatabaseError("ping"))),
+        entries(
+          `SELECT ${ledgerSelect} FROM ${LEDGER_TABLE}
+            WHERE mounted = 1 AND deleted = 0${host === undefined ? "" : ` AND host = ${x}?`}${
+            backupTargetId === undefined ? "" : ` AND backup_target_id = ${x}?`
+          } ORDER BY id`,
+          [...(host === undefined ? [] : [host]), ...(backupTargetId === undefined ? [] : [backupTargetId])]
+        ).pipe(Effect.mapError(toDatabaseError("getActiveMounts"))),
+      ping: query("SELECT 1", []).pipe(Effect.asVoid, Effect.mapError(toDatabaseError("ping"))),
       getHostState: (host) =>
         Effect.gen(function*() {
-          const locks = yield* sql<{
-            backup_target_id: string
-            mount_path: string | null
-            target_type: string | null
-            pending_op: string | null
-            pending_deadline: unknown
-            pending_path: string | null
-            pending_type: string | null
-          }>`SELECT backup_target_id, mount_path, target_type, pending_op, pending_deadline, pending_path, pending_type
-            FROM ${lit(LOCK_TABLE)} WHERE host = ${exact}${host} ORDER BY backup_target_id`
-          const holders = yield* sql<LedgerRow>`SELECT ${lit(ledgerSelect)} FROM ${lit(LEDGER_TABLE)}
-            WHERE mounted = 1 AND ${lit(notDeleted)} AND host = ${exact}${host} ORDER BY id`
+          const locks = yield* query(
+            `SELECT ${hostLockColumns} FROM ${LOCK_TABLE} WHERE host = ${x}? ORDER BY backup_target_id`,
+            [host]
+          )
+          const holders = yield* entries(
+            `SELECT ${ledgerSelect} FROM ${LEDGER_TABLE} WHERE mounted = 1 AND ${notDeleted} AND host = ${x}? ORDER BY id`,
+            [host]
+          )
           return {
             host,
-            locks: locks.map((l): HostLock => ({
-              backupTargetId: l.backup_target_id,
+            locks: (locks as ReadonlyArray<Record<string, unknown>>).map((l): HostLock => ({
+              backupTargetId: String(l.backup_target_id),
               host,
-              mountPath: Option.fromNullable(l.mount_path),
+              mountPath: Option.fromNullable(l.mount_path as string | null),
               targetType: targetTypeOf(l.target_type),
-              pending: l.pending_op === "mount" || l.pending_op === "unmount"
-                ? Option.some({
-                  op: l.pending_op,
-                  deadline: d.toDate(l.pending_deadline) ?? new Date(0),
-                  mountPath: l.pending_path,
-                  targetType: Option.getOrNull(targetTypeOf(l.pending_type))
-                })
-                : Option.none()
+              pending: pendingOf(l.pending_op, l.pending_deadline, l.pending_left, l.pending_path as string | null, l.pending_type)
             })),
-            holders: holders.map(toEntry)
+            holders
           }
         }).pipe(Effect.mapError(toDatabaseError("getHostState"))),
       getLedgerHistory: (backupTargetId, limit) =>
-        sql<LedgerRow>`SELECT ${lit(ledgerSelect)} FROM ${lit(LEDGER_TABLE)}
-          WHERE backup_target_id = ${exact}${backupTargetId}
-          ORDER BY id DESC LIMIT ${lit(String(Math.trunc(limit)))}`.pipe(
-          Effect.map((rows) => rows.map(toEntry)),
-          Effect.mapError(toDatabaseError("getLedgerHistory"))
-        )
+        entries(
+          `SELECT ${ledgerSelect} FROM ${LEDGER_TABLE} WHERE backup_target_id = ${x}? ${newestFirst} LIMIT ${
+            String(Math.trunc(limit))
+          }`,
+          [backupTargetId]
+        ).pipe(Effect.mapError(toDatabaseError("getLedgerHistory")))
     }
     return store
   })
+
+/** How long a write whose outcome is unknown may take to find out whether it landed. */
+const recheckRetry = StoreRetry.retrying("checking whether a ledger write landed", Duration.seconds(10))
+
+/**
+ * The store on MySQL/MariaDB, its statements run by `exec` (see `mysqlNodes`).
+ */
+export const makeMysql = (exec: Exec): Effect.Effect<Store, DatabaseError> =>
+  make(mysqlDialect, {
+    run: exec,
+    runMany: exec,
+    query: exec as Statements["query"],
+    transaction: (effect) => effect
+  })
+
+/** The store on SQLite, over the current SqlClient. */
+export const makeSqlite: Effect.Effect<Store, DatabaseError, SqlClient.SqlClient> = Effect.flatMap(
+  SqlClient.SqlClient,
+  (sql) =>
+    make(sqliteDialect, {
+      run: (text, params) => sql.unsafe(text, params).raw,
+      runMany: (text, params) => sql.unsafe(text, params).raw,
+      query: (text, params) => sql.unsafe<Record<string, unknown>>(text, params),
+      transaction: sql.withTransaction
+    })
+)

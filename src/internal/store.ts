@@ -6,7 +6,7 @@
 import type * as Effect from "effect/Effect"
 import type * as Option from "effect/Option"
 import type { DatabaseError } from "../DmsError.js"
-import type { HostState, LeaseWrite, LedgerEntry, PendingOperation, TargetState } from "../Ledger.js"
+import type { HostState, LeaseWrite, LedgerEntry, PendingMark, TargetState } from "../Ledger.js"
 import { createHash } from "node:crypto"
 
 /** The lock row's identity: hex SHA-1 of target id, NUL, host. */
@@ -45,7 +45,7 @@ export interface Store {
      * The operation's pending mark, written with the lease (owned by `owner`) unless an earlier mark is
      * still set.
      */
-    mark?: PendingOperation
+    mark?: PendingMark
   ) => Effect.Effect<boolean | StoreState, DatabaseError>
   /** Extends the lease; false when it is no longer ours. */
   readonly renew: (key: LockKey, owner: string, leaseMs: number) => Effect.Effect<boolean, DatabaseError>
@@ -81,10 +81,17 @@ export interface Store {
 }
 
 /**
- * How long a waiting client's reservation of the next turn holds without being refreshed by its polls
- * (the polls are at most ~60 ms apart).
+ * How long a waiting client's reservation of the next turn holds without being refreshed: a waiter
+ * that stopped polling (it gave up, or died) blocks the others no longer than this.
  */
-export const RESERVATION_MS = 250
+export const RESERVATION_MS = 2000
+
+/**
+ * How old a waiter's own reservation gets before its poll rewrites it. The polls (~60 ms apart) only
+ * read the row most of the time: on Galera every rewrite is a replicated write-set that can collide
+ * with the holder's renewals and fenced writes.
+ */
+export const RESERVATION_REFRESH_MS = 1000
 
 export const leaseLostReason =
   "the target lock's lease is no longer held by this operation (it expired and was taken over); nothing was written"

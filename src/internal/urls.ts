@@ -7,14 +7,23 @@ import * as Redacted from "effect/Redacted"
 export type LedgerLocation =
   | {
     readonly kind: "mysql"
+    /** The first node (the one tried first). */
     readonly host: string
     readonly port: number
+    /** Every node the URL names, in the order they are tried (`h1:3307,h2:3308,…`; one for a plain URL). */
+    readonly nodes: ReadonlyArray<MysqlNode>
     readonly user: string | undefined
     readonly password: Redacted.Redacted<string> | undefined
     readonly database: string
   }
   | { readonly kind: "sqlite"; readonly filename: string }
   | { readonly kind: "memory" }
+
+/** One database server of a ledger URL. */
+export interface MysqlNode {
+  readonly host: string
+  readonly port: number
+}
 
 /** Where the broker lives, parsed from `DMS_RABBITMQ_URL`. */
 export type BrokerLocation =
@@ -47,19 +56,42 @@ export const parseLedgerUrl = (raw: string): LedgerLocation | string => {
   if (scheme !== "mysql" && !scheme.startsWith("mysql+") && scheme !== "mariadb" && !scheme.startsWith("mariadb+")) {
     return `unsupported scheme "${scheme}": expected mysql://, mysql+pymysql:// or sqlite:`
   }
+  // Several nodes (`h1:3307,h2:3308`) are not a valid URL authority: parse the URL with the first node,
+  // and the node list by itself.
+  const rest = url.slice(scheme.length + 3)
+  const authorityEnd = rest.search(/[/?#]/)
+  const authority = authorityEnd === -1 ? rest : rest.slice(0, authorityEnd)
+  const at = authority.lastIndexOf("@")
+  const hostList = authority.slice(at + 1)
+  const nodeTexts = hostList === "" ? [""] : hostList.split(",")
+  const nodes: Array<MysqlNode> = []
+  for (const [i, text] of nodeTexts.entries()) {
+    let node: URL
+    try {
+      node = new URL(`mysql://${text.trim()}`)
+    } catch {
+      return nodeTexts.length > 1 ? `node ${i + 1} of the host list ("${text.trim()}") is not a valid host[:port]` : "not a valid URL"
+    }
+    if (text.trim() === "" && nodeTexts.length > 1) return `node ${i + 1} of the host list is empty`
+    nodes.push({
+      host: node.hostname.replace(/^\[(.*)\]$/, "$1") || "localhost",
+      port: node.port === "" ? 3306 : Number(node.port)
+    })
+  }
   let parsed: URL
   try {
-    parsed = new URL(`mysql://${url.slice(scheme.length + 3)}`)
+    parsed = new URL(`mysql://${authority.slice(0, at + 1)}${nodeTexts[0]!.trim()}${authorityEnd === -1 ? "" : rest.slice(authorityEnd)}`)
   } catch {
     return "not a valid URL"
   }
   const database = decodeURIComponent(parsed.pathname.replace(/^\//, ""))
   if (database === "" || database.includes("/")) return "the URL must name the database, e.g. mysql://host:3306/trilio_dms"
-  const port = parsed.port === "" ? 3306 : Number(parsed.port)
+  const first = nodes[0]!
   return {
     kind: "mysql",
-    host: parsed.hostname.replace(/^\[(.*)\]$/, "$1") || "localhost",
-    port,
+    host: first.host,
+    port: first.port,
+    nodes,
     user: parsed.username === "" ? undefined : decodeURIComponent(parsed.username),
     password: parsed.password === "" ? undefined : Redacted.make(decodeURIComponent(parsed.password)),
     database
