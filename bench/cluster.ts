@@ -11,7 +11,7 @@
  * - galera multi-writer: the fan-out with half of each target's jobs on a client of node 1 (3307) and
  *   half on a client of node 2 (3308), the same rows written through two nodes at once: certification
  *   conflicts (errno 1213) are counted by kind, and the client's ledger retries
- *   (`dms_ledger_retries_total`, by `error`) when the client has that metric.
+ *   (`dms_ledger_retries_total`, by `error`).
  */
 import * as Effect from "effect/Effect"
 import * as ManagedRuntime from "effect/ManagedRuntime"
@@ -27,7 +27,7 @@ type Single = { readonly cyclesPerSecond: number; readonly latency: Stats }
 
 const RETRIES = "dms_ledger_retries_total"
 
-/** The client's ledger retries so far, by their `error` tag (empty while the client has no such metric). */
+/** The client's ledger retries so far, by their `error` tag. */
 const retries = (): Map<string, number> => {
   const counts = new Map<string, number>()
   for (const pair of Effect.runSync(Metric.snapshot)) {
@@ -45,7 +45,7 @@ const counted = async <A>(f: (errors: Errors) => Promise<A>) => {
   const result = await f(errors)
   const after = retries()
   const retried = Object.fromEntries([...after].map(([k, v]) => [k, v - (before.get(k) ?? 0)]).filter(([, v]) => v !== 0))
-  return { result, errors: Object.fromEntries(errors), retries: after.size === 0 && before.size === 0 ? null : retried }
+  return { result, errors: Object.fromEntries(errors), retries: retried }
 }
 
 /** A fan-out's figures, failures and retries, and its ratios to the single node's. */
@@ -92,20 +92,28 @@ export const cluster = async (options: {
   try {
     await node1.runPromise(Mount.getActiveMounts()) // creates the tables
     await node2.runPromise(Mount.getActiveMounts()) // connects
-    const seq = await counted((errors) => alternating([options.single, { rt: node1, host, errors }], options.n, "cseq-target", 400_000_000))
+    // Failures are counted on the single node too (the Galera ones are the cluster's, split below).
+    const singleErrors: Errors = new Map()
+    const seq = await counted((errors) =>
+      alternating([{ ...options.single, errors: singleErrors }, { rt: node1, host, errors }], options.n, "cseq-target", 400_000_000)
+    )
     const [singleCycle, galeraCycle] = seq.result as [Stats, Stats]
-    const singleFan = await fanOut(options.single.rt, 64, 8, [options.single.host], options.seconds, 405_000_000)
+    const singleFan = await counted((errors) => fanOut(options.single.rt, 64, 8, [options.single.host], options.seconds, 405_000_000, errors))
     const one = await counted((errors) => fanOut(node1, 64, 8, [host], options.seconds, 410_000_000, errors))
     const multi = await counted((errors) => fanOut([node1, node2], 64, 8, [host], options.seconds, 420_000_000, errors))
     return {
       setup: "Galera 3 nodes (SQL 3307-3309), RabbitMQ 3 nodes (client on A, responder on B); single node: 3306 + 5672",
       seconds: options.seconds,
-      single: { cycle: singleCycle, fanOut: { cyclesPerSecond: round(singleFan.cyclesPerSecond, 1), latency: singleFan.latency } },
-      galera: {
-        cycle: { ...galeraCycle, errors: seq.errors, retries: seq.retries, p50Ratio: round(galeraCycle.p50 / singleCycle.p50, 2) },
-        fanOut: fanFigures(one, singleFan)
+      single: {
+        cycle: { ...singleCycle, errors: Object.fromEntries(singleErrors) },
+        fanOut: fanFigures(singleFan, singleFan.result)
       },
-      multiWriter: { fanOut: fanFigures(multi, singleFan) }
+      galera: {
+        // The ledger retries of the alternating cycles are the cluster's: the single node has none to retry.
+        cycle: { ...galeraCycle, errors: seq.errors, retries: seq.retries, p50Ratio: round(galeraCycle.p50 / singleCycle.p50, 2) },
+        fanOut: fanFigures(one, singleFan.result)
+      },
+      multiWriter: { fanOut: fanFigures(multi, singleFan.result) }
     }
   } finally {
     await Promise.allSettled([node1.dispose(), node2.dispose()])
@@ -118,24 +126,22 @@ export const cluster = async (options: {
 }
 
 /** The scenario's lines of results.md. */
-export const clusterMarkdown = (c: Awaited<ReturnType<typeof cluster>> | undefined): Array<string> => {
+export const clusterMarkdown = (c: Awaited<ReturnType<typeof cluster>> | { failed: string } | undefined): Array<string> => {
   if (c === undefined) return []
+  if ("failed" in c) return ["", `Clusters: the scenario failed: ${c.failed}`]
   const ms = (s: Stats) => `${round(s.p50, 2)} / ${round(s.p90, 2)} / ${round(s.p99, 2)}`
-  const failures = (r: { errors: Record<string, number>; retries: Record<string, number> | null; stalled?: number }) => {
-    const errors = Object.entries(r.errors).map(([k, v]) => `${v} × ${k}`).join(", ") || "none"
-    const retried = r.retries === null ? "" : `; retries: ${Object.entries(r.retries).map(([k, v]) => `${v} × ${k}`).join(", ") || "none"}`
-    const stalled = r.stalled ? `; ${r.stalled} cycles over 5 s` : ""
-    return `failed cycles: ${errors}${retried}${stalled}`
-  }
+  const list = (counts: Record<string, number>) => Object.entries(counts).map(([k, v]) => `${v} × ${k}`).join(", ") || "none"
+  const failures = (r: { errors: Record<string, number>; retries?: Record<string, number>; stalled?: number }) =>
+    `failed cycles: ${list(r.errors)}${r.retries ? `; ledger retries: ${list(r.retries)}` : ""}${r.stalled ? `; ${r.stalled} cycles over 5 s` : ""}`
   return [
     "",
     `Clusters (${c.setup}):`,
     "",
     `| scenario | p50 / p90 / p99 ms | throughput | cluster / single | errors |`,
     `| --- | --- | --- | --- | --- |`,
-    `| cycle, single node, sequential (alternating with the next) | ${ms(c.single.cycle)} | ${round(1000 / c.single.cycle.mean, 0)}/s | | |`,
+    `| cycle, single node, sequential (alternating with the next) | ${ms(c.single.cycle)} | ${round(1000 / c.single.cycle.mean, 0)}/s | | ${failures(c.single.cycle)} |`,
     `| cycle, Galera via node 1, RabbitMQ A → B, sequential | ${ms(c.galera.cycle)} | ${round(1000 / c.galera.cycle.mean, 0)}/s | p50 ${c.galera.cycle.p50Ratio} × | ${failures(c.galera.cycle)} |`,
-    `| fan-out 64 jobs x 8 targets, single node, ${c.seconds} s | ${ms(c.single.fanOut.latency)} | ${round(c.single.fanOut.cyclesPerSecond, 0)}/s | | |`,
+    `| fan-out 64 jobs x 8 targets, single node, ${c.seconds} s | ${ms(c.single.fanOut.latency)} | ${round(c.single.fanOut.cyclesPerSecond, 0)}/s | | ${failures(c.single.fanOut)} |`,
     `| fan-out 64 x 8, Galera via node 1, ${c.seconds} s | ${ms(c.galera.fanOut.latency)} | ${round(c.galera.fanOut.cyclesPerSecond, 0)}/s | rate ${c.galera.fanOut.rateRatio} ×, p99 ${c.galera.fanOut.p99Ratio} × | ${failures(c.galera.fanOut)} |`,
     `| fan-out 64 x 8, Galera multi-writer (nodes 1 and 2), ${c.seconds} s | ${ms(c.multiWriter.fanOut.latency)} | ${round(c.multiWriter.fanOut.cyclesPerSecond, 0)}/s | rate ${c.multiWriter.fanOut.rateRatio} ×, p99 ${c.multiWriter.fanOut.p99Ratio} × | ${failures(c.multiWriter.fanOut)} |`
   ]

@@ -13,10 +13,7 @@ export default async function setup(project: TestProject) {
   // Idempotent: a cluster that is already up (a developer's, or a node restarted by a test) is kept.
   const stop = await startClusters(path.resolve(import.meta.dirname, "../.."))
   project.provide("cluster", clusterUrls)
-  return async () => {
-    if (process.env.DMS_CLUSTER_KEEP === "1") return
-    await stop()
-  }
+  return stop
 }
 
 declare module "vitest" {

@@ -21,7 +21,8 @@ const scriptNames = ["galera.sh", "rabbitmq.sh"] as const
 
 /**
  * Starts both clusters in parallel (`scripts/cluster/*.sh start`, idempotent: a cluster already up is
- * kept) from the project `root`. Resolves to a function that stops those this call found down.
+ * kept) from the project `root`. Resolves to a function that stops those this call found down (none
+ * with DMS_CLUSTER_KEEP=1: other users may have come to rely on them meanwhile).
  */
 export const startClusters = async (root: string): Promise<() => Promise<void>> => {
   const script = (s: string) => path.join(root, "scripts/cluster", s)
@@ -32,6 +33,7 @@ export const startClusters = async (root: string): Promise<() => Promise<void>> 
   const wasUp = await Promise.all(scriptNames.map(upAlready))
   await Promise.all(scriptNames.map((s) => run("bash", [script(s), "start"], { timeout: 300_000 })))
   return async () => {
+    if (process.env.DMS_CLUSTER_KEEP === "1") return
     await Promise.all(
       scriptNames.map((s, i) => (wasUp[i] ? Promise.resolve() : run("bash", [script(s), "stop"], { timeout: 300_000 })))
     )
