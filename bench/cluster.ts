@@ -77,13 +77,17 @@ export const cluster = async (options: {
   const credentials = `${clusterUrls.galeraUser}:${clusterUrls.galeraPassword}`
   const db = `dms_bench_cluster_${process.pid}`
   const host = `${options.hostPrefix}-cluster`
-  const admin = await mysql.createConnection({
-    host: "127.0.0.1",
-    port: Number(sql1!.split(":")[1]),
-    user: clusterUrls.galeraUser,
-    password: clusterUrls.galeraPassword
-  })
-  await admin.query(`CREATE DATABASE ${db}`)
+  // A connection per statement: node 1 may be restarted meanwhile by someone else's cluster test.
+  const admin = async (statement: string) => {
+    const conn = await mysql.createConnection({
+      host: "127.0.0.1",
+      port: Number(sql1!.split(":")[1]),
+      user: clusterUrls.galeraUser,
+      password: clusterUrls.galeraPassword
+    })
+    await conn.query(statement).finally(() => conn.end())
+  }
+  await admin(`CREATE DATABASE ${db}`)
   const responder = await startResponder([host], rabbitB)
   const client = (sql: string): Runtime =>
     ManagedRuntime.make(Dms.layer({ dbUrl: `mysql://${credentials}@${sql}/${db}`, rabbitmqUrl: rabbitA!, timeout: 30 }))
@@ -119,8 +123,7 @@ export const cluster = async (options: {
     await Promise.allSettled([node1.dispose(), node2.dispose()])
     responder.stop()
     await deleteQueues([host], rabbitA).catch(() => undefined)
-    await admin.query(`DROP DATABASE IF EXISTS ${db}`)
-    await admin.end()
+    await admin(`DROP DATABASE IF EXISTS ${db}`).catch((e) => console.error(`could not drop ${db} on Galera:`, e))
     await stopClusters()
   }
 }
