@@ -1,6 +1,7 @@
 -- trilio-dms ledger schema for MySQL 5.7+ / MariaDB 10.3+ (Galera included).
 --   mysql -u dms_user -p trilio_dms < schema.sql
--- The client also creates these tables when they are missing (SQLite gets the equivalent DDL).
+-- or: trilio-dms migrate (which also upgrades tables of an earlier version). A client never creates or
+-- alters them: it checks them when it starts and needs only SELECT, INSERT and UPDATE on both.
 
 -- The ledger, exactly as in the DMS client guide: one row per (job, target, host) hold; rows are
 -- soft-deleted, never removed, so the table is also the mount history.
@@ -28,9 +29,8 @@ CREATE TABLE IF NOT EXISTS backup_target_mount_ledger (
 -- that pair are changed, the path and type (nfs | s3) the target is mounted with on the host, the
 -- operation whose outcome is not yet known (pending_op, until pending_deadline, on pending_path with
 -- pending_type, marked by the lease owner pending_owner), and the client process that reserved the next
--- turn (waiter, refreshed at waiter_at while it polls), and the token of the last fenced write
--- (last_write: a write whose commit outcome is unknown checks it before it is applied again). lock_key = hex SHA-1 of backup_target_id, a NUL
--- byte, and host.
+-- turn (waiter, refreshed at waiter_at while it polls); last_write is the token of the last fenced
+-- write. lock_key = hex SHA-1 of backup_target_id, a NUL byte, and host.
 CREATE TABLE IF NOT EXISTS backup_target_mount_lock (
     lock_key CHAR(40) NOT NULL PRIMARY KEY,
     backup_target_id VARCHAR(255) NOT NULL,

@@ -19,6 +19,7 @@ import * as Metric from "effect/Metric"
 import * as MetricState from "effect/MetricState"
 import mysql from "mysql2/promise"
 import * as Dms from "../src/Dms.js"
+import * as Ledger from "../src/Ledger.js"
 import * as Mount from "../src/Mount.js"
 import { clusterUrls, startClusters } from "../test/support/clusters.js"
 import { alternating, deleteQueues, type Errors, fanOut, root, round, type Runtime, type Stats, startResponder } from "./common.js"
@@ -94,8 +95,10 @@ export const cluster = async (options: {
   const node1 = client(sql1!)
   const node2 = client(sql2!)
   try {
-    await node1.runPromise(Mount.getActiveMounts()) // creates the tables
-    await node2.runPromise(Mount.getActiveMounts()) // connects
+    // The tables, as an operator creates them (`trilio-dms migrate`), through node 1; then both clients connect.
+    await Effect.runPromise(Ledger.migrate({ url: `mysql://${credentials}@${sql1}/${db}` }))
+    await node1.runPromise(Mount.getActiveMounts())
+    await node2.runPromise(Mount.getActiveMounts())
     // Failures are counted on the single node too (the Galera ones are the cluster's, split below).
     const singleErrors: Errors = new Map()
     const seq = await counted((errors) =>

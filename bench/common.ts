@@ -11,6 +11,8 @@ import { spawn } from "node:child_process"
 import * as path from "node:path"
 import * as readline from "node:readline"
 import { fileURLToPath } from "node:url"
+import type mysql from "mysql2/promise"
+import * as Ledger from "../src/Ledger.js"
 import * as Broker from "../src/Broker.js"
 import * as Mount from "../src/Mount.js"
 import { RABBIT_URL } from "../test/support/rabbit.js"
@@ -33,6 +35,12 @@ export const stats = (samples: ReadonlyArray<number>): Stats => {
   const at = (p: number) => s[Math.min(s.length - 1, Math.floor(p * s.length))] ?? Number.NaN
   return { n: s.length, p50: at(0.5), p90: at(0.9), p99: at(0.99), mean: s.reduce((a, b) => a + b, 0) / Math.max(1, s.length) }
 }
+/** Creates the MariaDB database `db` and its tables, as an operator prepares one (`trilio-dms migrate`). */
+export const createDatabase = async (admin: mysql.Connection, db: string): Promise<void> => {
+  await admin.query(`CREATE DATABASE ${db}`)
+  await Effect.runPromise(Ledger.migrate({ url: `mysql://root@127.0.0.1:3306/${db}` }))
+}
+
 export const round = (n: number, d = 3) => Number(n.toFixed(d))
 
 export const request = (jobid: number, target: string, host: string) => ({

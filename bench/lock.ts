@@ -18,6 +18,7 @@ import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import * as Ledger from "../src/Ledger.js"
+import { createDatabase } from "./common.js"
 
 const percentile = (sorted: ReadonlyArray<number>, p: number) => sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]!
 const summary = (samples: Array<number>) => {
@@ -76,7 +77,7 @@ const main = async () => {
   const n = Number(process.argv[2] ?? 1000)
   const admin = await mysql.createConnection({ host: "127.0.0.1", user: "root" })
   const db = `dms_bench_${process.pid}`
-  await admin.query(`CREATE DATABASE ${db}`)
+  await createDatabase(admin, db)
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "dms-bench-"))
   try {
     const conn = await mysql.createConnection({ host: "127.0.0.1", user: "root", database: db })

@@ -12,7 +12,7 @@ import * as readline from "node:readline"
 import * as Dms from "../src/Dms.js"
 import * as Protocol from "../src/Protocol.js"
 import { RABBIT_URL } from "../test/support/rabbit.js"
-import { deleteQueue, round, type Runtime, sequential } from "./common.js"
+import { createDatabase, deleteQueue, round, type Runtime, sequential } from "./common.js"
 
 const mode = process.argv[2] ?? "memory"
 const n = Number(process.argv[3] ?? 5000)
@@ -41,7 +41,7 @@ if (mode === "memory") {
   const db = `dms_profile_${process.pid}`
   const host = `profile-${process.pid}`
   const admin = await mysql.createConnection({ host: "127.0.0.1", user: "root" })
-  await admin.query(`CREATE DATABASE ${db}`)
+  await createDatabase(admin, db)
   const responder = spawn(process.execPath, [path.join(import.meta.dirname, "responder.js"), JSON.stringify({ url: RABBIT_URL, hosts: [host] })], {
     detached: true,
     stdio: ["ignore", "pipe", "inherit"]

@@ -25,6 +25,7 @@ import * as path from "node:path"
 import * as Broker from "../src/Broker.js"
 import { cluster, clusterMarkdown } from "./cluster.js"
 import {
+  createDatabase,
   cycle,
   deleteQueues,
   fanOut,
@@ -193,7 +194,7 @@ const main = async () => {
   const began = performance.now()
   const admin = await mysql.createConnection({ host: "127.0.0.1", user: "root" })
   const db = `dms_bench_${process.pid}`
-  await admin.query(`CREATE DATABASE ${db}`)
+  await createDatabase(admin, db)
   const hosts = Array.from({ length: 16 }, (_, i) => `${HOST_PREFIX}-h${i}`)
   const responder = await startResponder(hosts)
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "dms-bench-"))

@@ -16,7 +16,7 @@ import * as readline from "node:readline"
 import * as Dms from "../src/Dms.js"
 import * as Mount from "../src/Mount.js"
 import { RABBIT_URL } from "../test/support/rabbit.js"
-import { deleteQueue, request } from "./common.js"
+import { createDatabase, deleteQueue, request } from "./common.js"
 
 const events: Array<[string, number, number]> = []
 const native = await Effect.runPromise(Effect.tracer)
@@ -39,7 +39,7 @@ const tracer = Tracer.make({
 const db = `dms_trace_${process.pid}`
 const host = `trace-${process.pid}`
 const admin = await mysql.createConnection({ host: "127.0.0.1", user: "root" })
-await admin.query(`CREATE DATABASE ${db}`)
+await createDatabase(admin, db)
 const responder = spawn(process.execPath, [fileURLToPath(new URL("./responder.js", import.meta.url)), JSON.stringify({ url: RABBIT_URL, hosts: [host] })], {
   detached: true,
   stdio: ["ignore", "pipe", "inherit"]

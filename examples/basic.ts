@@ -3,6 +3,7 @@
  */
 import { DMSClient } from "trilio-dms/promise"
 
+// The database's tables are made once beforehand with `trilio-dms migrate` (a client never creates them).
 // Using environment variables (DMS_DB_URL, DMS_RABBITMQ_URL, …) or ~/.trilio-dms/client.conf
 export const fromEnvironment = () => new DMSClient()
 

@@ -30,7 +30,8 @@ import * as LeaseAcquire from "./internal/leaseAcquire.js"
 import * as LeaseHold from "./internal/leaseHold.js"
 import * as LeaseRenewer from "./internal/leaseRenewer.js"
 import * as MemoryStore from "./internal/memoryStore.js"
-import * as MysqlNodes from "./internal/mysqlNodes.js"
+import * as MigrateUrl from "./internal/migrateUrl.js"
+import * as MysqlConnect from "./internal/mysqlConnect.js"
 import * as SqlStore from "./internal/sqlStore.js"
 import * as StoreRetry from "./internal/storeRetry.js"
 import { lockKey, type Store } from "./internal/store.js"
@@ -168,6 +169,39 @@ export interface Lease {
 export interface ActiveMountsFilter {
   readonly host?: string | undefined
   readonly backupTargetId?: string | undefined
+  /** At most this many rows (1 … 10,000), in id order: a page. Without it, every active row. */
+  readonly limit?: number | undefined
+  /** The page after the row with this id (the last id of the previous page). */
+  readonly afterId?: number | undefined
+}
+
+/**
+ * Options of {@link Service.purge}.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface PurgeOptions {
+  /** Rows last written longer ago than this (by the database's clock) may go. */
+  readonly olderThan: Duration.DurationInput
+  /** Rows examined per batch (1 … 10,000; default 1,000): each batch is one short statement or two. */
+  readonly batchSize?: number | undefined
+  /** Count what would go, delete nothing. */
+  readonly dryRun?: boolean | undefined
+}
+
+/**
+ * What {@link Service.purge} did.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface PurgeResult {
+  /** Rows deleted (or, in a dry run, that would be). */
+  readonly deleted: number
+  readonly batches: number
+  readonly dryRun: boolean
+  readonly olderThanMs: number
 }
 
 /**
@@ -249,6 +283,13 @@ export interface Service {
   readonly getActiveMounts: (
     filter?: ActiveMountsFilter
   ) => Effect.Effect<ReadonlyArray<LedgerEntry>, DmsError.DatabaseError | DmsError.ValidationError>
+  /**
+   * Hard-deletes, in small batches, the rows that hold nothing (unmounted or soft-deleted) and were
+   * last written before `olderThan`; never an active holder's row, nor a row of a (target, host) that is
+   * leased or has a pending mark. Each batch locks only the rows it deletes, by primary key, so mounts go
+   * on meanwhile.
+   */
+  readonly purge: (options: PurgeOptions) => Effect.Effect<PurgeResult, DmsError.DatabaseError | DmsError.ValidationError>
   /** Every row of a target (deleted ones too), newest first. */
   readonly getLedgerHistory: (
     backupTargetId: string,
@@ -330,6 +371,9 @@ const validate = <A, I>(schema: Schema.Schema<A, I>, subject: string, path: stri
   )
 
 const HistoryLimit = Schema.Int.pipe(Schema.between(1, MAX_HISTORY_LIMIT))
+const PageLimit = Schema.Int.pipe(Schema.between(1, 10_000))
+const AfterId = Schema.Int.pipe(Schema.greaterThanOrEqualTo(0))
+const PositiveMillis = Schema.Number.pipe(Schema.finite(), Schema.positive())
 
 /**
  * Builds the Ledger over a backend store.
@@ -403,8 +447,36 @@ export const make = (backend: Store, options: LeaseOptions & { readonly location
       Effect.gen(function*() {
         yield* checkHost(filter.host)
         if (filter.backupTargetId !== undefined) yield* checkTarget(filter.backupTargetId)
-        return yield* store.getActiveMounts(filter.host, filter.backupTargetId)
+        if (filter.limit !== undefined) yield* validate(PageLimit, "query", "limit", filter.limit)
+        if (filter.afterId !== undefined) yield* validate(AfterId, "query", "afterId", filter.afterId)
+        const page = filter.limit === undefined && filter.afterId === undefined
+          ? undefined
+          : { limit: filter.limit ?? 10_000, afterId: filter.afterId ?? 0 }
+        return yield* store.getActiveMounts(filter.host, filter.backupTargetId, page)
       }),
+    purge: (purgeOptions) =>
+      Effect.gen(function*() {
+        const olderThanMs = yield* Effect.try({
+          try: () => Duration.toMillis(Duration.decode(purgeOptions.olderThan)),
+          catch: () => DmsError.invalid("query", "olderThan", "must be a duration, e.g. \"90 days\"")
+        })
+        yield* validate(PositiveMillis, "query", "olderThan", olderThanMs)
+        const batchSize = purgeOptions.batchSize ?? 1000
+        yield* validate(PageLimit, "query", "batchSize", batchSize)
+        const dryRun = purgeOptions.dryRun === true
+        let deleted = 0
+        let batches = 0
+        let after: number | null = 0
+        while (after !== null) {
+          const batch: { readonly deleted: number; readonly lastId: number | null } = yield* store.purgeBatch(olderThanMs, after, batchSize, dryRun)
+          deleted += batch.deleted
+          batches++
+          after = batch.lastId
+          // Between batches other statements get their turn (and a purge can be interrupted).
+          yield* Effect.yieldNow()
+        }
+        return { deleted, batches, dryRun, olderThanMs }
+      }).pipe(Effect.withSpan("Ledger.purge", { captureStackTrace: false })),
     getLedgerHistory: (backupTargetId, limit = 100) =>
       Effect.gen(function*() {
         yield* checkTarget(backupTargetId)
@@ -458,12 +530,17 @@ export interface MysqlOptions extends LeaseOptions {
   readonly url: string | Redacted.Redacted<string>
   /** Connections per database node. Default 10. */
   readonly maxConnections?: number | undefined
+  /**
+   * Create or upgrade the tables first, as {@link migrate} does. Default false: a client only checks
+   * them (read-only) and fails with a `DatabaseError` saying to run `trilio-dms migrate`.
+   */
+  readonly migrate?: boolean | undefined
 }
 
 /**
  * The ledger on MySQL or MariaDB, a Galera cluster included (a lease table, no `GET_LOCK`; every
- * statement retried after the errors a cluster produces as a matter of course). Creates the tables if
- * missing and refuses a ledger table of another shape.
+ * statement retried after the errors a cluster produces as a matter of course). Checks the tables
+ * without any DDL (see {@link migrate}) and refuses a ledger table of another shape.
  *
  * @since 0.1.0
  * @category layers
@@ -479,21 +556,10 @@ export const layerMysql = (
     )
   }
   const store = Effect.flatMap(
-    MysqlNodes.make(location.nodes, {
-      user: location.user,
-      password: location.password,
-      database: location.database,
-      connectionLimit: options.maxConnections ?? 10
-    }),
-    (nodes) =>
-      Effect.zipRight(
-        // Connect first, so an unreachable server is named as such rather than as a failed schema check.
-        Effect.mapError(nodes.query("SELECT 1", []), (e) => new DmsError.DatabaseError({ operation: `connect to ${Urls.redactUrl(raw)}`, cause: e.cause })),
-        SqlStore.makeMysql(nodes.query)
-      )
+    MysqlConnect.open(location, raw, options.maxConnections ?? 10),
+    (nodes) => SqlStore.makeMysql(nodes.query, { migrate: options.migrate })
   )
-  const nodes = location.nodes.map((n) => `${n.host.toLowerCase()}:${n.port}`).join(",")
-  const where = `mysql://${nodes}/${location.database}`
+  const where = MysqlConnect.describe(location)
   return Layer.scoped(Ledger, Effect.map(store, (s) => make(s, { ...options, location: where }))).pipe(
     Layer.catchAllCause((cause) => Layer.fail(buildError(`connect to ${Urls.redactUrl(raw)}`)(cause)))
   )
@@ -508,6 +574,11 @@ export const layerMysql = (
 export interface SqliteOptions extends LeaseOptions {
   /** The database file (created with its directory if missing), or `:memory:`. */
   readonly filename: string
+  /**
+   * Create or upgrade the tables when the ledger opens. Default true: the embedded ledger serves one
+   * host, and its DDL is local and transactional. `false` only checks them.
+   */
+  readonly migrate?: boolean | undefined
 }
 
 /**
@@ -525,7 +596,7 @@ export const layerSqlite = (
       try: () => {
         if (options.filename !== ":memory:") fs.mkdirSync(path.dirname(path.resolve(options.filename)), { recursive: true })
         const where = options.filename === ":memory:" ? undefined : `sqlite:${path.resolve(options.filename)}`
-        return fromStore(SqlStore.makeSqlite, { ...options, location: where }).pipe(
+        return fromStore(SqlStore.makeSqlite({ migrate: options.migrate ?? true }), { ...options, location: where }).pipe(
           Layer.provide(SqliteClient.layer({ filename: options.filename }))
         )
       },
@@ -592,7 +663,7 @@ const memoryLocation = (state: MemoryState) => {
  */
 export const layerFromUrl = (
   url: string | Redacted.Redacted<string>,
-  options: LeaseOptions & { readonly maxConnections?: number | undefined } = {}
+  options: LeaseOptions & { readonly maxConnections?: number | undefined; readonly migrate?: boolean | undefined } = {}
 ): Layer.Layer<Ledger, DmsError.DatabaseError | DmsError.ValidationError> => {
   const raw = Redacted.isRedacted(url) ? Redacted.value(url as Redacted.Redacted<string>) : String(url)
   const location = Urls.parseLedgerUrl(raw)
@@ -619,3 +690,39 @@ export const layerConfig = (
   Layer.unwrapEffect(
     Effect.map(DmsConfig.DmsConfig, (config) => layerFromUrl(config.dbUrl, { ...options, lockTimeout: config.lockTimeout }))
   )
+
+/**
+ * What {@link migrate} did to one table: `created` it, `upgraded` it (added `addedColumns`), or found it
+ * `current`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface TableMigration {
+  readonly table: string
+  readonly action: "created" | "upgraded" | "current"
+  readonly addedColumns: ReadonlyArray<string>
+}
+
+/**
+ * What {@link migrate} did: the database (a URL without its password) and each table (none for `memory:`).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface MigrationReport {
+  readonly location: string
+  readonly tables: ReadonlyArray<TableMigration>
+}
+
+/**
+ * Creates the ledger's tables, or adds the columns an earlier version's tables lack (`trilio-dms
+ * migrate`). The only thing that runs DDL: a client start only checks the tables. Idempotent, and safe
+ * from two processes at once. Needs CREATE, ALTER and INDEX on the database; the database must exist.
+ *
+ * @since 0.1.0
+ * @category migrations
+ */
+export const migrate = (options: {
+  readonly url: string | Redacted.Redacted<string>
+}): Effect.Effect<MigrationReport, DmsError.DatabaseError | DmsError.ValidationError> => MigrateUrl.migrate(options.url)

@@ -448,6 +448,144 @@ for (const [name, backendLayer] of backends) {
           yield* other.withTargetLock(t, HOST, () => Effect.void, { timeout: "5 seconds" })
           yield* ledger.withTargetLock(t, HOST, () => Effect.void, { timeout: "5 seconds" })
         }))
+
+      it.scoped("a pending mark's deadline is the database's: a client whose clock is an hour off writes and reads the same time left", () =>
+        Effect.gen(function*() {
+          const backend = yield* Backend
+          // The memory ledger is one process on one clock: there is no other clock to disagree with.
+          if (backend.name === "memory") return
+          const ledger = yield* backend.build()
+          const t = target()
+          const skewed = (offsetMs: number) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+            Effect.flatMap(Effect.clock, (clock) =>
+              Effect.withClock(
+                effect,
+                Object.assign(Object.create(clock) as typeof clock, {
+                  unsafeCurrentTimeMillis: () => clock.unsafeCurrentTimeMillis() + offsetMs,
+                  currentTimeMillis: Effect.map(clock.currentTimeMillis, (ms) => ms + offsetMs)
+                })
+              ))
+          // Marked with the lease by a client an hour ahead, and by a write of a client an hour behind.
+          const mark = { op: "mount" as const, timeout: Duration.seconds(30), mountPath: "/m/skew", targetType: "nfs" as const }
+          yield* ledger.withTargetLock(t, HOST, (lease) => Effect.sync(() => lease.markSent()), { readJobId: 1, mark }).pipe(
+            skewed(3_600_000)
+          )
+          const seen = yield* ledger.withTargetLock(t, HOST, (lease) => lease.read()).pipe(skewed(-3_600_000))
+          const first = Option.getOrThrow(seen.pending)
+          assert.isTrue(first.remainingMs > 0 && first.remainingMs <= 30_000, `due in ${first.remainingMs} ms`)
+          yield* ledger.withTargetLock(t, HOST, (lease) => lease.write({ pending: { op: "unmount", timeoutMs: 20_000 } })).pipe(
+            skewed(-3_600_000)
+          )
+          const second = Option.getOrThrow((yield* ledger.withTargetLock(t, HOST, (lease) => lease.read()).pipe(skewed(3_600_000))).pending)
+          assert.isTrue(second.remainingMs > 0 && second.remainingMs <= 20_000, `due in ${second.remainingMs} ms`)
+          assert.isBelow(Math.abs(second.deadline.getTime() - Date.now() - 20_000), 600_000, "the deadline is on the database's clock")
+        }))
+
+      it.scoped("purge: old rows that hold nothing go, in batches; never a holder's, a leased or pending pair's, or a recent row", () =>
+        Effect.gen(function*() {
+          const backend = yield* Backend
+          const ledger = yield* backend.build()
+          const [t1, t2, t3, t4] = [target(), target(), target(), target()]
+          const host = `host-${randomBytes(4).toString("hex")}`
+          // "Old" rows: on SQL aged by the database's clock below; in memory written on a clock 100 days back.
+          const old = backend.query === undefined
+            ? <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+              Effect.flatMap(Effect.clock, (clock) =>
+                Effect.withClock(
+                  effect,
+                  Object.assign(Object.create(clock) as typeof clock, {
+                    unsafeCurrentTimeMillis: () => clock.unsafeCurrentTimeMillis() - 100 * 86_400_000,
+                    currentTimeMillis: Effect.map(clock.currentTimeMillis, (ms) => ms - 100 * 86_400_000)
+                  })
+                ))
+            : <A, E, R>(effect: Effect.Effect<A, E, R>) => effect
+          const set = (t: string, jobId: number, mounted: boolean) =>
+            ledger.withTargetLock(t, host, (lease) => lease.write({ job: { jobId, mounted } }))
+          yield* old(Effect.all([
+            set(t1, 1, true), // a holder
+            set(t1, 2, true), set(t1, 2, false), // released
+            set(t1, 3, true), set(t1, 3, false), ledger.softDeleteEntry(3, t1, { host }), // soft-deleted
+            set(t2, 5, true), set(t2, 5, false),
+            ledger.withTargetLock(t2, host, (lease) => lease.write({ pending: { op: "unmount", timeoutMs: 1000 } })),
+            set(t3, 6, true), set(t3, 6, false),
+            ...[10, 11, 12, 13, 14].flatMap((j) => [set(t4, j, true), set(t4, j, false)])
+          ], { discard: true }))
+          if (backend.query !== undefined) {
+            yield* backend.query(
+              backend.name === "mysql"
+                ? "UPDATE backup_target_mount_ledger SET updated_at = updated_at - INTERVAL 100 DAY WHERE host = ?"
+                : "UPDATE backup_target_mount_ledger SET updated_at = datetime(updated_at, '-100 days') WHERE host = ?",
+              [host]
+            )
+          }
+          yield* set(t1, 4, true)
+          yield* set(t1, 4, false) // recent
+          const jobsOf = (t: string) => Effect.map(ledger.getLedgerHistory(t), (rows) => rows.map((r) => r.jobId).sort((a, b) => a - b))
+
+          const dry = yield* ledger.purge({ olderThan: "30 days", batchSize: 2, dryRun: true })
+          assert.deepInclude(dry, { deleted: 8, dryRun: true }, "t1's jobs 2 and 3, t3's job 6 (not leased yet) and t4's five")
+          assert.deepStrictEqual(yield* jobsOf(t4), [10, 11, 12, 13, 14], "a dry run deletes nothing")
+
+          // t3's lease is held while the purge runs: an operation may be about to write its rows.
+          const inside = yield* Deferred.make<void>()
+          const done = yield* Deferred.make<void>()
+          const holder = yield* Effect.fork(ledger.withTargetLock(t3, host, () =>
+            Effect.zipRight(Deferred.succeed(inside, undefined), Deferred.await(done))))
+          yield* Deferred.await(inside)
+          const purged = yield* ledger.purge({ olderThan: "30 days", batchSize: 2 })
+          yield* Deferred.succeed(done, undefined)
+          yield* Fiber.join(holder)
+          assert.deepInclude(purged, { deleted: 7, dryRun: false })
+          assert.isAtLeast(purged.batches, 6, "batches of 2 rows")
+          assert.deepStrictEqual(yield* jobsOf(t1), [1, 4], "the holder's row and the recent one stay")
+          assert.deepStrictEqual(yield* jobsOf(t2), [5], "a pending pair's rows stay")
+          assert.deepStrictEqual(yield* jobsOf(t3), [6], "a leased pair's rows stay")
+          assert.deepStrictEqual(yield* jobsOf(t4), [])
+          assert.deepInclude(yield* ledger.purge({ olderThan: "30 days" }), { deleted: 1, dryRun: false, olderThanMs: 30 * 86_400_000 }, "t3's row, once its lease is free")
+          assert.deepStrictEqual(yield* jobsOf(t3), [])
+
+          const bad = yield* Effect.flip(ledger.purge({ olderThan: 0 }))
+          assert.instanceOf(bad, ValidationError)
+          assert.include(bad.message, "olderThan")
+          assert.instanceOf(yield* Effect.flip(ledger.purge({ olderThan: "1 day", batchSize: 0 })), ValidationError)
+        }))
+
+      it.scoped("getActiveMounts pages through a host's active rows by id", () =>
+        Effect.gen(function*() {
+          const ledger = yield* (yield* Backend).build()
+          const host = `host-${randomBytes(4).toString("hex")}`
+          for (const j of [1, 2, 3, 4, 5]) yield* ledger.withTargetLock(`page-${j}`, host, (lease) => lease.write({ job: { jobId: j, mounted: true } }))
+          const pages: Array<Array<number>> = []
+          let afterId = 0
+          for (;;) {
+            const page = yield* ledger.getActiveMounts({ host, limit: 2, afterId })
+            if (page.length === 0) break
+            pages.push(page.map((e) => e.jobId))
+            afterId = page[page.length - 1]!.id
+          }
+          assert.deepStrictEqual(pages, [[1, 2], [3, 4], [5]])
+          assert.lengthOf(yield* ledger.getActiveMounts({ host }), 5, "without a limit: every row")
+          const bad = yield* Effect.flip(ledger.getActiveMounts({ host, limit: 0 }))
+          assert.instanceOf(bad, ValidationError)
+          assert.include(bad.message, "limit")
+        }))
+
+      it.scoped("history is newest first by creation time, whatever the ids (Galera hands them out per node)", () =>
+        Effect.gen(function*() {
+          const backend = yield* Backend
+          if (backend.query === undefined) return
+          const ledger = yield* backend.build()
+          const t = target()
+          // As two nodes would: the row created later got the smaller id.
+          yield* backend.query(
+            `INSERT INTO backup_target_mount_ledger (id, created_at, updated_at, deleted, version, backup_target_id, jobid, host, mounted)
+              VALUES (1000005, '2026-01-01 10:00:00', '2026-01-01 10:00:00', 0, 'x', ?, 1, ?, 0),
+                     (1000003, '2026-01-01 10:00:07', '2026-01-01 10:00:07', 0, 'x', ?, 2, ?, 0)`,
+            [t, HOST, t, HOST]
+          )
+          const history = yield* ledger.getLedgerHistory(t)
+          assert.deepStrictEqual(history.map((e) => e.jobId), [2, 1])
+        }))
     })
   })
 }

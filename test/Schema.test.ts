@@ -14,7 +14,7 @@ import * as Ledger from "../src/Ledger.js"
 import { VERSION } from "../src/internal/version.js"
 import { mysqlStateReadText } from "../src/internal/sqlStore.js"
 import { tempDir } from "./support/backends.js"
-import { MYSQL_HOST, MYSQL_PORT, TestDatabase, TestDatabaseLive } from "./support/mysql.js"
+import { MYSQL_HOST, MYSQL_PORT, TestDatabase, TestDatabaseEmpty, TestDatabaseLive } from "./support/mysql.js"
 
 const root = path.resolve(import.meta.dirname, "..")
 const normalize = (sql: string) => sql.replace(/\s+/g, " ").replace(/\( /g, "(").replace(/ \)/g, ")").trim()
@@ -44,10 +44,10 @@ describe("schema.sql", () => {
     assert.isAtMost(VERSION.length, 32, "fits the version column")
   })
 
-  it.scoped("loads with the mysql client and matches what the library creates", () =>
+  it.scoped("loads with the mysql client and matches what Ledger.migrate creates", () =>
     Effect.gen(function*() {
-      const loaded = Context.get(yield* Layer.build(TestDatabaseLive), TestDatabase)
-      const created = Context.get(yield* Layer.build(TestDatabaseLive), TestDatabase)
+      const loaded = Context.get(yield* Layer.build(TestDatabaseEmpty), TestDatabase)
+      const created = Context.get(yield* Layer.build(TestDatabaseEmpty), TestDatabase)
       execFileSync("mysql", ["-h", MYSQL_HOST, "-P", String(MYSQL_PORT), "-u", "root", loaded.name], {
         input: fs.readFileSync(path.join(root, "schema.sql"))
       })
@@ -57,6 +57,7 @@ describe("schema.sql", () => {
       const [row] = yield* loaded.query<Array<{ version: string; mounted: number }>>("SELECT version, mounted FROM backup_target_mount_ledger")
       assert.deepStrictEqual({ ...row }, { version: VERSION, mounted: 1 })
 
+      yield* Ledger.migrate({ url: created.url })
       yield* build(Ledger.layerMysql({ url: created.url }))
       const shape = (db: string) =>
         loaded.query<Array<unknown>>(
@@ -75,28 +76,6 @@ describe("schema.sql", () => {
           .map((i) => i.INDEX_NAME).filter((n) => n.startsWith("idx_")))
       assert.strictEqual(indexes("backup_target_mount_ledger").size, 6)
       assert.deepStrictEqual([...indexes("backup_target_mount_lock")], ["idx_lock_host"])
-    }))
-
-  it.scoped("adds the pending-mark columns to a lock table made by an earlier 0.1.0, keeping its rows", () =>
-    Effect.gen(function*() {
-      const db = Context.get(yield* Layer.build(TestDatabaseLive), TestDatabase)
-      yield* db.query(`CREATE TABLE backup_target_mount_lock (
-        lock_key CHAR(40) NOT NULL PRIMARY KEY, backup_target_id VARCHAR(255) NOT NULL, host VARCHAR(255) NOT NULL,
-        mount_path VARCHAR(4096) NULL, target_type VARCHAR(8) NULL, owner CHAR(36) NULL, expires_at DATETIME(3) NULL,
-        pending_op VARCHAR(16) NULL, pending_deadline DATETIME(3) NULL, waiter CHAR(36) NULL, waiter_at DATETIME(3) NULL,
-        updated_at DATETIME(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3))`)
-      yield* db.query(`INSERT INTO backup_target_mount_lock (lock_key, backup_target_id, host, mount_path)
-        VALUES (REPEAT('a', 40), 'old', 'h', '/m/old')`)
-      const ledger = yield* build(Ledger.layerMysql({ url: db.url }))
-      const cols = yield* db.query<Array<{ name: string }>>(
-        `SELECT COLUMN_NAME AS name FROM information_schema.COLUMNS
-          WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'backup_target_mount_lock' AND COLUMN_NAME LIKE 'pending%'`
-      )
-      assert.deepStrictEqual(cols.map((c) => c.name).sort(), ["pending_deadline", "pending_op", "pending_owner", "pending_path", "pending_type"])
-      const [old] = yield* db.query<Array<{ mount_path: string }>>("SELECT mount_path FROM backup_target_mount_lock WHERE backup_target_id = 'old'")
-      assert.strictEqual(old?.mount_path, "/m/old")
-      yield* ledger.withTargetLock("t1", "h1", (lease) => lease.write({ job: { jobId: 1, mounted: true } }))
-      assert.strictEqual((yield* ledger.getActiveMounts()).length, 1)
     }))
 
   it.scoped("a lease's state read uses the pair's indexes on a ledger with 100,000 history rows", () =>
@@ -128,12 +107,19 @@ describe("schema.sql", () => {
 
   it.scoped("refuses the Python client's ledger table on MySQL, naming it", () =>
     Effect.gen(function*() {
-      const db = Context.get(yield* Layer.build(TestDatabaseLive), TestDatabase)
+      const db = Context.get(yield* Layer.build(TestDatabaseEmpty), TestDatabase)
       yield* db.query(PYTHON_LEDGER)
       const error = yield* Effect.flip(build(Ledger.layerMysql({ url: db.url })))
       assert.instanceOf(error, DatabaseError)
       assert.include(error.message, "Python")
       assert.include(error.message, "(jobid, backup_target_id, host)")
+      // migrate refuses it too, before creating anything.
+      const refused = yield* Effect.flip(Ledger.migrate({ url: db.url }))
+      assert.include(refused.message, "Python")
+      const tables = yield* db.query<Array<{ name: string }>>(
+        "SELECT TABLE_NAME AS name FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE()"
+      )
+      assert.deepStrictEqual(tables.map((t) => t.name), ["backup_target_mount_ledger"])
     }))
 
   it.scoped("refuses the Python client's ledger table and a table missing columns on SQLite", () =>

@@ -5,6 +5,7 @@ import { afterEach, assert, describe, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import mysql from "mysql2/promise"
 import * as Dms from "../src/Dms.js"
+import * as Ledger from "../src/Ledger.js"
 import {
   DatabaseException,
   DMSClient,
@@ -163,9 +164,10 @@ describe("DMSClient against a database that is down at the first call", () => {
   it("connects again on the next call instead of remembering the failure", async () => {
     const database = uniqueName("dms_late")
     const server = FakeServer.make()
+    const dbUrl = `mysql://root@${MYSQL_HOST}:${MYSQL_PORT}/${database}`
     const client = new DMSClient({
       layer: Dms.layer({
-        dbUrl: `mysql://root@${MYSQL_HOST}:${MYSQL_PORT}/${database}`,
+        dbUrl,
         rabbitmqUrl: "memory:",
         server: server.handler
       })
@@ -177,6 +179,7 @@ describe("DMSClient against a database that is down at the first call", () => {
       assert.instanceOf(first, DatabaseException)
       assert.include((first as Error).message, database)
       await admin.query(`CREATE DATABASE \`${database}\``)
+      await Effect.runPromise(Ledger.migrate({ url: dbUrl }))
       assert.deepStrictEqual(await client.getActiveMounts(), [])
       assert.strictEqual((await client.mount(request())).status, "success")
     } finally {

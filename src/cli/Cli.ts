@@ -18,6 +18,7 @@ import * as Failure from "./Failure.js"
 import * as LedgerCommands from "./LedgerCommands.js"
 import * as MountCommands from "./MountCommands.js"
 import * as Output from "./Output.js"
+import * as PurgeCommand from "./PurgeCommand.js"
 import * as ReconcileCommand from "./ReconcileCommand.js"
 import * as ServerCommand from "./ServerCommand.js"
 
@@ -29,7 +30,7 @@ import * as ServerCommand from "./ServerCommand.js"
  */
 export const root = Command.make("trilio-dms", {}, () =>
   Effect.zipRight(
-    Output.errorLine("trilio-dms: a command is required (mount, unmount, status, mounts, history, soft-delete, migrate, reconcile, server, doctor, demo); see trilio-dms --help"),
+    Output.errorLine("trilio-dms: a command is required (mount, unmount, status, mounts, history, soft-delete, migrate, purge, reconcile, server, doctor, demo); see trilio-dms --help"),
     Effect.fail(new Failure.CliExit({ code: Failure.ExitCode.badInput }))
   )).pipe(
     Command.withDescription(
@@ -44,6 +45,7 @@ export const root = Command.make("trilio-dms", {}, () =>
       LedgerCommands.history,
       LedgerCommands.softDelete,
       LedgerCommands.migrate,
+      PurgeCommand.command,
       ReconcileCommand.command,
       ServerCommand.command,
       Doctor.command,

@@ -6,7 +6,6 @@
  * @since 0.1.0
  */
 import * as SqlClient from "@effect/sql/SqlClient"
-import * as MysqlClient from "@effect/sql-mysql2/MysqlClient"
 import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
 import amqp from "amqplib"
 import * as Duration from "effect/Duration"
@@ -15,6 +14,10 @@ import * as Redacted from "effect/Redacted"
 import * as fs from "node:fs"
 import * as Broker from "../Broker.js"
 import * as DmsConfig from "../DmsConfig.js"
+import * as MysqlConnect from "../internal/mysqlConnect.js"
+import { type Dialect, mysqlDialect, sqliteDialect, type Statements } from "../internal/sqlDialect.js"
+import * as SqlSchema from "../internal/sqlSchema.js"
+import * as SqlStore from "../internal/sqlStore.js"
 import * as Urls from "../internal/urls.js"
 import * as Setup from "./Setup.js"
 
@@ -75,25 +78,17 @@ const databaseFix = (code: string | undefined, location: Extract<Urls.LedgerLoca
   }
 }
 
-const checkMysql = (location: Extract<Urls.LedgerLocation, { kind: "mysql" }>, display: string) =>
+const checkMysql = (location: Extract<Urls.LedgerLocation, { kind: "mysql" }>, raw: string, display: string) =>
   Effect.gen(function*() {
-    const sql = yield* SqlClient.SqlClient
-    const present = yield* sql<{ name: string }>`SELECT TABLE_NAME AS name FROM information_schema.TABLES
-      WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN (${TABLES[0]}, ${TABLES[1]})`
-    return yield* tablesCheck(sql, present.map((r) => String(r.name)), display)
+    const nodes = yield* MysqlConnect.open(location, raw, 1)
+    const sql = SqlStore.mysqlStatements(nodes.query)
+    const present = yield* sql.query(
+      `SELECT TABLE_NAME AS name FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN (?, ?)`,
+      TABLES
+    )
+    return yield* tablesCheck(sql, mysqlDialect, present.map((r) => String(r.name)), display)
   }).pipe(
     Effect.scoped,
-    Effect.provide(
-      MysqlClient.layer({
-        host: location.host,
-        port: location.port,
-        database: location.database,
-        username: location.user,
-        password: location.password,
-        maxConnections: 1,
-        poolConfig: { connectTimeout: Duration.toMillis(CONNECT_TIMEOUT) }
-      })
-    ),
     Effect.timeoutFail({ duration: Duration.sum(CONNECT_TIMEOUT, Duration.seconds(2)), onTimeout: () => ({ code: "ETIMEDOUT" }) }),
     Effect.catchAll((e): Effect.Effect<Check> =>
       Effect.succeed({
@@ -105,7 +100,7 @@ const checkMysql = (location: Extract<Urls.LedgerLocation, { kind: "mysql" }>, d
     )
   )
 
-const tablesCheck = (sql: SqlClient.SqlClient, present: ReadonlyArray<string>, display: string) =>
+const tablesCheck = (sql: Statements, dialect: Dialect, present: ReadonlyArray<string>, display: string) =>
   Effect.gen(function*() {
     const missing = TABLES.filter((t) => !present.some((p) => p.toLowerCase() === t))
     if (missing.length > 0) {
@@ -113,11 +108,21 @@ const tablesCheck = (sql: SqlClient.SqlClient, present: ReadonlyArray<string>, d
         check: "database",
         status: "fail",
         detail: `${display}: reachable, but the table(s) ${missing.join(", ")} are missing`,
-        fix: "run trilio-dms migrate (or load schema.sql); the client also creates them on first use if it may CREATE"
+        fix: "run trilio-dms migrate (or load schema.sql) as a user that may create tables; a client never creates them"
       } satisfies Check
     }
-    const [row] = yield* sql<{ n: number | bigint }>`SELECT COUNT(*) AS n FROM backup_target_mount_ledger
-      WHERE mounted = 1 AND deleted = 0`
+    const shape = yield* Effect.either(SqlSchema.check(sql, dialect))
+    if (shape._tag === "Left") {
+      return {
+        check: "database",
+        status: "fail",
+        detail: `${display}: reachable, but ${shape.left.reason ?? shape.left.message}`,
+        fix: (shape.left.reason ?? "").includes("trilio-dms migrate")
+          ? "run trilio-dms migrate as a user that may alter tables"
+          : "point DMS_DB_URL at a database with trilio-dms's tables (schema.sql)"
+      } satisfies Check
+    }
+    const [row] = yield* sql.query(`SELECT COUNT(*) AS n FROM backup_target_mount_ledger WHERE mounted = 1 AND deleted = 0`, [])
     return {
       check: "database",
       status: "ok",
@@ -140,7 +145,7 @@ const checkSqlite = (filename: string, display: string): Effect.Effect<Check> =>
   return Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     const present = yield* sql<{ name: string }>`SELECT name FROM sqlite_master WHERE type = 'table'`
-    return yield* tablesCheck(sql, present.map((r) => String(r.name)), display)
+    return yield* tablesCheck(SqlStore.clientStatements(sql), sqliteDialect, present.map((r) => String(r.name)), display)
   }).pipe(
     Effect.scoped,
     Effect.provide(SqliteClient.layer({ filename, readonly: true })),
@@ -168,7 +173,7 @@ const checkDatabase = (settings: DmsConfig.Settings): Effect.Effect<Check> => {
     case "sqlite":
       return checkSqlite(location.filename, display)
     case "mysql":
-      return checkMysql(location, display)
+      return checkMysql(location, raw, display)
   }
 }
 

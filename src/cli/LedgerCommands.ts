@@ -10,7 +10,6 @@ import * as Options from "@effect/cli/Options"
 import * as Clock from "effect/Clock"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
-import * as Redacted from "effect/Redacted"
 import type * as Ledger from "../Ledger.js"
 import * as Failure from "./Failure.js"
 import * as Lazy from "./Lazy.js"
@@ -225,30 +224,57 @@ export const softDelete = Command.make(
   )
 )
 
+const tableLine = (t: Ledger.TableMigration) =>
+  t.action === "created"
+    ? `  ${t.table}: created`
+    : t.action === "upgraded"
+    ? `  ${t.table}: added column(s) ${t.addedColumns.join(", ")}`
+    : `  ${t.table}: already current`
+
 /**
- * `trilio-dms migrate`.
+ * `trilio-dms migrate [--db-url]`: creates or upgrades the ledger's tables and says what it did.
  *
  * @since 0.1.0
  * @category commands
  */
 export const migrate = Command.make(
   "migrate",
-  { json: RequestArgs.json, verbose: RequestArgs.verbose },
+  {
+    dbUrl: Options.text("db-url").pipe(
+      Options.withDescription("the database to migrate (default: DMS_DB_URL or client.conf's db_url)"),
+      Options.optional
+    ),
+    json: RequestArgs.json,
+    verbose: RequestArgs.verbose
+  },
   (args) =>
     Effect.gen(function*() {
-      const { DmsConfig, Ledger, Setup, Urls } = yield* Lazy.lib
-      return yield* Effect.gen(function*() {
-        const settings = yield* DmsConfig.DmsConfig
-        yield* Ledger.Ledger
-        const url = Urls.redactUrl(Redacted.value(settings.dbUrl))
-        const tables = ["backup_target_mount_ledger", "backup_target_mount_lock"]
-        if (args.json) return yield* Output.json({ status: "success", db_url: url, tables })
-        return yield* Output.line(`ledger ready on ${url}: tables ${tables.join(", ")} exist and have the expected shape`)
-      }).pipe(Effect.provide(Setup.ledgerLayer({})))
+      const { Ledger, Setup } = yield* Lazy.lib
+      const options = Option.match(args.dbUrl, { onNone: () => ({}), onSome: (dbUrl) => ({ dbUrl }) })
+      const { settings } = yield* Setup.resolve(options, { rabbitmqUrl: "memory:" })
+      const report = yield* Ledger.migrate({ url: settings.dbUrl })
+      const current = report.tables.every((t) => t.action === "current")
+      if (args.json) {
+        return yield* Output.json({
+          status: "success",
+          db_url: report.location,
+          changed: !current,
+          tables: report.tables.map((t) => ({ table: t.table, action: t.action, added_columns: t.addedColumns }))
+        })
+      }
+      if (report.tables.length === 0) return yield* Output.line(`${report.location}: an in-process ledger has no tables to migrate`)
+      if (current) {
+        return yield* Output.line(
+          `ledger on ${report.location} already current: ${report.tables.map((t) => t.table).join(", ")} have every column`
+        )
+      }
+      return yield* Output.lines([`migrated the ledger on ${report.location}:`, ...report.tables.map(tableLine)])
     }).pipe(Failure.reported(args))
 ).pipe(
   Command.withDescription(
-    "Create the ledger tables (backup_target_mount_ledger, backup_target_mount_lock) on the configured database if " +
-      "missing, and check the shape of existing ones. Safe to run again. The database itself must exist."
+    "Create the ledger tables (backup_target_mount_ledger, backup_target_mount_lock) if missing, or add the columns " +
+      "an earlier version's tables lack, and say what was done. The only command that changes the schema (a client " +
+      "start only checks it): run it once per database, and again after an upgrade, as a user with CREATE, ALTER " +
+      "and INDEX. Safe to run again or concurrently. The database itself must exist."
   )
 )

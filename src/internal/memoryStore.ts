@@ -8,7 +8,7 @@ import * as Option from "effect/Option"
 import { DatabaseError } from "../DmsError.js"
 import type { LedgerEntry, PendingMark, PendingOperation } from "../Ledger.js"
 import type { LockKey, Store } from "./store.js"
-import { leaseLostReason, RESERVATION_MS } from "./store.js"
+import { leaseLostReason, lockKey, RESERVATION_MS } from "./store.js"
 import { VERSION } from "./version.js"
 
 interface LockRow {
@@ -220,15 +220,32 @@ export const make = (state: MemoryState = makeState()): Store => {
           .sort(newestFirst)
         return Option.map(Option.fromNullable(rows[0]), copy)
       }),
-    getActiveMounts: (host, backupTargetId) =>
-      Effect.sync(() =>
-        state.rows
-          .filter((r) =>
-            r.mounted && !r.deleted && (host === undefined || r.host === host) &&
-            (backupTargetId === undefined || r.backupTargetId === backupTargetId)
-          )
-          .map(copy)
-      ),
+    getActiveMounts: (host, backupTargetId, page) =>
+      Effect.sync(() => {
+        const active = state.rows.filter((r) =>
+          r.mounted && !r.deleted && (host === undefined || r.host === host) &&
+          (backupTargetId === undefined || r.backupTargetId === backupTargetId) && (page === undefined || r.id > page.afterId)
+        )
+        return (page === undefined ? active : active.slice(0, page.limit)).map(copy)
+      }),
+    purgeBatch: (olderThanMs, afterId, batchSize, dryRun) =>
+      withNow((now) => {
+        const examined = state.rows.filter((r) => r.id > afterId).slice(0, batchSize)
+        const busy = (r: MutableEntry) => {
+          const lock = state.locks.get(lockKey(r.backupTargetId, r.host).key)
+          return lock !== undefined && (lock.pending !== null || (lock.owner !== null && lock.expiresAt >= now))
+        }
+        const doomed = new Set(
+          examined.filter((r) => (!r.mounted || r.deleted) && r.updatedAt.getTime() < now - olderThanMs && !busy(r))
+        )
+        if (!dryRun && doomed.size > 0) {
+          const keep = (r: MutableEntry) => !doomed.has(r)
+          state.rows.splice(0, state.rows.length, ...state.rows.filter(keep))
+          for (const [k, rows] of state.byPair) state.byPair.set(k, rows.filter(keep))
+          for (const [k, rows] of state.byPairJob) state.byPairJob.set(k, rows.filter(keep))
+        }
+        return { deleted: doomed.size, lastId: examined.length < batchSize ? null : examined[examined.length - 1]!.id }
+      }),
     ping: Effect.void,
     getHostState: (host) =>
       withNow((now) => ({

@@ -32,6 +32,8 @@ export interface NodeSettings {
   readonly database: string
   /** Connections per node. */
   readonly connectionLimit: number
+  /** TLS: the certificates' PEM text, and whether the server's certificate must verify. */
+  readonly tls?: { readonly ca?: string; readonly cert?: string; readonly key?: string; readonly verify: boolean } | undefined
 }
 
 /** Errors after which a node is passed over: it refused or lost the connection, or is not ready. */
@@ -66,7 +68,15 @@ export const make = (nodes: ReadonlyArray<MysqlNode>, settings: NodeSettings): E
           maxIdle: Math.min(2, settings.connectionLimit),
           idleTimeout: 60_000,
           multipleStatements: true,
-          supportBigNumbers: true
+          supportBigNumbers: true,
+          ...(settings.tls === undefined ? {} : {
+            ssl: {
+              ...(settings.tls.ca === undefined ? {} : { ca: settings.tls.ca }),
+              ...(settings.tls.cert === undefined ? {} : { cert: settings.tls.cert }),
+              ...(settings.tls.key === undefined ? {} : { key: settings.tls.key }),
+              rejectUnauthorized: settings.tls.verify
+            }
+          })
         })
         // Behind a balancing proxy a read may land on another Galera node than the write before it:
         // wsrep_sync_wait makes reads causal (they wait until the node has applied every earlier

@@ -10,7 +10,7 @@ import { randomUUID } from "node:crypto"
 import { DatabaseError } from "../DmsError.js"
 import type { HostLock, LeaseWrite, LedgerEntry, PendingOperation } from "../Ledger.js"
 import { type Dialect, type Exec, mysqlDialect, sqliteDialect, type Statements, toDatabaseError, truthy } from "./sqlDialect.js"
-import { LEDGER_TABLE, LOCK_TABLE, migrate } from "./sqlSchema.js"
+import { check, LEDGER_TABLE, LOCK_TABLE, migrate } from "./sqlSchema.js"
 import type { LockKey, Store, StoreState } from "./store.js"
 import { leaseLostReason, RESERVATION_MS, RESERVATION_REFRESH_MS } from "./store.js"
 import * as StoreRetry from "./storeRetry.js"
@@ -65,14 +65,15 @@ const stateReadText = (d: Dialect) =>
 export const mysqlStateReadText = (): string => stateReadText(mysqlDialect)
 
 /**
- * Builds the SQL store over its statements, after checking (and creating or upgrading) the tables. On
+ * Builds the SQL store over its statements, after checking the tables (read only; `migrate: true` creates
+ * or upgrades them first). On
  * MySQL they run on a plain mysql2 pool per node (`mysqlNodes`): @effect/sql's span and scope per
  * statement cost about 0.15 ms each, a fifth of a statement's round trip, on every operation; on SQLite
  * through @effect/sql's client.
  */
-const make = (d: Dialect, sql: Statements): Effect.Effect<Store, DatabaseError> =>
+const make = (d: Dialect, sql: Statements, options: StoreOptions): Effect.Effect<Store, DatabaseError> =>
   Effect.gen(function*() {
-    yield* migrate(sql, d)
+    yield* (options.migrate === true ? migrate(sql, d) : check(sql, d))
     const { query, run, runMany } = sql
     const x = d.exact
 
@@ -305,6 +306,12 @@ const make = (d: Dialect, sql: Statements): Effect.Effect<Store, DatabaseError> 
         OR waiter_at < ${d.nowMinus(RESERVATION_MS)})`
     const hostLockColumns = `backup_target_id, mount_path, target_type, pending_op, pending_deadline,
       ${d.msUntil("pending_deadline")} AS pending_left, pending_path, pending_type`
+    // A row a purge may delete: it holds nothing, was last written before the cutoff, and its (target,
+    // host) is neither leased (an operation may be about to write it) nor marked pending.
+    const purgeable = (row: string, olderThanMs: number) =>
+      `((${row}.mounted = 0 OR ${row}.deleted = 1) AND ${row}.updated_at < ${d.nowMinus(olderThanMs)} AND NOT EXISTS (
+        SELECT 1 FROM ${LOCK_TABLE} l WHERE l.backup_target_id = ${x}${row}.backup_target_id AND l.host = ${x}${row}.host
+          AND (l.pending_op IS NOT NULL OR (l.owner IS NOT NULL AND l.expires_at >= ${d.now}))))`
     // Newest first by creation time: on Galera ids interleave across nodes (offsets 1, 2, 3 of step 3),
     // so a larger id is not a newer row. The id orders rows created within one second.
     const newestFirst = "ORDER BY created_at DESC, id DESC"
@@ -420,14 +427,35 @@ const make = (d: Dialect, sql: Statements): Effect.Effect<Store, DatabaseError> 
           Effect.map((rows) => Option.fromNullable(rows[0])),
           Effect.mapError(toDatabaseError("getMountStatus"))
         ),
-      getActiveMounts: (host, backupTargetId) =>
+      getActiveMounts: (host, backupTargetId, page) =>
         entries(
           `SELECT ${ledgerSelect} FROM ${LEDGER_TABLE}
             WHERE mounted = 1 AND deleted = 0${host === undefined ? "" : ` AND host = ${x}?`}${
             backupTargetId === undefined ? "" : ` AND backup_target_id = ${x}?`
-          } ORDER BY id`,
-          [...(host === undefined ? [] : [host]), ...(backupTargetId === undefined ? [] : [backupTargetId])]
+          }${page === undefined ? "" : " AND id > ?"} ORDER BY id${page === undefined ? "" : ` LIMIT ${Math.trunc(page.limit)}`}`,
+          [
+            ...(host === undefined ? [] : [host]),
+            ...(backupTargetId === undefined ? [] : [backupTargetId]),
+            ...(page === undefined ? [] : [page.afterId])
+          ]
         ).pipe(Effect.mapError(toDatabaseError("getActiveMounts"))),
+      purgeBatch: (olderThanMs, afterId, batchSize, dryRun) =>
+        Effect.gen(function*() {
+          // Candidates by primary key, a plain (non-locking) read; then deleted by id with every condition
+          // checked again, so only those rows are locked, briefly, and a mount meanwhile keeps its row.
+          const candidates = yield* query(
+            `SELECT id, ${purgeable("e", olderThanMs)} AS ok FROM ${LEDGER_TABLE} e WHERE e.id > ? ORDER BY e.id LIMIT ${Math.trunc(batchSize)}`,
+            [afterId]
+          )
+          const lastId = candidates.length < batchSize ? null : Number(candidates[candidates.length - 1]!.id)
+          const ids = candidates.filter((r) => truthy(r.ok)).map((r) => Number(r.id))
+          if (ids.length === 0 || dryRun) return { deleted: ids.length, lastId }
+          const raw = yield* run(
+            `DELETE FROM ${LEDGER_TABLE} WHERE id IN (${ids.map(() => "?").join(", ")}) AND ${purgeable(LEDGER_TABLE, olderThanMs)}`,
+            ids
+          )
+          return { deleted: d.affected(raw), lastId }
+        }).pipe(Effect.mapError(toDatabaseError("purge"))),
       ping: query("SELECT 1", []).pipe(Effect.asVoid, Effect.mapError(toDatabaseError("ping"))),
       getHostState: (host) =>
         Effect.gen(function*() {
@@ -465,25 +493,32 @@ const make = (d: Dialect, sql: Statements): Effect.Effect<Store, DatabaseError> 
 /** How long a write whose outcome is unknown may take to find out whether it landed. */
 const recheckRetry = StoreRetry.retrying("checking whether a ledger write landed", Duration.seconds(10))
 
-/**
- * The store on MySQL/MariaDB, its statements run by `exec` (see `mysqlNodes`).
- */
-export const makeMysql = (exec: Exec): Effect.Effect<Store, DatabaseError> =>
-  make(mysqlDialect, {
-    run: exec,
-    runMany: exec,
-    query: exec as Statements["query"],
-    transaction: (effect) => effect
-  })
+/** Options of a SQL store. */
+export interface StoreOptions {
+  /** Create or upgrade the tables before use (`trilio-dms migrate`'s work); otherwise only check them. */
+  readonly migrate?: boolean | undefined
+}
+
+/** MySQL's statements, run by `exec` (see `mysqlNodes`): each fenced by itself, so no transactions. */
+export const mysqlStatements = (exec: Exec): Statements => ({
+  run: exec,
+  runMany: exec,
+  query: exec as Statements["query"],
+  transaction: (effect) => effect
+})
+
+/** Statements over an @effect/sql client (SQLite's; one statement per round trip). */
+export const clientStatements = (sql: SqlClient.SqlClient): Statements => ({
+  run: (text, params) => sql.unsafe(text, params).raw,
+  runMany: (text, params) => sql.unsafe(text, params).raw,
+  query: (text, params) => sql.unsafe<Record<string, unknown>>(text, params),
+  transaction: sql.withTransaction
+})
+
+/** The store on MySQL/MariaDB, its statements run by `exec` (see `mysqlNodes`). */
+export const makeMysql = (exec: Exec, options: StoreOptions = {}): Effect.Effect<Store, DatabaseError> =>
+  make(mysqlDialect, mysqlStatements(exec), options)
 
 /** The store on SQLite, over the current SqlClient. */
-export const makeSqlite: Effect.Effect<Store, DatabaseError, SqlClient.SqlClient> = Effect.flatMap(
-  SqlClient.SqlClient,
-  (sql) =>
-    make(sqliteDialect, {
-      run: (text, params) => sql.unsafe(text, params).raw,
-      runMany: (text, params) => sql.unsafe(text, params).raw,
-      query: (text, params) => sql.unsafe<Record<string, unknown>>(text, params),
-      transaction: sql.withTransaction
-    })
-)
+export const makeSqlite = (options: StoreOptions = {}): Effect.Effect<Store, DatabaseError, SqlClient.SqlClient> =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) => make(sqliteDialect, clientStatements(sql), options))

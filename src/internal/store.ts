@@ -68,12 +68,25 @@ export interface Store {
   ) => Effect.Effect<Option.Option<LedgerEntry>, DatabaseError>
   readonly getActiveMounts: (
     host: string | undefined,
-    backupTargetId: string | undefined
+    backupTargetId: string | undefined,
+    page?: { readonly limit: number; readonly afterId: number } | undefined
   ) => Effect.Effect<ReadonlyArray<LedgerEntry>, DatabaseError>
   readonly getLedgerHistory: (
     backupTargetId: string,
     limit: number
   ) => Effect.Effect<ReadonlyArray<LedgerEntry>, DatabaseError>
+  /**
+   * One batch of a purge: the ids (after `afterId`, in id order, at most `batchSize` examined) of rows
+   * that hold nothing (unmounted or soft-deleted), were last written more than `olderThanMs` ago by the
+   * database's clock, and belong to no (target, host) that is leased or has a pending mark; deleted
+   * unless `dryRun`. `lastId` is where the next batch starts (null: nothing left to examine).
+   */
+  readonly purgeBatch: (
+    olderThanMs: number,
+    afterId: number,
+    batchSize: number,
+    dryRun: boolean
+  ) => Effect.Effect<{ readonly deleted: number; readonly lastId: number | null }, DatabaseError>
   /** One trivial round trip: the database answers. */
   readonly ping: Effect.Effect<void, DatabaseError>
   /** The lock rows and the holders of one host (no lease). */

@@ -82,11 +82,12 @@ export const retrying = (operation: string, budget: Duration.Duration) => {
     Schedule.union(Schedule.spaced("500 millis")),
     Schedule.jittered,
     Schedule.upTo(budget),
+    // Counts every failure after the first (counted before the schedule starts), the last one included.
     Schedule.tapInput(count)
   )
   const retryable = (error: DatabaseError) => retryKind(error) !== undefined
   return <A, R>(effect: Effect.Effect<A, DatabaseError, R>): Effect.Effect<A, DatabaseError, R> =>
-    Effect.catchIf(effect, retryable, () => Effect.retry(effect, { schedule, while: retryable }))
+    Effect.catchIf(effect, retryable, (first) => Effect.zipRight(count(first), Effect.retry(effect, { schedule, while: retryable })))
 }
 
 /** The store with every statement retried after passing errors for at most `budget` each. */
@@ -98,6 +99,7 @@ export const store = (inner: Store, budget: Duration.Duration): Store => {
   const write = retrying("ledger write", budget)
   const softDelete = retrying("softDeleteEntry", budget)
   const queryRetry = retrying("query", budget)
+  const purge = retrying("purge", budget)
   return {
     dialect: inner.dialect,
     tryAcquire: (...args) => take(inner.tryAcquire(...args)),
@@ -109,6 +111,7 @@ export const store = (inner: Store, budget: Duration.Duration): Store => {
     getMountStatus: (...args) => queryRetry(inner.getMountStatus(...args)),
     getActiveMounts: (...args) => queryRetry(inner.getActiveMounts(...args)),
     getLedgerHistory: (...args) => queryRetry(inner.getLedgerHistory(...args)),
+    purgeBatch: (...args) => purge(inner.purgeBatch(...args)),
     ping: inner.ping,
     getHostState: (...args) => queryRetry(inner.getHostState(...args))
   }

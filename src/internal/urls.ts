@@ -15,9 +15,56 @@ export type LedgerLocation =
     readonly user: string | undefined
     readonly password: Redacted.Redacted<string> | undefined
     readonly database: string
+    /** TLS to the database, from the URL's `ssl*` parameters; undefined for none. */
+    readonly tls: MysqlTls | undefined
   }
   | { readonly kind: "sqlite"; readonly filename: string }
   | { readonly kind: "memory" }
+
+/**
+ * TLS to the database, from the ledger URL's parameters (the names PyMySQL/SQLAlchemy use):
+ * `?ssl_ca=/etc/ssl/db-ca.pem` (verify the server against this CA), `&ssl_cert=…&ssl_key=…` (a client
+ * certificate), `&ssl_verify_cert=false` (encrypt without verifying: warned about), or `?ssl=true` (TLS
+ * verified against the system's CAs).
+ */
+export interface MysqlTls {
+  /** Files holding the CA certificate(s), the client certificate and its key (paths, read at connect). */
+  readonly ca: string | undefined
+  readonly cert: string | undefined
+  readonly key: string | undefined
+  /** Whether the server's certificate must verify (and name the host). Default true. */
+  readonly verify: boolean
+}
+
+const tlsParameters = ["ssl", "ssl_ca", "ssl_cert", "ssl_key", "ssl_verify_cert"] as const
+
+const parseTls = (search: URLSearchParams): MysqlTls | undefined | string => {
+  for (const name of search.keys()) {
+    if (!(tlsParameters as ReadonlyArray<string>).includes(name)) {
+      return `unknown URL parameter "${name}": expected ${tlsParameters.join(", ")}`
+    }
+  }
+  const flag = (name: string): boolean | undefined | string => {
+    const v = search.get(name)
+    if (v === null) return undefined
+    if (/^(1|true|yes|on)$/i.test(v)) return true
+    if (/^(0|false|no|off)$/i.test(v)) return false
+    return `${name} must be true or false, got "${v}"`
+  }
+  const enabled = flag("ssl")
+  const verify = flag("ssl_verify_cert")
+  if (typeof enabled === "string") return enabled
+  if (typeof verify === "string") return verify
+  const file = (name: string) => (search.get(name) === "" ? "" : search.get(name) ?? undefined)
+  const [ca, cert, key] = [file("ssl_ca"), file("ssl_cert"), file("ssl_key")]
+  for (const [name, v] of [["ssl_ca", ca], ["ssl_cert", cert], ["ssl_key", key]] as const) {
+    if (v === "") return `${name} is empty: give the path of a PEM file`
+  }
+  if ((cert === undefined) !== (key === undefined)) return "ssl_cert and ssl_key go together: give both or neither"
+  if (enabled === false) return ca !== undefined || cert !== undefined ? "ssl=false contradicts the other ssl_ parameters" : undefined
+  if (enabled === undefined && ca === undefined && cert === undefined && verify === undefined) return undefined
+  return { ca, cert, key, verify: verify ?? true }
+}
 
 /** One database server of a ledger URL. */
 export interface MysqlNode {
@@ -86,6 +133,8 @@ export const parseLedgerUrl = (raw: string): LedgerLocation | string => {
   }
   const database = decodeURIComponent(parsed.pathname.replace(/^\//, ""))
   if (database === "" || database.includes("/")) return "the URL must name the database, e.g. mysql://host:3306/trilio_dms"
+  const tls = parseTls(parsed.searchParams)
+  if (typeof tls === "string") return tls
   const first = nodes[0]!
   return {
     kind: "mysql",
@@ -94,7 +143,8 @@ export const parseLedgerUrl = (raw: string): LedgerLocation | string => {
     nodes,
     user: parsed.username === "" ? undefined : decodeURIComponent(parsed.username),
     password: parsed.password === "" ? undefined : Redacted.make(decodeURIComponent(parsed.password)),
-    database
+    database,
+    tls
   }
 }
 

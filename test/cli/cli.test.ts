@@ -6,6 +6,7 @@
  * exit code of every outcome.
  */
 import { assert, describe, layer } from "@effect/vitest"
+import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import { randomBytes } from "node:crypto"
@@ -26,7 +27,7 @@ import {
   tempDir
 } from "../support/cli.js"
 import type { Result } from "../support/cli.js"
-import { TestDatabase, TestDatabaseLive } from "../support/mysql.js"
+import { TestDatabase, TestDatabaseEmpty } from "../support/mysql.js"
 import { deleteOnClose, RABBIT_URL, uniqueHost } from "../support/rabbit.js"
 import { guideNfs } from "../support/requests.js"
 
@@ -59,9 +60,16 @@ const liveEnv = Effect.gen(function*() {
   return cleanEnv(home, { DMS_DB_URL: db.url, DMS_RABBITMQ_URL: RABBIT_URL, DMS_REQUEST_TIMEOUT: "30" })
 })
 
+/** The tests' database, prepared as a user prepares one: created empty, then `trilio-dms migrate`. */
+const MigratedDatabaseLive = Layer.scopedDiscard(Effect.gen(function*() {
+  const db = yield* TestDatabase
+  const migrated = yield* cli(["migrate", "--db-url", db.url], cleanEnv(yield* tempDir("dms-cli-home-")))
+  expectCode(migrated, 0)
+})).pipe(Layer.provideMerge(Layer.mergeAll(InstalledCliLive, TestDatabaseEmpty)))
+
 // The tests spawn processes and mostly wait for them: run them side by side.
 describe.concurrent("trilio-dms (packed, installed)", () => {
-  layer(Layer.mergeAll(InstalledCliLive, TestDatabaseLive), { excludeTestServices: true, timeout: "180 seconds" })((it) => {
+  layer(MigratedDatabaseLive, { excludeTestServices: true, timeout: "180 seconds" })((it) => {
     it.scoped("the package: built JavaScript and types, every entry point importable and typed, the licence, the demo runs", () =>
       Effect.gen(function*() {
         const { app, files } = yield* InstalledCli
@@ -213,7 +221,10 @@ describe.concurrent("trilio-dms (packed, installed)", () => {
 
         const migrated = yield* cli(["migrate"], env)
         expectCode(migrated, 0)
-        assert.include(migrated.stdout, "ledger ready on mysql://root@127.0.0.1")
+        assert.strictEqual(
+          migrated.stdout,
+          `ledger on ${db.url} already current: backup_target_mount_ledger, backup_target_mount_lock have every column\n`
+        )
         const tables = yield* db.query<Array<Record<string, string>>>("SHOW TABLES")
         assert.sameMembers(tables.map((t) => Object.values(t)[0]!), ["backup_target_mount_ledger", "backup_target_mount_lock"])
 
@@ -303,6 +314,55 @@ describe.concurrent("trilio-dms (packed, installed)", () => {
         expectCode(badLimit, 2)
         assert.include(badLimit.stderr, "limit")
         assert.strictEqual(after.stdout, `no active mounts on ${host}\n`)
+      }), 120_000)
+
+    it.scoped("migrate creates or upgrades the tables and says what it did; a client on an unprepared database says to run it", () =>
+      Effect.gen(function*() {
+        const db = yield* Effect.map(Layer.build(TestDatabaseEmpty), (c) => Context.get(c, TestDatabase))
+        const home = yield* tempDir("dms-cli-home-")
+        const env = cleanEnv(home, { DMS_DB_URL: db.url })
+        const unprepared = yield* cli(["mounts"], env)
+        expectCode(unprepared, 4)
+        assert.include(unprepared.stderr, `do not exist in database ${db.name}: run \`trilio-dms migrate\``)
+        assert.deepStrictEqual(yield* db.query("SHOW TABLES"), [])
+
+        const created = yield* cli(["migrate"], env)
+        expectCode(created, 0)
+        assert.strictEqual(
+          created.stdout,
+          `migrated the ledger on ${db.url}:\n  backup_target_mount_ledger: created\n  backup_target_mount_lock: created\n`
+        )
+        const current = yield* cli(["migrate", "--json"], env)
+        expectCode(current, 0)
+        assert.deepStrictEqual(parseJson(current), {
+          status: "success",
+          db_url: db.url,
+          changed: false,
+          tables: [
+            { table: "backup_target_mount_ledger", action: "current", added_columns: [] },
+            { table: "backup_target_mount_lock", action: "current", added_columns: [] }
+          ]
+        })
+
+        // An earlier version's lock table; --db-url instead of the environment.
+        yield* db.query("ALTER TABLE backup_target_mount_lock DROP COLUMN pending_owner, DROP COLUMN last_write")
+        const outdated = yield* cli(["mounts", "--json"], env)
+        expectCode(outdated, 4)
+        assert.include(parseJson(outdated).error_msg, "is outdated (lacks the column(s) pending_owner, last_write)")
+        const upgraded = yield* cli(["migrate", "--db-url", db.url, "--json"], cleanEnv(home))
+        expectCode(upgraded, 0)
+        assert.deepInclude(parseJson(upgraded), { changed: true })
+        assert.deepStrictEqual(parseJson(upgraded).tables[1], {
+          table: "backup_target_mount_lock",
+          action: "upgraded",
+          added_columns: ["pending_owner", "last_write"]
+        })
+        const text = yield* cli(["migrate", "--db-url", db.url], cleanEnv(home))
+        assert.include(text.stdout, "already current")
+        expectCode(yield* cli(["mounts"], env), 0)
+        const bad = yield* cli(["migrate", "--db-url", "postgres://db/x"], cleanEnv(home))
+        expectCode(bad, 2)
+        assert.include(bad.stderr, "invalid config: dbUrl")
       }), 120_000)
 
     it.scoped("a repeated mount is a no-op: mount, mount again, one unmount leaves nothing mounted or held", () =>
