@@ -4,7 +4,10 @@
  * Needs MariaDB (127.0.0.1:3306, root) and RabbitMQ (127.0.0.1:5672, guest); a responder process
  * answers every request at once (no real mount). Writes bench/results.json and bench/results.md.
  *
- *   npm run bench [-- --quick] [-- --only=floor,cycle,shared,fanout,paced,two,queries,memory,embedded]
+ *   npm run bench [-- --quick] [-- --only=floor,cycle,shared,fanout,paced,two,queries,memory,embedded,cluster]
+ *
+ * `cluster` (bench/cluster.ts) also needs the 3-node Galera and RabbitMQ clusters of scripts/cluster,
+ * which it starts if they are down (and then stops at the end).
  *
  * It runs compiled (tsconfig.bench.json into .bench-build/), as a user's program would: under tsx the
  * client costs more CPU than it does in production.
@@ -15,26 +18,37 @@ import * as Layer from "effect/Layer"
 import * as ManagedRuntime from "effect/ManagedRuntime"
 import mysql from "mysql2/promise"
 import { spawn } from "node:child_process"
-import { fileURLToPath } from "node:url"
 import { randomUUID } from "node:crypto"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import * as readline from "node:readline"
 import * as Broker from "../src/Broker.js"
-import { createDatabase, cycle, fanOut, paced, request, round, type Runtime, sequential, type Stats, stats } from "./common.js"
+import { cluster, clusterMarkdown } from "./cluster.js"
+import {
+  createDatabase,
+  cycle,
+  deleteQueues,
+  fanOut,
+  paced,
+  request,
+  root,
+  round,
+  type Runtime,
+  sequential,
+  sibling,
+  startResponder,
+  type Stats,
+  stats
+} from "./common.js"
 import * as Dms from "../src/Dms.js"
 import * as Mount from "../src/Mount.js"
 import * as Protocol from "../src/Protocol.js"
 import { RABBIT_URL } from "../test/support/rabbit.js"
 
 const quick = process.argv.includes("--quick")
-const only = process.argv.find((a) => a.startsWith("--only="))?.slice("--only=".length).split(",")
+const onlyAt = process.argv.indexOf("--only")
+const only = (onlyAt >= 0 ? process.argv[onlyAt + 1] : process.argv.find((a) => a.startsWith("--only="))?.slice("--only=".length))?.split(",")
 const runs = (scenario: string) => only === undefined || only.includes(scenario)
-// The project root: two levels above the compiled bench/ (.bench-build/bench), one above the source.
-const here = path.dirname(fileURLToPath(import.meta.url))
-const root = path.basename(path.dirname(here)) === ".bench-build" ? path.resolve(here, "../..") : path.resolve(here, "..")
-const sibling = (name: string) => path.join(here, name)
 const HOST_PREFIX = `bench-${process.pid}`
 
 // ---------------------------------------------------------------------------------------------------
@@ -57,31 +71,6 @@ const pidsOf = (name: string): Array<number> =>
       return false
     }
   })
-
-// ---------------------------------------------------------------------------------------------------
-// A responder process: answers every request at once, as an idle DMS server would
-
-const startResponder = async (hosts: ReadonlyArray<string>) => {
-  const child = spawn(process.execPath, [sibling("responder.js"), JSON.stringify({ url: RABBIT_URL, hosts })], {
-    cwd: root,
-    detached: true,
-    stdio: ["ignore", "pipe", "inherit"]
-  })
-  await new Promise<void>((resolve, reject) => {
-    readline.createInterface({ input: child.stdout! }).on("line", (l) => l === "ready" && resolve())
-    child.on("exit", (code) => reject(new Error(`responder exited ${code}`)))
-  })
-  return {
-    pid: child.pid!,
-    stop: () => {
-      try {
-        process.kill(-child.pid!, "SIGKILL")
-      } catch {
-        // gone
-      }
-    }
-  }
-}
 
 // ---------------------------------------------------------------------------------------------------
 // Scenarios
@@ -239,7 +228,7 @@ const main = async () => {
       const before = cpuNow(responder.pid)
       const fan8 = await fanOut(mysqlRt, 64, 8, [host], fanSeconds, 1_000_000)
       const after = cpuNow(responder.pid)
-      const cycles = fan8.cyclesPerSecond * fanSeconds
+      const cycles = fan8.cycles
       const cpuMsPerCycle = Object.fromEntries(
         Object.entries(after).map(([k, v]) => [k, round(((v - before[k as keyof typeof before]) * 1000) / cycles)])
       )
@@ -294,6 +283,12 @@ const main = async () => {
       results.cycleMemory = await sequential(memRt, Math.min(n, 1000), "memory-target", "memory-host", 1)
       await memRt.dispose()
     })
+    await scenario("cluster", async () => {
+      // A cluster that cannot be started (or a node stopped under it by someone else's test) costs this
+      // scenario only: the others' figures are still written.
+      results.cluster = await cluster({ n: quick ? 200 : 500, seconds: quick ? 5 : 10, hostPrefix: HOST_PREFIX, single: { rt: mysqlRt, host } })
+        .catch((e: unknown) => ({ failed: String((e as Error)?.message ?? e).slice(0, 500) }))
+    })
   } finally {
     await mysqlRt.dispose()
     responder.stop()
@@ -333,13 +328,6 @@ const twoProcesses = async (db: string, host: string, seconds: number) => {
   }
 }
 
-const deleteQueues = async (hosts: ReadonlyArray<string>) => {
-  const conn = await amqp.connect(RABBIT_URL)
-  const ch = await conn.createChannel()
-  for (const h of hosts) await ch.deleteQueue(Broker.queueName(h)).catch(() => undefined)
-  await conn.close()
-}
-
 const markdown = (r: Record<string, any>): string => {
   const ms = (s: Stats | undefined) => (s ? `${round(s.p50, 2)} / ${round(s.p90, 2)} / ${round(s.p99, 2)}` : "—")
   const fan = r.fanOut ?? {}
@@ -358,7 +346,7 @@ const markdown = (r: Record<string, any>): string => {
     ...(r.paced ?? []).map((p: any) =>
       `| paced: ${p.rate} cycles/s arriving over 8 targets, ${r.quick ? 5 : 15} s | ${ms(p.latency)} | ${round(p.cyclesPerSecond, 0)}/s | open loop; ${p.late} arrivals started more than 5 ms late |`
     ),
-    two === undefined ? "" :
+    two === undefined ? null :
     `| two client processes, 32 jobs each over the same 8 targets | ${ms(two.latency)} | ${round(two.cyclesPerSecond, 0)}/s | shares ${round(two.minShare, 2)}–${round(two.maxShare, 2)} of the mean |`,
     `| getActiveMounts() at 100k rows | ${ms(r.queries?.getActiveMountsAll)} | | ${r.queries?.distribution ?? ""}; 1,000 rows returned |`,
     `| getActiveMounts({host}) | ${ms(r.queries?.getActiveMountsHost)} | | |`,
@@ -366,12 +354,13 @@ const markdown = (r: Record<string, any>): string => {
     `| getLedgerHistory(limit 100) | ${ms(r.queries?.getLedgerHistory100)} | | |`,
     `| cycle, SQLite ledger (AMQP broker) | ${ms(r.cycleSqlite)} | | |`,
     `| cycle, memory ledger + memory broker | ${ms(r.cycleMemory)} | | the client's own cost |`,
+    ...clusterMarkdown(r.cluster),
     "",
     `CPU ms per cycle in the 64 × 8 fan-out: ${JSON.stringify(fan.cpuMsPerCycle ?? {})}`,
     `RSS: ${r.memory?.rssMiBAfter1k} MiB after 1k cycles, ${r.memory?.rssMiBAfter20k} MiB after 20k (growth ${round((r.memory?.growth ?? 0) * 100, 1)} %)`,
     `Seconds per scenario: ${JSON.stringify(r.seconds ?? {})}`
   ]
-  return lines.filter((l) => l !== "").join("\n") + "\n"
+  return lines.filter((l) => l !== null).join("\n") + "\n"
 }
 
 main().then(() => process.exit(0), (e) => {
