@@ -120,7 +120,8 @@ layer(database, { excludeTestServices: true, timeout: "60 seconds" })("model run
           pauseMs,
           wiring: {
             dbUrl: (role, name) => `mysql://${cluster.galeraUser}:${cluster.galeraPassword}@${galeraNodes(role)}/${name}`,
-            rabbitmqUrl: (role) => amqpUrl(rabbitNode(role)),
+            // Its own node first, then the others: it fails over along the list.
+            rabbitmqUrl: (role) => fromNode(rabbitNode(role)).map(amqpUrl).join(","),
             serverUrl: () => fromNode(SERVER_NODE).map(amqpUrl).join(","),
             queueType: "quorum",
             adminUrl: amqpUrl(SERVER_NODE),
