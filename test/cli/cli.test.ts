@@ -31,7 +31,7 @@ import { TestDatabase, TestDatabaseEmpty } from "../support/mysql.js"
 import { deleteOnClose, RABBIT_URL, uniqueHost } from "../support/rabbit.js"
 import { guideNfs } from "../support/requests.js"
 
-const COMMANDS = ["mount", "unmount", "status", "mounts", "history", "soft-delete", "migrate", "reconcile", "server", "doctor", "demo"]
+const COMMANDS = ["mount", "unmount", "status", "mounts", "history", "soft-delete", "migrate", "purge", "reconcile", "server", "doctor", "demo"]
 
 const show = (r: Result) => `exit ${r.code} after ${r.ms} ms\nstdout:\n${r.stdout}\nstderr:\n${r.stderr}`
 
@@ -363,6 +363,31 @@ describe.concurrent("trilio-dms (packed, installed)", () => {
         const bad = yield* cli(["migrate", "--db-url", "postgres://db/x"], cleanEnv(home))
         expectCode(bad, 2)
         assert.include(bad.stderr, "invalid config: dbUrl")
+      }), 120_000)
+
+    it.scoped("purge: --dry-run counts, then old rows that hold nothing are deleted in batches; a bad --older-than exits 2", () =>
+      Effect.gen(function*() {
+        const db = yield* Effect.map(Layer.build(TestDatabaseEmpty), (c) => Context.get(c, TestDatabase))
+        const env = cleanEnv(yield* tempDir("dms-cli-home-"), { DMS_DB_URL: db.url })
+        expectCode(yield* cli(["migrate"], env), 0)
+        // Two rows 100 days old (one holds nothing, one is a holder's) and a recent one that holds nothing.
+        yield* db.query(
+          `INSERT INTO backup_target_mount_ledger (created_at, updated_at, deleted, version, backup_target_id, jobid, host, mounted) VALUES
+            (UTC_TIMESTAMP() - INTERVAL 100 DAY, UTC_TIMESTAMP() - INTERVAL 100 DAY, 0, 'x', 't-old', 1, 'h', 0),
+            (UTC_TIMESTAMP() - INTERVAL 100 DAY, UTC_TIMESTAMP() - INTERVAL 100 DAY, 0, 'x', 't-old', 2, 'h', 1),
+            (UTC_TIMESTAMP(), UTC_TIMESTAMP(), 0, 'x', 't-new', 3, 'h', 0)`
+        )
+        const dry = yield* cli(["purge", "--older-than", "90d", "--dry-run", "--json"], env)
+        expectCode(dry, 0)
+        assert.deepInclude(JSON.parse(dry.stdout), { status: "success", dry_run: true, deleted: 1 })
+        const done = yield* cli(["purge", "--older-than", "90d", "--batch", "1"], env)
+        expectCode(done, 0)
+        assert.include(done.stdout, "deleted 1 ledger row(s) older than 90d that held nothing")
+        const left = yield* db.query<Array<{ jobid: number }>>("SELECT jobid FROM backup_target_mount_ledger ORDER BY jobid")
+        assert.deepStrictEqual(left.map((r) => r.jobid), [2, 3])
+        const bad = yield* cli(["purge", "--older-than", "soon"], env)
+        expectCode(bad, 2)
+        assert.include(bad.stderr, "--older-than")
       }), 120_000)
 
     it.scoped("a repeated mount is a no-op: mount, mount again, one unmount leaves nothing mounted or held", () =>
