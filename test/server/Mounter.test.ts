@@ -97,9 +97,10 @@ describe("Mounter (nfs)", () => {
       const p = path.join(dirs.base, "nfs-a")
       const first = yield* mounter.mount(nfs(p), Infinity)
       assert.deepStrictEqual(first, { alreadyMounted: false, mountPoint: p, message: `NFS target mounted successfully at ${p}` })
-      assert.deepStrictEqual(runner.calls.map((c) => [c.command, ...c.args]), [
-        ["mount", "-t", "nfs", "-o", "rw,sync,hard,intr,nfsvers=4,nosuid,nodev,noexec", "192.0.2.10:/backups", p]
+      assert.deepStrictEqual(runner.calls.map((c) => [c.command, ...c.resolved]), [
+        ["mount", "--no-canonicalize", "-t", "nfs", "-o", "rw,sync,hard,intr,nfsvers=4,nosuid,nodev,noexec", "192.0.2.10:/backups", p]
       ])
+      assert.match(runner.calls[0]!.args.at(-1)!, new RegExp(`^/proc/${process.pid}/fd/\\d+$`), "the target is the checked directory, held open")
       assert.strictEqual((yield* mountedAt(p))?.source, "192.0.2.10:/backups")
       const state = JSON.parse(fs.readFileSync(path.join(dirs.run, "state", "target-nfs.json"), "utf8"))
       assert.deepInclude(state, { backup_target_id: "target-nfs", type: "nfs", source: "192.0.2.10:/backups", mount_path: p })
@@ -135,9 +136,9 @@ describe("Mounter (nfs)", () => {
       const allowing = yield* makeMounter(dirs, runner, { nfsAllowExec: true })
       const q = path.join(dirs.base, "exec")
       yield* allowing.mount({ ...nfs(q, "rw"), targetId: "target-exec" }, Infinity)
-      assert.deepStrictEqual(runner.calls.map((c) => [c.command, ...c.args]), [
-        ["mount", "-t", "nfs", "-o", "nosuid,nodev,noexec", "192.0.2.10:/backups", p],
-        ["mount", "-t", "nfs", "-o", "rw,nosuid,nodev", "192.0.2.10:/backups", q]
+      assert.deepStrictEqual(runner.calls.map((c) => [c.command, ...c.resolved]), [
+        ["mount", "--no-canonicalize", "-t", "nfs", "-o", "nosuid,nodev,noexec", "192.0.2.10:/backups", p],
+        ["mount", "--no-canonicalize", "-t", "nfs", "-o", "rw,nosuid,nodev", "192.0.2.10:/backups", q]
       ])
     }))
 
@@ -157,7 +158,7 @@ describe("Mounter (nfs)", () => {
     Effect.gen(function*() {
       const dirs = yield* serverDirs
       const runner = recordingRunner()
-      runner.behave = (call) => sh("mount", ["-t", "tmpfs", "-o", "size=1m", "203.0.113.9:/elsewhere", call.args[5]!])
+      runner.behave = (call) => sh("mount", ["--no-canonicalize", "-t", "tmpfs", "-o", "size=1m", "203.0.113.9:/elsewhere", call.args.at(-1)!])
       const mounter = yield* makeMounter(dirs, runner)
       const p = path.join(dirs.base, "wrong")
       const error = yield* Effect.flip(mounter.mount(nfs(p), Infinity))
