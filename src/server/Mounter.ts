@@ -2,13 +2,14 @@
  * Mounts and unmounts backup targets on this host, safely.
  *
  * - **Confinement**: a mount path must lie strictly inside the mount base, with no `..`, no symbolic
- *   link anywhere below the base, and not inside another mount.
+ *   link anywhere below the base, and not inside another mount; checked again where it is used (see
+ *   Confinement.ts): NFS is mounted on the checked directory held open, never on the path.
  * - **Mount table, not stat**: whether a path is mounted, and from what, is read from
  *   `/proc/self/mountinfo` (a `stat` of a dead NFS mount hangs). Mount is idempotent: mounted with the
  *   expected source → success; from another source → refused. After mounting, the expected source
  *   must show there, else the mount failed (a "mounted" that is the local directory would send backups
  *   to local disk).
- * - **nfs**: `mount -t nfs -o <opts>,nosuid,nodev,noexec <host:/path> <path>` (`noexec` unless allowed); options are checked against an
+ * - **nfs**: `mount --no-canonicalize -t nfs -o <opts>,nosuid,nodev,noexec <host:/path> /proc/<pid>/fd/<n>` (`noexec` unless allowed); options are checked against an
  *   allow-list (`exec`, `suid`, `dev` and anything unknown are refused).
  * - **s3**: credentials from Barbican, handed to the FUSE driver — `s3fs -f` through a 0600 passwd file
  *   (removed once mounted), or `s3vaultfuse` through its environment — never on a command line, never
