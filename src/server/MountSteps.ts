@@ -8,6 +8,7 @@
 import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import * as fs from "node:fs/promises"
 import * as KeyedMutex from "../internal/keyedMutex.js"
 import type * as CommandRunner from "./CommandRunner.js"
@@ -56,7 +57,29 @@ export interface Steps {
   /** Writes the state of a mount found in place, unless it is recorded already. */
   readonly recordIfMissing: Record
   readonly removeEmptyDir: (dir: string) => Effect.Effect<void>
+  /** The test-only hook of {@link Options.betweenCheckAndUse}; does nothing otherwise. */
+  readonly betweenCheckAndUse: (stage: Stage, mountPoint: string) => Effect.Effect<void>
+  /**
+   * Runs `use` with the created mount point checked again and held open (`target` names the open
+   * directory). If the directory was moved meanwhile, whatever `use` mounted on it is detached and the
+   * mount is refused.
+   */
+  readonly withPinned: <A>(
+    requested: string,
+    mountPoint: string,
+    use: (target: string) => Effect.Effect<A, MounterError>
+  ) => Effect.Effect<A, MounterError>
 }
+
+/**
+ * A point between a check of a mount path and its use: `mount` after the directory is created and
+ * before it is checked again, `mount-command` after that check and before the mount command runs,
+ * `unmount` before the parents of a mount point are checked again for the unmount command.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Stage = "mount" | "mount-command" | "unmount"
 
 type Record = (
   targetId: string,
@@ -83,6 +106,8 @@ export interface Options {
   readonly mountCommand: string
   readonly umountCommand: string
   readonly stopGrace: Duration.Duration
+  /** Test-only: see {@link Stage}. */
+  readonly betweenCheckAndUse?: ((stage: Stage, mountPoint: string) => Effect.Effect<void>) | undefined
 }
 
 /**
@@ -112,6 +137,35 @@ export const make = (options: Options): Steps => {
     })
   const otherTargetAt = (mountPoint: string, targetId: string) =>
     Effect.map(store.all, (states) => states.find((s) => s.mount_path === mountPoint && s.backup_target_id !== targetId))
+  const betweenCheckAndUse = options.betweenCheckAndUse ?? (() => Effect.void)
+  const withPinned = <A>(requested: string, mountPoint: string, use: (target: string) => Effect.Effect<A, MounterError>) =>
+    Effect.scoped(Effect.gen(function*() {
+      yield* betweenCheckAndUse("mount", mountPoint)
+      const pinned = yield* options.confinement.pin("mount", requested, mountPoint)
+      const before = new Set((yield* mountTable("mount", requested)).map((e) => e.id))
+      yield* betweenCheckAndUse("mount-command", mountPoint)
+      const result = yield* Effect.exit(use(pinned.target))
+      const where = yield* pinned.whereNow
+      if (where === mountPoint) return yield* result
+      // The directory moved between the check and mount(2): the mount went onto it, wherever it is now.
+      const landed = where === undefined ? undefined : MountInfo.at(yield* mountTable("mount", requested), where)
+      let detached = "nothing was mounted"
+      if (where !== undefined && landed !== undefined && !before.has(landed.id)) {
+        const undone = yield* Effect.either(
+          options.runner.run({ command: options.umountCommand, args: ["-l", where], timeout: commandTimeout })
+        )
+        detached = Either.isRight(undone)
+          ? `the mount that landed at ${where} was detached`
+          : `the mount that landed at ${where} could NOT be detached: ${undone.left.message}`
+      }
+      return yield* Effect.fail(
+        new MounterError({
+          operation: "mount",
+          path: requested,
+          reason: `mount path ${requested} was moved (to ${where ?? "nowhere"}) while it was being mounted; ${detached}; refused`
+        })
+      )
+    }))
   return {
     runner: options.runner,
     confinement: options.confinement,
@@ -170,6 +224,8 @@ export const make = (options: Options): Steps => {
         ) return
         yield* record(targetId, type, entry, requested, mountPoint, origin)
       }),
-    removeEmptyDir: (dir) => Effect.promise(() => fs.rmdir(dir).catch(() => undefined))
+    removeEmptyDir: (dir) => Effect.promise(() => fs.rmdir(dir).catch(() => undefined)),
+    betweenCheckAndUse,
+    withPinned
   }
 }

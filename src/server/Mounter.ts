@@ -2,13 +2,14 @@
  * Mounts and unmounts backup targets on this host, safely.
  *
  * - **Confinement**: a mount path must lie strictly inside the mount base, with no `..`, no symbolic
- *   link anywhere below the base, and not inside another mount.
+ *   link anywhere below the base, and not inside another mount; checked again where it is used (see
+ *   Confinement.ts): NFS is mounted on the checked directory held open, never on the path.
  * - **Mount table, not stat**: whether a path is mounted, and from what, is read from
  *   `/proc/self/mountinfo` (a `stat` of a dead NFS mount hangs). Mount is idempotent: mounted with the
  *   expected source → success; from another source → refused. After mounting, the expected source
  *   must show there, else the mount failed (a "mounted" that is the local directory would send backups
  *   to local disk).
- * - **nfs**: `mount -t nfs -o <opts>,nosuid,nodev,noexec <host:/path> <path>` (`noexec` unless allowed); options are checked against an
+ * - **nfs**: `mount --no-canonicalize -t nfs -o <opts>,nosuid,nodev,noexec <host:/path> /proc/<pid>/fd/<n>` (`noexec` unless allowed); options are checked against an
  *   allow-list (`exec`, `suid`, `dev` and anything unknown are refused).
  * - **s3**: credentials from Barbican, handed to the FUSE driver — `s3fs -f` through a 0600 passwd file
  *   (removed once mounted), or `s3vaultfuse` through its environment — never on a command line, never
@@ -224,6 +225,13 @@ export interface Options {
   readonly umountCommand?: string | undefined
   /** How long a FUSE daemon gets to exit after its unmount, and after SIGTERM. Default 2 s. */
   readonly daemonStopGrace?: Duration.DurationInput | undefined
+  /**
+   * Internal, for tests only: runs at each point between a check of a mount path and its use (see
+   * `MountSteps.Stage`), so a test can swap the path for a symbolic link there. Never set in production.
+   *
+   * @internal
+   */
+  readonly betweenCheckAndUse?: ((stage: MountSteps.Stage, mountPoint: string) => Effect.Effect<void>) | undefined
 }
 
 /**
@@ -267,7 +275,8 @@ export const make = (
       mountinfoFile: options.mountinfoFile ?? MountInfo.DEFAULT_FILE,
       mountCommand: options.mountCommand ?? "mount",
       umountCommand: options.umountCommand ?? "umount",
-      stopGrace: Duration.decode(options.daemonStopGrace ?? Duration.seconds(2))
+      stopGrace: Duration.decode(options.daemonStopGrace ?? Duration.seconds(2)),
+      betweenCheckAndUse: options.betweenCheckAndUse
     })
     const { mountTable, umountCommand, stopGrace } = steps
     const mountNfs = NfsMount.make(steps, {
@@ -284,7 +293,7 @@ export const make = (
     // ---------------------------------------------------------------------------------------------
     // Unmount
 
-    const unmountChain = (spec: UnmountSpec, mountPoint: string, deadline: number) =>
+    const unmountChain = (spec: UnmountSpec, mountPoint: string, mounted: MountInfo.Entry, deadline: number) =>
       Effect.gen(function*() {
         const attempts: ReadonlyArray<ReadonlyArray<string>> = [[mountPoint], ["-f", mountPoint], ["-l", mountPoint]]
         const errors: Array<string> = []
@@ -297,6 +306,18 @@ export const make = (
           // Leave time for the fallbacks that remain.
           const budget = Duration.millis(Math.max(1, Math.floor(Duration.toMillis(left.right) / (attempts.length - i))))
           const args = attempts[i]!
+          // umount(8) resolves the path again: a parent swapped for a link would unmount elsewhere.
+          yield* steps.confinement.recheckParents("unmount", spec.path, mountPoint)
+          if (MountInfo.at(yield* mountTable("unmount", spec.path), mountPoint)?.id !== mounted.id) {
+            return yield* Effect.fail(
+              new MounterError({
+                operation: "unmount",
+                path: spec.path,
+                reason: `${spec.path} changed after it was checked: the mount table no longer shows the same mount there; refused`,
+                refused: true
+              })
+            )
+          }
           const result = yield* Effect.either(runner.run({ command: umountCommand, args, timeout: budget }))
           const table = yield* mountTable("unmount", spec.path)
           if (MountInfo.at(table, mountPoint) === undefined) return
@@ -351,7 +372,8 @@ export const make = (
               : MountInfo.isFuse(current.fsType)
               ? yield* Effect.map(FuseDaemon.find(mountPoint), (d) => (d === undefined ? undefined : { pid: d.pid, mountPoint }))
               : undefined
-            yield* unmountChain(spec, mountPoint, deadline)
+            yield* steps.betweenCheckAndUse("unmount", mountPoint)
+            yield* unmountChain(spec, mountPoint, current, deadline)
             if (daemon !== undefined) yield* FuseDaemon.stop(daemon.pid, mountPoint, stopGrace)
             yield* cleanupTarget(spec, mountPoint)
             return { wasMounted: true, mountPoint, message: `Target unmounted successfully from ${spec.path}` }

@@ -1,6 +1,7 @@
 /**
- * NFS mounts: `mount -t nfs -o <opts>,nosuid,nodev,noexec <host:/path> <path>` (`noexec` left out when
- * the configuration allows exec), with the options checked
+ * NFS mounts: `mount --no-canonicalize -t nfs -o <opts>,nosuid,nodev,noexec <host:/path> /proc/<pid>/fd/<n>`
+ * (`noexec` left out when the configuration allows exec; the target is the checked mount point held
+ * open, see Confinement.pin), with the options checked
  * against an allow-list (`exec`, `suid`, `dev` and anything unknown are refused) and the export checked
  * so it cannot be read as an option (the checks live in internal/nfs.ts: the client refuses the same
  * input before any I/O). Afterwards the export must show in the mount table at the path.
@@ -106,13 +107,17 @@ export const make = (steps: MountSteps.Steps, options: Options) => {
           }
           yield* steps.refuseOtherPath(spec.targetId, spec.path, mountPoint)
           yield* confinement.ensureDir("mount", spec.path, mountPoint)
-          const timeout = yield* steps.timeLeft("mount", spec.path, deadline, "running mount")
-          yield* runner.run({
-            command: steps.mountCommand,
-            args: ["-t", "nfs", "-o", opts.right, spec.export, mountPoint],
-            timeout
-          }).pipe(Effect.catchAll((e) => fail(`NFS mount of ${spec.export} at ${spec.path} failed: ${e.message}`, false, e)))
-          const after = MountInfo.at(yield* mountTable("mount", spec.path), mountPoint)
+          // mount(8) is given the checked directory, held open, and told not to resolve it into a path.
+          const after = yield* steps.withPinned(spec.path, mountPoint, (target) =>
+            Effect.gen(function*() {
+              const timeout = yield* steps.timeLeft("mount", spec.path, deadline, "running mount")
+              yield* runner.run({
+                command: steps.mountCommand,
+                args: ["--no-canonicalize", "-t", "nfs", "-o", opts.right, spec.export, target],
+                timeout
+              }).pipe(Effect.catchAll((e) => fail(`NFS mount of ${spec.export} at ${spec.path} failed: ${e.message}`, false, e)))
+              return MountInfo.at(yield* mountTable("mount", spec.path), mountPoint)
+            }))
           if (after === undefined || normalizeNfsSource(after.source) !== expected || !nfsFsTypes.includes(after.fsType)) {
             return yield* fail(
               after === undefined

@@ -250,6 +250,10 @@ export const make = (steps: MountSteps.Steps, options: Options) => {
           if (Either.isLeft(invocation)) return yield* fail(invocation.left, true)
           const inv = invocation.right
           yield* confinement.ensureDir("mount", spec.path, mountPoint)
+          // The driver is given the path (its command line names the mount it serves), so the directory
+          // is only checked again here, as late as possible.
+          yield* steps.betweenCheckAndUse("mount", mountPoint)
+          yield* Effect.scoped(confinement.pin("mount", spec.path, mountPoint))
           const timeout = yield* steps.timeLeft("mount", spec.path, deadline, "starting the FUSE driver")
           return yield* Effect.gen(function*() {
             if (Option.isSome(inv.passwd)) {

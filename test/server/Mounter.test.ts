@@ -97,9 +97,10 @@ describe("Mounter (nfs)", () => {
       const p = path.join(dirs.base, "nfs-a")
       const first = yield* mounter.mount(nfs(p), Infinity)
       assert.deepStrictEqual(first, { alreadyMounted: false, mountPoint: p, message: `NFS target mounted successfully at ${p}` })
-      assert.deepStrictEqual(runner.calls.map((c) => [c.command, ...c.args]), [
-        ["mount", "-t", "nfs", "-o", "rw,sync,hard,intr,nfsvers=4,nosuid,nodev,noexec", "192.0.2.10:/backups", p]
+      assert.deepStrictEqual(runner.calls.map((c) => [c.command, ...c.resolved]), [
+        ["mount", "--no-canonicalize", "-t", "nfs", "-o", "rw,sync,hard,intr,nfsvers=4,nosuid,nodev,noexec", "192.0.2.10:/backups", p]
       ])
+      assert.match(runner.calls[0]!.args.at(-1)!, new RegExp(`^/proc/${process.pid}/fd/\\d+$`), "the target is the checked directory, held open")
       assert.strictEqual((yield* mountedAt(p))?.source, "192.0.2.10:/backups")
       const state = JSON.parse(fs.readFileSync(path.join(dirs.run, "state", "target-nfs.json"), "utf8"))
       assert.deepInclude(state, { backup_target_id: "target-nfs", type: "nfs", source: "192.0.2.10:/backups", mount_path: p })
@@ -135,9 +136,9 @@ describe("Mounter (nfs)", () => {
       const allowing = yield* makeMounter(dirs, runner, { nfsAllowExec: true })
       const q = path.join(dirs.base, "exec")
       yield* allowing.mount({ ...nfs(q, "rw"), targetId: "target-exec" }, Infinity)
-      assert.deepStrictEqual(runner.calls.map((c) => [c.command, ...c.args]), [
-        ["mount", "-t", "nfs", "-o", "nosuid,nodev,noexec", "192.0.2.10:/backups", p],
-        ["mount", "-t", "nfs", "-o", "rw,nosuid,nodev", "192.0.2.10:/backups", q]
+      assert.deepStrictEqual(runner.calls.map((c) => [c.command, ...c.resolved]), [
+        ["mount", "--no-canonicalize", "-t", "nfs", "-o", "nosuid,nodev,noexec", "192.0.2.10:/backups", p],
+        ["mount", "--no-canonicalize", "-t", "nfs", "-o", "rw,nosuid,nodev", "192.0.2.10:/backups", q]
       ])
     }))
 
@@ -157,7 +158,7 @@ describe("Mounter (nfs)", () => {
     Effect.gen(function*() {
       const dirs = yield* serverDirs
       const runner = recordingRunner()
-      runner.behave = (call) => sh("mount", ["-t", "tmpfs", "-o", "size=1m", "203.0.113.9:/elsewhere", call.args[5]!])
+      runner.behave = (call) => sh("mount", ["--no-canonicalize", "-t", "tmpfs", "-o", "size=1m", "203.0.113.9:/elsewhere", call.args.at(-1)!])
       const mounter = yield* makeMounter(dirs, runner)
       const p = path.join(dirs.base, "wrong")
       const error = yield* Effect.flip(mounter.mount(nfs(p), Infinity))
@@ -319,5 +320,135 @@ describe("Mounter (nfs)", () => {
       assert.include(otherUnmount.message, `${p1} is mounted for target target-nfs, not other-target; refusing to unmount it`)
       assert.strictEqual(runner.calls.length, 1)
       yield* pollUntil(mounter.status, (s) => s.length === 1)
+    }))
+})
+
+/**
+ * A local user who can write under the mount base swaps a component of the mount path for a symbolic
+ * link between the check and the use. The test-only hook runs the swap at each such point.
+ */
+describe("Mounter: confinement without a race", () => {
+  type Stage = Parameters<NonNullable<Mounter.Options["betweenCheckAndUse"]>>[0]
+
+  /** Runs `swap` once, at `stage`. */
+  const swapAt = (stage: Stage, swap: () => void): Partial<Mounter.Options> => {
+    let done = false
+    return {
+      betweenCheckAndUse: (s) =>
+        Effect.sync(() => {
+          if (s !== stage || done) return
+          done = true
+          swap()
+        })
+    }
+  }
+
+  /** Replaces the directory `dir` with a link to `to`; the directory itself is kept as `<dir>.old`. */
+  const swapForLink = (dir: string, to: string) => () => {
+    fs.renameSync(dir, `${dir}.old`)
+    fs.symlinkSync(to, dir)
+  }
+
+  /** A tmpfs mounted by the test, detached in the scope's finalizer. */
+  const tmpfsAt = (dir: string, source: string) =>
+    Effect.acquireRelease(
+      Effect.zipRight(Effect.sync(() => fs.mkdirSync(dir, { recursive: true })), sh("mount", ["-t", "tmpfs", "-o", "size=1m", source, dir])),
+      () => Effect.ignore(sh("umount", ["-l", dir]))
+    )
+
+  const outsideDir = (dirs: ServerDirs) =>
+    Effect.sync(() => {
+      const outside = path.join(dirs.root, "outside")
+      fs.mkdirSync(path.join(outside, "m"), { recursive: true })
+      return outside
+    })
+
+  const mountsAtOrUnder = (dir: string) =>
+    Effect.map(MountInfo.read(), (t) => [...(MountInfo.at(t, dir) === undefined ? [] : [dir]), ...MountInfo.under(t, dir).map((e) => e.mountPoint)])
+
+  it.scopedLive("a mount point swapped for a link after its creation is refused; nothing runs, nothing is mounted; the path mounts once restored", () =>
+    Effect.gen(function*() {
+      const dirs = yield* serverDirs
+      const outside = yield* outsideDir(dirs)
+      const p = path.join(dirs.base, "swapped")
+      const runner = recordingRunner()
+      runner.behave = realistic
+      const mounter = yield* makeMounter(dirs, runner, swapAt("mount", swapForLink(p, outside)))
+      const error = yield* Effect.flip(mounter.mount(nfs(p), Infinity))
+      assert.strictEqual(error.message, `mount path ${p} changed after it was checked: ${p} is now a symbolic link; refused`)
+      assert.isTrue(error.refused)
+      assert.deepStrictEqual(runner.calls, [], "mount never ran")
+      assert.deepStrictEqual(yield* mountsAtOrUnder(outside), [], "nothing mounted outside the base")
+      assert.deepStrictEqual(yield* mountsAtOrUnder(dirs.base), [], "nothing mounted under the base")
+      assert.isFalse(fs.existsSync(path.join(dirs.run, "state", "target-nfs.json")))
+
+      fs.unlinkSync(p)
+      fs.renameSync(`${p}.old`, p)
+      const mounted = yield* mounter.mount(nfs(p), Infinity)
+      assert.isFalse(mounted.alreadyMounted)
+      assert.strictEqual((yield* mountedAt(p))?.source, "192.0.2.10:/backups")
+      yield* mounter.unmount({ targetId: "target-nfs", type: "nfs", path: p }, Infinity)
+      assert.isUndefined(yield* mountedAt(p))
+    }))
+
+  it.scopedLive("an intermediate component swapped for a link after the mount point's creation is refused; nothing is mounted", () =>
+    Effect.gen(function*() {
+      const dirs = yield* serverDirs
+      const outside = yield* outsideDir(dirs)
+      const parent = path.join(dirs.base, "x")
+      const p = path.join(parent, "m")
+      const runner = recordingRunner()
+      runner.behave = realistic
+      const mounter = yield* makeMounter(dirs, runner, swapAt("mount", swapForLink(parent, outside)))
+      const error = yield* Effect.flip(mounter.mount(nfs(p), Infinity))
+      assert.strictEqual(error.message, `mount path ${p} changed after it was checked: ${parent} is now a symbolic link; refused`)
+      assert.isTrue(error.refused)
+      assert.deepStrictEqual(runner.calls, [])
+      assert.deepStrictEqual(yield* mountsAtOrUnder(outside), [])
+      assert.deepStrictEqual(yield* mountsAtOrUnder(dirs.base), [])
+    }))
+
+  it.scopedLive("a swap after the re-check, before mount runs, mounts only the checked directory, which is then detached and refused", () =>
+    Effect.gen(function*() {
+      const dirs = yield* serverDirs
+      const outside = yield* outsideDir(dirs)
+      const p = path.join(dirs.base, "late-swap")
+      const runner = recordingRunner()
+      runner.behave = realistic
+      const mounter = yield* makeMounter(dirs, runner, swapAt("mount-command", swapForLink(p, path.join(outside, "m"))))
+      const error = yield* Effect.flip(mounter.mount(nfs(p), Infinity))
+      assert.strictEqual(
+        error.message,
+        `mount path ${p} was moved (to ${p}.old) while it was being mounted; the mount that landed at ${p}.old was detached; refused`
+      )
+      assert.deepStrictEqual(runner.calls.map((c) => [c.command, ...c.resolved]), [
+        ["mount", "--no-canonicalize", "-t", "nfs", "-o", "rw,sync,hard,intr,nfsvers=4,nosuid,nodev,noexec", "192.0.2.10:/backups", `${p}.old`],
+        ["umount", "-l", `${p}.old`]
+      ], "mount went onto the directory that was checked, not through the link")
+      assert.deepStrictEqual(yield* mountsAtOrUnder(outside), [], "nothing mounted outside the base")
+      assert.deepStrictEqual(yield* mountsAtOrUnder(dirs.base), [], "nothing left mounted")
+      assert.isFalse(fs.existsSync(path.join(dirs.run, "state", "target-nfs.json")))
+    }))
+
+  it.scopedLive("an unmount whose path was swapped for a link is refused and unmounts nothing", () =>
+    Effect.gen(function*() {
+      const dirs = yield* serverDirs
+      const outside = yield* outsideDir(dirs)
+      const parent = path.join(dirs.base, "x")
+      const p = path.join(parent, "m")
+      yield* tmpfsAt(path.join(outside, "m"), "198.51.100.7:/decoy")
+      const runner = recordingRunner()
+      runner.behave = realistic
+      const mounter = yield* makeMounter(dirs, runner, swapAt("unmount", swapForLink(parent, outside)))
+      yield* mounter.mount(nfs(p), Infinity)
+      const moved = path.join(`${parent}.old`, "m")
+      yield* Effect.addFinalizer(() => Effect.ignore(sh("umount", ["-l", moved])))
+      runner.calls.length = 0
+      const error = yield* Effect.flip(mounter.unmount({ targetId: "target-nfs", type: "nfs", path: p }, Infinity))
+      assert.strictEqual(error.message, `mount path ${p} changed after it was checked: ${parent} is now a symbolic link; refused`)
+      assert.isTrue(error.refused)
+      assert.deepStrictEqual(runner.calls, [], "umount never ran")
+      assert.strictEqual((yield* mountedAt(path.join(outside, "m")))?.source, "198.51.100.7:/decoy", "the decoy is still mounted")
+      assert.strictEqual((yield* mountedAt(moved))?.source, "192.0.2.10:/backups", "the target's mount is left alone")
     }))
 })

@@ -188,7 +188,7 @@ describe("Server", () => {
       const arrivedA = yield* Deferred.make<void>()
       const releaseA = yield* Deferred.make<void>()
       runner.behave = (call) =>
-        call.command === "mount" && call.args[5] === pathA
+        call.command === "mount" && call.resolved.at(-1) === pathA
           ? Deferred.succeed(arrivedA, undefined).pipe(Effect.zipRight(Deferred.await(releaseA)), Effect.zipRight(playNfsMount(call)))
           : realistic(call)
       const mountA = yield* Effect.fork(rpc(queue, nfsRequest(dirs.base, "a", "mount")))
@@ -197,13 +197,13 @@ describe("Server", () => {
       yield* pollUntil(Effect.sync(() => server.stats().received), (n) => n === 2)
       const mountB = yield* rpc(queue, nfsRequest(dirs.base, "b", "mount"))
       assert.strictEqual(mountB.body.status, "success", "path b is not held up by path a")
-      assert.deepStrictEqual(runner.calls.map((c) => [c.command, c.args.at(-1)]), [["mount", pathA], ["mount", path.join(dirs.base, "b")]])
+      assert.deepStrictEqual(runner.calls.map((c) => [c.command, c.resolved.at(-1)]), [["mount", pathA], ["mount", path.join(dirs.base, "b")]])
       assert.strictEqual(server.stats().queued, 1, "a's unmount waits behind a's mount")
       yield* Deferred.succeed(releaseA, undefined)
       const [ra, ua] = [yield* Fiber.join(mountA), yield* Fiber.join(unmountA)]
       assert.strictEqual(ra.body.success_msg, `NFS target mounted successfully at ${pathA}`)
       assert.strictEqual(ua.body.success_msg, `Target unmounted successfully from ${pathA}`)
-      assert.deepStrictEqual(runner.calls.map((c) => [c.command, c.args.at(-1)]), [
+      assert.deepStrictEqual(runner.calls.map((c) => [c.command, c.resolved.at(-1)]), [
         ["mount", pathA],
         ["mount", path.join(dirs.base, "b")],
         ["umount", pathA]

@@ -137,6 +137,8 @@ export interface Call {
   readonly args: ReadonlyArray<string>
   readonly timeoutMs: number
   readonly env: Readonly<Record<string, string>> | undefined
+  /** The args, with a `/proc/<pid>/fd/<n>` argument shown as the directory it named when the command ran. */
+  readonly resolved: ReadonlyArray<string>
 }
 
 export type Behaviour = (call: Call) => Effect.Effect<CommandRunner.Output, CommandRunner.CommandError>
@@ -155,11 +157,20 @@ export const sh = (command: string, args: ReadonlyArray<string>) =>
 export const failWith = (call: Call, stderr: string): Effect.Effect<never, CommandRunner.CommandError> =>
   Effect.fail(new CommandRunner.CommandError({ command: call.command, args: [...call.args], reason: "exit", exitCode: 32, stderr }))
 
-/** `mount -t nfs -o <o> <export> <path>` played by a real tmpfs whose source is the export. */
-export const playNfsMount = (call: Call) => {
-  const [, , , , exp, mountPoint] = call.args
-  return sh("mount", ["-t", "tmpfs", "-o", "size=1m", exp!, mountPoint!])
-}
+/** `mount [--no-canonicalize] -t nfs -o <o> <export> <target>` played by a real tmpfs whose source is the export. */
+export const playNfsMount = (call: Call) =>
+  sh("mount", ["--no-canonicalize", "-t", "tmpfs", "-o", "size=1m", call.args.at(-2)!, call.args.at(-1)!])
+
+const FD_LINK = /^\/proc\/\d+\/fd\/\d+$/
+const resolveFdLinks = (args: ReadonlyArray<string>) =>
+  args.map((a) => {
+    if (!FD_LINK.test(a)) return a
+    try {
+      return fs.readlinkSync(a)
+    } catch {
+      return a
+    }
+  })
 
 export const recordingRunner = (): RecordingRunner => {
   const r: RecordingRunner = {
@@ -172,14 +183,15 @@ export const recordingRunner = (): RecordingRunner => {
             command: cmd.command,
             args: [...cmd.args],
             timeoutMs: Duration.toMillis(Duration.decode(cmd.timeout)),
-            env: cmd.env
+            env: cmd.env,
+            resolved: resolveFdLinks(cmd.args)
           }
           r.calls.push(call)
           return r.behave(call)
         }),
       spawnDaemon: (cmd) =>
         Effect.suspend(() => {
-          r.calls.push({ command: cmd.command, args: [...cmd.args], timeoutMs: 0, env: cmd.env })
+          r.calls.push({ command: cmd.command, args: [...cmd.args], timeoutMs: 0, env: cmd.env, resolved: resolveFdLinks(cmd.args) })
           return CommandRunner.spawnDaemon(cmd)
         })
     }
