@@ -88,6 +88,11 @@ export interface PendingOperation {
 export interface PendingMark {
   readonly op: Protocol.Action
   readonly timeoutMs: number
+  /**
+   * The deadline exactly as a read from the ledger gave it (the database's clock), to put an earlier
+   * operation's mark back as it was; `timeoutMs` is then ignored.
+   */
+  readonly deadline?: Date | undefined
   /** The path the operation was sent for (where a mount whose outcome is unknown may have landed). */
   readonly mountPath?: string | null | undefined
   readonly targetType?: "nfs" | "s3" | null | undefined

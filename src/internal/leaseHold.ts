@@ -64,8 +64,8 @@ export const make = (settings: Settings, key: LockKey, owner: string, options: L
   // Our own mark's deadline is kept on this process's clock: it is the deadline of the request we send.
   const local = (mark: PendingMark, now: number): PendingOperation => ({
     op: mark.op,
-    deadline: new Date(now + mark.timeoutMs),
-    remainingMs: mark.timeoutMs,
+    deadline: mark.deadline ?? new Date(now + mark.timeoutMs),
+    remainingMs: mark.deadline === undefined ? mark.timeoutMs : mark.deadline.getTime() - now,
     mountPath: mark.mountPath,
     targetType: mark.targetType
   })

@@ -31,7 +31,7 @@ interface StoredMark {
 }
 const stored = (mark: PendingMark, now: number): StoredMark => ({
   op: mark.op,
-  deadlineMs: now + mark.timeoutMs,
+  deadlineMs: mark.deadline === undefined ? now + mark.timeoutMs : mark.deadline.getTime(),
   mountPath: mark.mountPath ?? null,
   targetType: mark.targetType ?? null
 })

@@ -173,7 +173,7 @@ export const send = (
       Effect.interruptible,
       Effect.tapError((error) =>
         neverPublished(error)
-          ? lease.write({ pending: resolving === undefined ? null : { ...resolving, timeoutMs: resolving.remainingMs } })
+          ? lease.write({ pending: resolving === undefined ? null : { ...resolving, timeoutMs: resolving.remainingMs, deadline: resolving.deadline } })
           : Effect.void
       )
     )

@@ -113,14 +113,21 @@ const make = (d: Dialect, sql: Statements, options: StoreOptions): Effect.Effect
         sets.push(`${prefix}pending_op = NULL`)
       } else if (w.pending !== undefined) {
         // The deadline on the database's clock, as leases are: clients with skewed clocks agree on it.
+        const restored = w.pending.deadline
         sets.push(
           `${prefix}pending_op = ?`,
-          `${prefix}pending_deadline = ${d.nowPlus(w.pending.timeoutMs)}`,
+          `${prefix}pending_deadline = ${restored === undefined ? d.nowPlus(w.pending.timeoutMs) : "?"}`,
           `${prefix}pending_owner = ?`,
           `${prefix}pending_path = ?`,
           `${prefix}pending_type = ?`
         )
-        params.push(w.pending.op, owner, w.pending.mountPath ?? null, w.pending.targetType ?? null)
+        params.push(
+          w.pending.op,
+          ...(restored === undefined ? [] : [d.fromDate(restored)]),
+          owner,
+          w.pending.mountPath ?? null,
+          w.pending.targetType ?? null
+        )
       }
       sets.push(
         w.release === true ? `${prefix}owner = NULL, ${prefix}expires_at = NULL` : `${prefix}expires_at = ${d.nowPlus(leaseMs)}`
