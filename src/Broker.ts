@@ -54,6 +54,43 @@ export const DEADLINE_HEADER = "x-dms-deadline"
 export const queueName = (host: string): string => `dms.${host}`
 
 /**
+ * A RabbitMQ permission set, as `rabbitmqctl set_permissions -p <vhost> <user> <configure> <write> <read>`
+ * takes it: three regular expressions over resource names.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Permissions {
+  readonly configure: string
+  readonly write: string
+  readonly read: string
+}
+
+const escapeRegex = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")
+
+/**
+ * The least a host's DMS server needs (RabbitMQ 3.10): declare and consume its own `dms.<host>`
+ * (configure, read) and publish replies through the default exchange (write on `amq.default`, which
+ * RabbitMQ cannot narrow to reply queues: see the README).
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const serverPermissions = (host: string): Permissions => {
+  const own = `^${escapeRegex(queueName(host))}$`
+  return { configure: own, write: "^amq\\.default$", read: own }
+}
+
+/**
+ * The least a client needs (RabbitMQ 3.10): publish requests through the default exchange (write on
+ * `amq.default`). Consuming direct reply-to and the passive check of a host's queue need no permission.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const clientPermissions: Permissions = { configure: "^$", write: "^amq\\.default$", read: "^$" }
+
+/**
  * The deadline a request carries in its {@link DEADLINE_HEADER} header, if any (requests from the Python
  * client carry none). Accepts a number, a bigint or a decimal string.
  *
