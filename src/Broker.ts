@@ -33,6 +33,7 @@ import * as DmsConfig from "./DmsConfig.js"
 import * as DmsError from "./DmsError.js"
 import * as Protocol from "./Protocol.js"
 import * as Amqp from "./internal/amqp.js"
+import { readTls } from "./internal/amqpCommon.js"
 import * as Urls from "./internal/urls.js"
 
 /**
@@ -291,6 +292,21 @@ export interface AmqpOptions {
    * forever (reset after a connection that lived a while). When it ends, requests fail for good.
    */
   readonly reconnectSchedule?: Schedule.Schedule<unknown, DmsError.BrokerError> | undefined
+  /** TLS files for the `amqps://` URLs: the CA that signed the broker's certificate, and a client certificate. */
+  readonly tls?: TlsFiles | undefined
+}
+
+/**
+ * TLS files for `amqps://` (PEM paths, read once when the layer is built). Without `caFile`, the system's
+ * CAs verify the broker; `certFile` and `keyFile` (both or neither) present a client certificate.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface TlsFiles {
+  readonly caFile?: string | undefined
+  readonly certFile?: string | undefined
+  readonly keyFile?: string | undefined
 }
 
 /**
@@ -339,7 +355,10 @@ export const layerAmqp = (options: AmqpOptions): Layer.Layer<Broker, DmsError.Br
   }
   return Layer.scoped(
     Broker,
-    Effect.map(Amqp.make(settings), (client) => makeService(client))
+    readTls(options.tls).pipe(
+      Effect.flatMap((tls) => Amqp.make({ ...settings, tls })),
+      Effect.map((client) => makeService(client))
+    )
   )
 }
 

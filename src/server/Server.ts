@@ -34,6 +34,7 @@ import * as path from "node:path"
 import * as Broker from "../Broker.js"
 import * as DmsError from "../DmsError.js"
 import * as Protocol from "../Protocol.js"
+import { readTls } from "../internal/amqpCommon.js"
 import * as AmqpConsumer from "../internal/amqpConsumer.js"
 import * as Urls from "../internal/urls.js"
 import * as Barbican from "./Barbican.js"
@@ -216,6 +217,8 @@ export interface Options {
   readonly reconnectSchedule?: Schedule.Schedule<unknown, DmsError.BrokerError> | undefined
   /** How long one connection attempt may take. Default 10 s. */
   readonly connectTimeout?: Duration.DurationInput | undefined
+  /** TLS files for `amqps://` URLs (CA, client certificate and key). */
+  readonly tls?: Broker.TlsFiles | undefined
   /** The largest body parsed, in bytes; a larger one gets an error reply. Default {@link DEFAULT_MAX_BODY_BYTES}. */
   readonly maxBodyBytes?: number | undefined
 }
@@ -487,7 +490,9 @@ export const make = (options: Options) =>
       runFork(drain(key, decodedOf))
     }
 
+    const tls = yield* readTls(options.tls)
     const connection = yield* AmqpConsumer.make({
+      tls,
       urls: location.urls.map(Redacted.value),
       queue,
       queueType: options.queueType ?? "classic",
