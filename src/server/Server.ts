@@ -559,7 +559,13 @@ export const layer = (
 export const layerFromSettings = (
   settings: ServerConfig.Settings
 ): Layer.Layer<Server, Mounter.MounterError | DmsError.ValidationError | DmsError.BrokerError> =>
-  layer({ nodeId: settings.nodeId, rabbitmqUrl: settings.rabbitmqUrl, queueType: settings.queueType, prefetch: settings.prefetch }).pipe(
+  layer({
+    nodeId: settings.nodeId,
+    rabbitmqUrl: settings.rabbitmqUrl,
+    queueType: settings.queueType,
+    prefetch: settings.prefetch,
+    tls: settings.rabbitmqTls
+  }).pipe(
     Layer.provide(
       Mounter.layer({
         mountBase: settings.mountBase,
