@@ -33,6 +33,7 @@ import * as DmsConfig from "./DmsConfig.js"
 import * as DmsError from "./DmsError.js"
 import * as Protocol from "./Protocol.js"
 import * as Amqp from "./internal/amqp.js"
+import { readTls } from "./internal/amqpCommon.js"
 import * as Urls from "./internal/urls.js"
 
 /**
@@ -52,6 +53,43 @@ export const DEADLINE_HEADER = "x-dms-deadline"
  * @category utils
  */
 export const queueName = (host: string): string => `dms.${host}`
+
+/**
+ * A RabbitMQ permission set, as `rabbitmqctl set_permissions -p <vhost> <user> <configure> <write> <read>`
+ * takes it: three regular expressions over resource names.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Permissions {
+  readonly configure: string
+  readonly write: string
+  readonly read: string
+}
+
+const escapeRegex = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")
+
+/**
+ * The least a host's DMS server needs (RabbitMQ 3.10): declare and consume its own `dms.<host>`
+ * (configure, read) and publish replies through the default exchange (write on `amq.default`, which
+ * RabbitMQ cannot narrow to reply queues: see the README).
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const serverPermissions = (host: string): Permissions => {
+  const own = `^${escapeRegex(queueName(host))}$`
+  return { configure: own, write: "^amq\\.default$", read: own }
+}
+
+/**
+ * The least a client needs (RabbitMQ 3.10): publish requests through the default exchange (write on
+ * `amq.default`). Consuming direct reply-to and the passive check of a host's queue need no permission.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const clientPermissions: Permissions = { configure: "^$", write: "^amq\\.default$", read: "^$" }
 
 /**
  * The deadline a request carries in its {@link DEADLINE_HEADER} header, if any (requests from the Python
@@ -254,6 +292,21 @@ export interface AmqpOptions {
    * forever (reset after a connection that lived a while). When it ends, requests fail for good.
    */
   readonly reconnectSchedule?: Schedule.Schedule<unknown, DmsError.BrokerError> | undefined
+  /** TLS files for the `amqps://` URLs: the CA that signed the broker's certificate, and a client certificate. */
+  readonly tls?: TlsFiles | undefined
+}
+
+/**
+ * TLS files for `amqps://` (PEM paths, read once when the layer is built). Without `caFile`, the system's
+ * CAs verify the broker; `certFile` and `keyFile` (both or neither) present a client certificate.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface TlsFiles {
+  readonly caFile?: string | undefined
+  readonly certFile?: string | undefined
+  readonly keyFile?: string | undefined
 }
 
 /**
@@ -302,7 +355,10 @@ export const layerAmqp = (options: AmqpOptions): Layer.Layer<Broker, DmsError.Br
   }
   return Layer.scoped(
     Broker,
-    Effect.map(Amqp.make(settings), (client) => makeService(client))
+    readTls(options.tls).pipe(
+      Effect.flatMap((tls) => Amqp.make({ ...settings, tls })),
+      Effect.map((client) => makeService(client))
+    )
   )
 }
 

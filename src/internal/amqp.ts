@@ -17,6 +17,7 @@ import type * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import type * as DmsError from "../DmsError.js"
 import { brokerError, makeTools } from "./amqpCommon.js"
+import type { TlsOptions } from "./amqpCommon.js"
 import * as AmqpConnection from "./amqpConnection.js"
 import * as AmqpQueueCheck from "./amqpQueueCheck.js"
 import * as AmqpRequests from "./amqpRequests.js"
@@ -43,6 +44,8 @@ export interface Settings {
   readonly queueCheckCacheTtl: Duration.Duration
   /** Delays between reconnection attempts; when it ends, the client gives up. */
   readonly reconnectSchedule: Schedule.Schedule<unknown, DmsError.BrokerError>
+  /** CA, client certificate and key for `amqps://` URLs. */
+  readonly tls?: TlsOptions | undefined
 }
 
 /**

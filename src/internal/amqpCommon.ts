@@ -5,6 +5,7 @@
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Runtime from "effect/Runtime"
+import * as fs from "node:fs/promises"
 import * as DmsError from "../DmsError.js"
 import { redactUrl } from "./urls.js"
 
@@ -112,4 +113,52 @@ export const makeTools = (urls: ReadonlyArray<string>): Effect.Effect<Tools> =>
     }
     const closedError = () => brokerError(`the broker client for ${displayUrl} is closed`, { notDelivered: true })
     return { displayUrl, safe, log, guard, closedError }
+  })
+
+/**
+ * Where the TLS files of an `amqps://` connection are (paths).
+ */
+export interface TlsFiles {
+  readonly caFile?: string | undefined
+  readonly certFile?: string | undefined
+  readonly keyFile?: string | undefined
+}
+
+/**
+ * The contents of the TLS files, as amqplib's socket options take them (for `amqps://` URLs only).
+ */
+export interface TlsOptions {
+  readonly ca?: Buffer
+  readonly cert?: Buffer
+  readonly key?: Buffer
+}
+
+const tlsFileNames = { caFile: "CA file", certFile: "client certificate file", keyFile: "client key file" } as const
+
+/**
+ * Reads the TLS files once, before anything connects: a missing or unreadable file, or a certificate
+ * without its key (or the reverse), is a `BrokerError` naming the file.
+ */
+export const readTls = (files: TlsFiles | undefined): Effect.Effect<TlsOptions | undefined, DmsError.BrokerError> =>
+  Effect.gen(function*() {
+    if (files === undefined) return undefined
+    const { caFile, certFile, keyFile } = files
+    if ((certFile === undefined) !== (keyFile === undefined)) {
+      return yield* Effect.fail(brokerError("a client certificate for the broker needs both its certificate file and its key file"))
+    }
+    const read = (which: keyof typeof tlsFileNames, file: string | undefined) =>
+      file === undefined
+        ? Effect.succeed(undefined)
+        : Effect.tryPromise({
+          try: () => fs.readFile(file),
+          catch: (cause) => brokerError(`cannot read the broker's ${tlsFileNames[which]} ${file}: ${describe(cause)}`, { cause })
+        })
+    const ca = yield* read("caFile", caFile)
+    const cert = yield* read("certFile", certFile)
+    const key = yield* read("keyFile", keyFile)
+    return {
+      ...(ca === undefined ? {} : { ca }),
+      ...(cert === undefined ? {} : { cert }),
+      ...(key === undefined ? {} : { key })
+    }
   })

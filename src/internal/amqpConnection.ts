@@ -29,7 +29,7 @@ import type * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
 import type * as DmsError from "../DmsError.js"
 import { brokerError, closeQuietly, millis } from "./amqpCommon.js"
-import type { Tools } from "./amqpCommon.js"
+import type { TlsOptions, Tools } from "./amqpCommon.js"
 import { redactUrl } from "./urls.js"
 
 /**
@@ -44,6 +44,8 @@ export interface Settings {
   readonly connectTimeout: Duration.Duration
   /** Delays between reconnection attempts; when it ends, the supervisor gives up. */
   readonly reconnectSchedule: Schedule.Schedule<unknown, DmsError.BrokerError>
+  /** CA, client certificate and key for the `amqps://` URLs of the list (amqplib's socket options). */
+  readonly tls?: TlsOptions | undefined
 }
 
 /**
@@ -141,6 +143,20 @@ interface Ready<S> {
   done: boolean
 }
 
+// Node's TLS failures carry OpenSSL's codes (UNABLE_TO_VERIFY_LEAF_SIGNATURE, ERR_SSL_…): say which side.
+const tlsHint = (cause: unknown): string => {
+  const code = String((cause as { code?: unknown } | null)?.code ?? "")
+  const message = cause instanceof Error ? cause.message : ""
+  // An alert from the broker names the client's side; the OpenSSL error may come without a code.
+  if (/ALERT_(CERTIFICATE_REQUIRED|BAD_CERTIFICATE|UNKNOWN_CA)|alert (certificate required|bad certificate|unknown ca)/i.test(`${code} ${message}`)) {
+    return " (TLS: the broker refused the client certificate, or requires one: set the certificate and key files)"
+  }
+  if (/CERT|SIGNATURE|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS_CERT/.test(code)) {
+    return " (TLS: the broker's certificate is not trusted by the configured CA file, or does not name the host)"
+  }
+  return ""
+}
+
 const destroy = (model: ChannelModel) => () => {
   const stream = (model.connection as unknown as { stream?: { destroy?: () => void } }).stream
   stream?.destroy?.()
@@ -194,10 +210,13 @@ export const make = <S>(options: Options<S>): Effect.Effect<Supervisor<S>, never
       Effect.acquireRelease(
         Effect.tryPromise({
           try: async () => {
-            const model = await amqp.connect(options.urls[index]!, {
+            const url = options.urls[index]!
+            const model = await amqp.connect(url, {
               noDelay: true,
               timeout: connectTimeoutMs,
-              clientProperties: { connection_name: options.connectionName }
+              clientProperties: { connection_name: options.connectionName },
+              // amqplib sets `servername` from the URL's host name (not for an address).
+              ...(options.tls !== undefined && url.startsWith("amqps:") ? options.tls : {})
             })
             // No await between connect and here: no event can be missed.
             const link: Link<S> = {
@@ -218,7 +237,7 @@ export const make = <S>(options: Options<S>): Effect.Effect<Supervisor<S>, never
             model.on("unblocked", () => guard(() => void (link.blocked = undefined)))
             return link
           },
-          catch: (cause) => brokerError(`cannot connect to ${nodes[index]}: ${safe(cause)}`, { cause })
+          catch: (cause) => brokerError(`cannot connect to ${nodes[index]}: ${safe(cause)}${tlsHint(cause)}`, { cause })
         }),
         (link) => closeQuietly(() => link.model.close(), destroy(link.model))
       )

@@ -20,6 +20,7 @@ import type * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import type * as DmsError from "../DmsError.js"
 import { brokerError, closeQuietly, makeTools } from "./amqpCommon.js"
+import type { TlsOptions } from "./amqpCommon.js"
 import * as AmqpConnection from "./amqpConnection.js"
 
 /**
@@ -49,6 +50,8 @@ export interface Options {
   readonly connectionName: string
   readonly connectTimeout: Duration.Duration
   readonly reconnectSchedule: Schedule.Schedule<unknown, DmsError.BrokerError>
+  /** CA, client certificate and key for `amqps://` URLs. */
+  readonly tls?: TlsOptions | undefined
   /** Called for every delivery, from amqplib's callback. */
   readonly onMessage: (session: Session, msg: ConsumeMessage) => void
 }
@@ -226,6 +229,7 @@ export const make = (options: Options): Effect.Effect<Consumer, never, Scope.Sco
       connectionName,
       connectTimeout: options.connectTimeout,
       reconnectSchedule: options.reconnectSchedule,
+      tls: options.tls,
       tools,
       setup,
       onLost: () => ({ queue }),

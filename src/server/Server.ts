@@ -34,6 +34,7 @@ import * as path from "node:path"
 import * as Broker from "../Broker.js"
 import * as DmsError from "../DmsError.js"
 import * as Protocol from "../Protocol.js"
+import { readTls } from "../internal/amqpCommon.js"
 import * as AmqpConsumer from "../internal/amqpConsumer.js"
 import * as Urls from "../internal/urls.js"
 import * as Barbican from "./Barbican.js"
@@ -69,8 +70,48 @@ export const messages = {
   missingExport: "Missing filesystem_export for NFS mount",
   missingSecretRef: "Missing secret_ref for S3 mount",
   missingToken: "Missing keystone_token for S3 mount",
-  expired: (deadline: number) => `Request expired before it could start (deadline ${new Date(deadline).toISOString()}); not executed`
+  expired: (deadline: number) => `Request expired before it could start (deadline ${new Date(deadline).toISOString()}); not executed`,
+  tooLarge: (bytes: number, limit: number) => `Request too large: ${bytes} bytes, the limit is ${limit} bytes; not parsed, not executed`
 } as const
+
+/**
+ * The largest request body the server parses, in bytes (a mount request is well under 4 KiB).
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const DEFAULT_MAX_BODY_BYTES = 64 * 1024
+
+/**
+ * The longest refusal message the server replies with or logs, in characters: a validation message
+ * echoes the offending values, which a hostile body makes as long as it likes.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const MAX_MESSAGE_CHARS = 2048
+
+/**
+ * `text` cut to `max` characters, saying so.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const truncate = (text: string, max: number = MAX_MESSAGE_CHARS): string =>
+  text.length <= max ? text : `${text.slice(0, max)}… (truncated; ${text.length} characters in all)`
+
+/**
+ * Whether a `reply_to` names a reply queue the server may answer to: RabbitMQ's direct reply-to
+ * (`amq.rabbitmq.reply-to…`, as the broker rewrites it) or a server-named queue (`amq.gen-…`, as the
+ * Python client declares it). Clients cannot declare queues under `amq.`, so no other value is a reply
+ * queue: answering to it would let a sender make this server publish into any queue, such as another
+ * host's `dms.<host>`.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const isReplyQueue = (replyTo: string): boolean =>
+  /^amq\.rabbitmq\.reply-to(\.[^\s]+)?$/.test(replyTo) || /^amq\.gen-[A-Za-z0-9_-]+$/.test(replyTo)
 
 const MountBody = Schema.Struct({
   keystone_token: Schema.optional(Schema.NullOr(Schema.Redacted(Schema.String))),
@@ -91,14 +132,22 @@ const decodeUnmountBody = Schema.decodeUnknownEither(UnmountBody, { errors: "all
 const isRecord = (u: unknown): u is Record<string, unknown> => typeof u === "object" && u !== null && !Array.isArray(u)
 
 /**
- * Decodes a request body (the raw message content): what to run, or the error message to reply with.
- * Accepts both the guide's shape and the Python client's (`jobid` at the top level, or no job at all:
- * the server does not need one).
+ * Decodes a request body (the raw message content): what to run, or the error message to reply with
+ * (at most {@link MAX_MESSAGE_CHARS} characters). A body over `maxBodyBytes` (default
+ * {@link DEFAULT_MAX_BODY_BYTES}) is refused unparsed. Accepts both the guide's shape and the Python
+ * client's (`jobid` at the top level, or no job at all: the server does not need one).
  *
  * @since 0.1.0
  * @category decoding
  */
-export const decodeRequest = (content: Buffer | string): Either.Either<Decoded, string> => {
+export const decodeRequest = (
+  content: Buffer | string,
+  options: { readonly maxBodyBytes?: number | undefined } = {}
+): Either.Either<Decoded, string> => Either.mapLeft(decodeBody(content, options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES), (m) => truncate(m))
+
+const decodeBody = (content: Buffer | string, maxBodyBytes: number): Either.Either<Decoded, string> => {
+  const size = typeof content === "string" ? Buffer.byteLength(content) : content.length
+  if (size > maxBodyBytes) return Either.left(messages.tooLarge(size, maxBodyBytes))
   let body: unknown
   try {
     body = JSON.parse(typeof content === "string" ? content : content.toString("utf8"))
@@ -168,6 +217,10 @@ export interface Options {
   readonly reconnectSchedule?: Schedule.Schedule<unknown, DmsError.BrokerError> | undefined
   /** How long one connection attempt may take. Default 10 s. */
   readonly connectTimeout?: Duration.DurationInput | undefined
+  /** TLS files for `amqps://` URLs (CA, client certificate and key). */
+  readonly tls?: Broker.TlsFiles | undefined
+  /** The largest body parsed, in bytes; a larger one gets an error reply. Default {@link DEFAULT_MAX_BODY_BYTES}. */
+  readonly maxBodyBytes?: number | undefined
 }
 
 /**
@@ -188,6 +241,8 @@ export interface Stats {
   readonly received: number
   readonly replied: number
   readonly refusedExpired: number
+  /** Requests dropped unexecuted because their `reply_to` is not a reply queue ({@link isReplyQueue}). */
+  readonly refusedReplyTo: number
   readonly running: number
   readonly queued: number
 }
@@ -249,11 +304,15 @@ export const make = (options: Options) =>
       )
     }
     const prefetch = options.prefetch ?? 64
+    const maxBodyBytes = options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES
+    if (!(Number.isInteger(maxBodyBytes) && maxBodyBytes > 0)) {
+      return yield* DmsError.invalid("server options", "maxBodyBytes", `must be a positive integer, got ${maxBodyBytes}`)
+    }
     const connectionName = options.connectionName ?? `trilio-dms-server@${options.nodeId}`
     const idle = { waiters: [] as Array<() => void> }
 
     let stopping = false
-    const counters = { received: 0, replied: 0, refusedExpired: 0, running: 0 }
+    const counters = { received: 0, replied: 0, refusedExpired: 0, refusedReplyTo: 0, running: 0 }
     /** Per mount path: the jobs waiting, the first one running. */
     const lanes = new Map<string, Array<Job>>()
 
@@ -374,7 +433,23 @@ export const make = (options: Options) =>
       counters.received++
       const headers = (msg.properties.headers ?? {}) as Record<string, unknown>
       const deadline = Option.getOrElse(Broker.deadlineOf(headers), () => Infinity)
-      const decoded = decodeRequest(msg.content)
+      const replyTo = msg.properties.replyTo as unknown
+      if (typeof replyTo === "string" && replyTo !== "" && !isReplyQueue(replyTo)) {
+        // Neither run nor answered: the sender would have this server publish into a queue of its choice.
+        counters.refusedReplyTo++
+        log(
+          Effect.logWarning("dropped a request whose reply_to is not a reply queue; not executed").pipe(
+            Effect.annotateLogs({ correlationId: String(msg.properties.correlationId ?? ""), replyTo: truncate(replyTo, 300) })
+          )
+        )
+        try {
+          if (session.alive()) session.channel.ack(msg)
+        } catch (e) {
+          log(Effect.logWarning(`cannot ack: ${describeError(e)}`))
+        }
+        return
+      }
+      const decoded = decodeRequest(msg.content, { maxBodyBytes })
       if (Either.isLeft(decoded)) {
         log(
           Effect.logWarning(`refused a request: ${decoded.left}`).pipe(
@@ -415,7 +490,9 @@ export const make = (options: Options) =>
       runFork(drain(key, decodedOf))
     }
 
+    const tls = yield* readTls(options.tls)
     const connection = yield* AmqpConsumer.make({
+      tls,
       urls: location.urls.map(Redacted.value),
       queue,
       queueType: options.queueType ?? "classic",
@@ -482,7 +559,13 @@ export const layer = (
 export const layerFromSettings = (
   settings: ServerConfig.Settings
 ): Layer.Layer<Server, Mounter.MounterError | DmsError.ValidationError | DmsError.BrokerError> =>
-  layer({ nodeId: settings.nodeId, rabbitmqUrl: settings.rabbitmqUrl, queueType: settings.queueType, prefetch: settings.prefetch }).pipe(
+  layer({
+    nodeId: settings.nodeId,
+    rabbitmqUrl: settings.rabbitmqUrl,
+    queueType: settings.queueType,
+    prefetch: settings.prefetch,
+    tls: settings.rabbitmqTls
+  }).pipe(
     Layer.provide(
       Mounter.layer({
         mountBase: settings.mountBase,

@@ -9,6 +9,8 @@
  * | node id | `DMS_NODE_ID` | `node_id` | required (`--node-id`) |
  * | broker (a URL, or a comma-separated list of a cluster's nodes) | `DMS_RABBITMQ_URL` | `rabbitmq_url` | required |
  * | queue type | `DMS_QUEUE_TYPE` | `queue_type` | `classic` (or `quorum`) |
+ * | broker CA file (amqps) | `DMS_RABBITMQ_CA_FILE` | `rabbitmq_ca_file` | the system's CAs |
+ * | broker client certificate / key (amqps) | `DMS_RABBITMQ_CERT_FILE` / `DMS_RABBITMQ_KEY_FILE` | `rabbitmq_cert_file` / `rabbitmq_key_file` | none |
  * | mount base | `DMS_MOUNT_BASE` | `mount_base` | `/var/lib/trilio/triliovault-mounts` |
  * | run directory | `DMS_RUN_DIR` | `run_dir` | `/run/dms` |
  * | S3 driver | `DMS_S3_DRIVER` | `s3_driver` | `s3fs` (or `s3vaultfuse`) |
@@ -78,6 +80,9 @@ export const keys = {
   nodeId: { env: "DMS_NODE_ID", file: "node_id" },
   rabbitmqUrl: { env: "DMS_RABBITMQ_URL", file: "rabbitmq_url" },
   queueType: { env: "DMS_QUEUE_TYPE", file: "queue_type" },
+  rabbitmqCaFile: { env: "DMS_RABBITMQ_CA_FILE", file: "rabbitmq_ca_file" },
+  rabbitmqCertFile: { env: "DMS_RABBITMQ_CERT_FILE", file: "rabbitmq_cert_file" },
+  rabbitmqKeyFile: { env: "DMS_RABBITMQ_KEY_FILE", file: "rabbitmq_key_file" },
   mountBase: { env: "DMS_MOUNT_BASE", file: "mount_base" },
   runDir: { env: "DMS_RUN_DIR", file: "run_dir" },
   s3Driver: { env: "DMS_S3_DRIVER", file: "s3_driver" },
@@ -110,6 +115,8 @@ export interface Settings {
   readonly rabbitmqUrl: Redacted.Redacted<string>
   /** The type of `dms.<node-id>`. */
   readonly queueType: "classic" | "quorum"
+  /** TLS files (absolute paths) for `amqps://` URLs. */
+  readonly rabbitmqTls: { readonly caFile?: string; readonly certFile?: string; readonly keyFile?: string }
   /** Absolute; every mount path must resolve strictly inside it. */
   readonly mountBase: string
   /** Absolute; holds `s3/<target>.pid` and friends and `state/<target>.json`. */
@@ -191,6 +198,17 @@ export const resolve = (
       if (typeof parsed === "string") bad("rabbitmqUrl", parsed)
       else if (parsed.kind !== "amqp") bad("rabbitmqUrl", "the server needs a RabbitMQ URL (amqp:// or amqps://)")
     }
+    const tlsFile = (key: "rabbitmqCaFile" | "rabbitmqCertFile" | "rabbitmqKeyFile") => {
+      const v = text(key)
+      if (v !== undefined && !path.isAbsolute(v)) bad(key, `must be an absolute path, got ${JSON.stringify(v)}`)
+      return v
+    }
+    const caFile = tlsFile("rabbitmqCaFile")
+    const certFile = tlsFile("rabbitmqCertFile")
+    const keyFile = tlsFile("rabbitmqKeyFile")
+    if ((certFile === undefined) !== (keyFile === undefined)) {
+      bad(certFile === undefined ? "rabbitmqCertFile" : "rabbitmqKeyFile", "a client certificate needs both the certificate file and the key file")
+    }
     const queueTypeText = (text("queueType") ?? "classic").toLowerCase()
     if (queueTypeText !== "classic" && queueTypeText !== "quorum") {
       bad("queueType", `must be classic or quorum, got ${JSON.stringify(queueTypeText)}`)
@@ -229,6 +247,11 @@ export const resolve = (
       nodeId,
       rabbitmqUrl: Redacted.make(rabbit),
       queueType: queueTypeText === "quorum" ? "quorum" : "classic",
+      rabbitmqTls: {
+        ...(caFile === undefined ? {} : { caFile }),
+        ...(certFile === undefined ? {} : { certFile }),
+        ...(keyFile === undefined ? {} : { keyFile })
+      },
       mountBase,
       runDir,
       s3Driver,
@@ -312,6 +335,7 @@ export const describe = (settings: Settings): Record<string, string> => ({
   node_id: settings.nodeId,
   rabbitmq_url: Urls.redactUrl(Redacted.value(settings.rabbitmqUrl)),
   queue_type: settings.queueType,
+  rabbitmq_ca_file: settings.rabbitmqTls.caFile ?? "(system CAs)",
   mount_base: settings.mountBase,
   run_dir: settings.runDir,
   s3_driver: settings.s3Driver,
@@ -334,6 +358,9 @@ Options (each also settable in the environment or /etc/trilio-dms/server.conf [s
   --node-id <host>          this host's node id; consumes dms.<host>        (DMS_NODE_ID)
   --rabbitmq-url <urls>     RabbitMQ URL, or a comma-separated list of nodes  (DMS_RABBITMQ_URL)
   --queue-type <type>       classic (default) or quorum                      (DMS_QUEUE_TYPE)
+  --rabbitmq-ca-file <pem>  CA of the broker's certificate (amqps)            (DMS_RABBITMQ_CA_FILE)
+  --rabbitmq-cert-file <pem> client certificate for the broker (amqps)       (DMS_RABBITMQ_CERT_FILE)
+  --rabbitmq-key-file <pem> its key                                          (DMS_RABBITMQ_KEY_FILE)
   --mount-base <dir>        where targets are mounted                        (DMS_MOUNT_BASE)
   --run-dir <dir>           PID, state and log files                         (DMS_RUN_DIR)
   --s3-driver <name>        s3fs (default) or s3vaultfuse                    (DMS_S3_DRIVER)
@@ -358,6 +385,9 @@ export const parseCommandLine = (argv: ReadonlyArray<string>): Options | "help" 
       "node-id": { type: "string" },
       "rabbitmq-url": { type: "string" },
       "queue-type": { type: "string" },
+      "rabbitmq-ca-file": { type: "string" },
+      "rabbitmq-cert-file": { type: "string" },
+      "rabbitmq-key-file": { type: "string" },
       "mount-base": { type: "string" },
       "run-dir": { type: "string" },
       "s3-driver": { type: "string" },
@@ -376,6 +406,9 @@ export const parseCommandLine = (argv: ReadonlyArray<string>): Options | "help" 
     nodeId: values["node-id"],
     rabbitmqUrl: values["rabbitmq-url"],
     queueType: values["queue-type"],
+    rabbitmqCaFile: values["rabbitmq-ca-file"],
+    rabbitmqCertFile: values["rabbitmq-cert-file"],
+    rabbitmqKeyFile: values["rabbitmq-key-file"],
     mountBase: values["mount-base"],
     runDir: values["run-dir"],
     s3Driver: values["s3-driver"],

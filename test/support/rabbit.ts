@@ -171,3 +171,27 @@ export const closeConnectionNamed = (
     for (const pid of pids) yield* ctl(["close_connection", pid, reason])
     return pids.length
   })
+
+/** A broker user of the test's own, with its password and URL to the test broker. */
+export interface BrokerUser {
+  readonly user: string
+  readonly password: string
+  readonly url: string
+}
+
+/**
+ * Adds a user with `permissions` on vhost `/` (`rabbitmqctl add_user`, `set_permissions`), deleted when
+ * the scope closes. Its name is unique to the test.
+ */
+export const brokerUser = (
+  label: string,
+  permissions: { readonly configure: string; readonly write: string; readonly read: string }
+): Effect.Effect<BrokerUser, Error, Scope.Scope> =>
+  Effect.gen(function*() {
+    const user = uniqueConnectionName(label)
+    const password = randomBytes(12).toString("hex")
+    yield* Effect.acquireRelease(rabbitmqctl(["add_user", user, password]), () => Effect.ignore(rabbitmqctl(["delete_user", user])))
+    yield* rabbitmqctl(["set_permissions", "-p", "/", user, permissions.configure, permissions.write, permissions.read])
+    const { hostname, port } = new URL(RABBIT_URL)
+    return { user, password, url: `amqp://${user}:${password}@${hostname}:${port || 5672}` }
+  })

@@ -9,6 +9,7 @@ import * as fs from "node:fs"
 import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
+import * as tls from "node:tls"
 import { promisify } from "node:util"
 
 const run = promisify(execFile)
@@ -159,3 +160,59 @@ export const tlsMariadb = (certs: Certificates) =>
     )
     return { port, url: `mysql://dms:dms@127.0.0.1:${port}/dms_tls` }
   })
+
+/** A TLS endpoint in front of a plain TCP one, counting what it served. */
+export interface TlsProxy {
+  readonly port: number
+  /** TLS handshakes that succeeded (connections piped to the target). */
+  readonly secured: () => number
+  /** Handshakes that failed (e.g. no client certificate when one is required). */
+  readonly rejected: () => number
+}
+
+/**
+ * An `amqps://` endpoint on loopback: TLS from the first byte with `certs`' server certificate, the
+ * decrypted stream piped to `target` (the test's RabbitMQ). `requireClientCert`: the client must present
+ * a certificate signed by `certs`' CA. Closed with the scope.
+ */
+export const tlsProxy = (certs: Certificates, target: { readonly host: string; readonly port: number }, options: { readonly requireClientCert?: boolean } = {}) =>
+  Effect.acquireRelease(
+    Effect.async<{ readonly server: tls.Server; readonly sockets: Set<net.Socket>; readonly proxy: TlsProxy }>((resume) => {
+      let secured = 0
+      let rejected = 0
+      const sockets = new Set<net.Socket>()
+      const server = tls.createServer({
+        key: fs.readFileSync(certs.serverKey),
+        cert: fs.readFileSync(certs.serverCert),
+        ca: fs.readFileSync(certs.ca),
+        requestCert: options.requireClientCert === true,
+        rejectUnauthorized: options.requireClientCert === true
+      }, (socket) => {
+        secured++
+        const upstream = net.connect(target.port, target.host)
+        for (const s of [socket, upstream]) {
+          sockets.add(s)
+          s.on("error", () => {})
+          s.on("close", () => {
+            sockets.delete(s)
+            socket.destroy()
+            upstream.destroy()
+          })
+        }
+        socket.pipe(upstream)
+        upstream.pipe(socket)
+      })
+      server.on("tlsClientError", () => void rejected++)
+      server.listen(0, "127.0.0.1", () =>
+        resume(Effect.succeed({
+          server,
+          sockets,
+          proxy: { port: (server.address() as net.AddressInfo).port, secured: () => secured, rejected: () => rejected }
+        })))
+    }),
+    ({ server, sockets }) =>
+      Effect.async<void>((resume) => {
+        for (const s of sockets) s.destroy()
+        server.close(() => resume(Effect.void))
+      })
+  ).pipe(Effect.map(({ proxy }) => proxy))
