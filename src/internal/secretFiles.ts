@@ -78,7 +78,7 @@ export const hasPassword = (url: string): boolean => Urls.redactUrl(url) !== url
  */
 export const commandLineWarning = (flag: string, what: string, alternatives: ReadonlyArray<string>): string =>
   `${flag} ${what}: a command line is visible to every local user in the process list (ps, /proc/<pid>/cmdline); ` +
-  `use ${alternatives.join(" or ")} instead`
+  `use ${alternatives.slice(0, -1).join(", ")}${alternatives.length > 1 ? " or " : ""}${alternatives.at(-1) ?? ""} instead`
 
 const access = (mode: number): string =>
   `${(mode & 0o044) !== 0 ? "readable" : "writable"} by users other than its owner (mode ${octal(mode)})`
