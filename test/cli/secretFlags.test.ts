@@ -15,8 +15,8 @@ const TOKEN = "gAAAAA-token-0b7e-t0ken"
 const TSX = path.join(ROOT, "node_modules", ".bin", "tsx")
 const MAIN = path.join(ROOT, "src", "cli", "main.ts")
 
-const trilioDms = (home: string, args: ReadonlyArray<string>) =>
-  exec(TSX, [MAIN, ...args], { cwd: home, env: cleanEnv(home), timeoutMs: 60_000 })
+const trilioDms = (home: string, args: ReadonlyArray<string>, env: Readonly<Record<string, string>> = {}) =>
+  exec(TSX, [MAIN, ...args], { cwd: home, env: cleanEnv(home, env), timeoutMs: 60_000 })
 
 const noSecret = (text: string) => {
   assert.notInclude(text, PASSWORD)
@@ -62,6 +62,19 @@ describe("trilio-dms: secrets on the command line", () => {
       assert.include(token.stderr, "trilio-dms: warning: --token puts a secret on the command line")
       assert.include(token.stderr, "use --token-file <file>, KEYSTONE_TOKEN_FILE or KEYSTONE_TOKEN in the environment instead")
       noSecret(token.stdout + token.stderr)
+
+      // KEYSTONE_TOKEN_FILE open to others: warned about once (the configuration is resolved once), before
+      // the unreachable broker ends the mount with exit 5.
+      fs.chmodSync(tokenFile, 0o640)
+      const envFile = yield* trilioDms(
+        home,
+        ["mount", "--job-id", "1", "--target-id", "t1", "--nfs-export", "192.0.2.1:/x", "--mount-path", "/var/lib/trilio/triliovault-mounts/t1"],
+        { DMS_DB_URL: `sqlite:///${path.join(home, "ledger.db")}`, DMS_RABBITMQ_URL: "amqp://127.0.0.1:1", KEYSTONE_TOKEN_FILE: tokenFile }
+      )
+      assert.strictEqual(envFile.code, 5, envFile.stderr)
+      const warning = `trilio-dms: warning: the secret file ${tokenFile} (KEYSTONE_TOKEN_FILE) is readable by users other than its owner (mode 0640): run chmod 600 ${tokenFile}`
+      assert.strictEqual(envFile.stderr.split(warning).length - 1, 1, envFile.stderr)
+      noSecret(envFile.stdout + envFile.stderr)
 
       const server = yield* trilioDms(home, [
         "server",
