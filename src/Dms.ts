@@ -87,6 +87,18 @@ export const layerConfig = (options: Options = {}): Layer.Layer<Services, LayerE
   fromConfig(DmsConfig.layerConfig(options), options)
 
 /**
+ * Everything from a configuration already resolved (by `DmsConfig.fromEnv`, say), so that it is not
+ * resolved, and its warnings logged, a second time.
+ *
+ * @since 0.2.0
+ * @category layers
+ */
+export const layerSettings = (
+  settings: DmsConfig.Settings,
+  options: Omit<Options, keyof DmsConfig.Options> = {}
+): Layer.Layer<Services, LayerError> => fromConfig(Layer.succeed(DmsConfig.DmsConfig, settings), options)
+
+/**
  * Checks both services now, instead of on first use: the ledger answers a statement, and the broker is
  * connected (within its connect timeout). Fails with the `DatabaseError` or `BrokerError` that says why.
  *

@@ -5,6 +5,11 @@
  * path can be changed with `DMS_CLIENT_CONF`) > defaults. `layer(options)` uses the options and the
  * defaults only; `layerConfig(options)` and `fromEnv(options)` read the environment and the file too.
  *
+ * The secrets (the two URLs, which carry passwords, and the Keystone token) can also come from files
+ * named at any level (`dbUrlFile`, `DMS_DB_URL_FILE`, `db_url_file`, …; see `secretFileKeys`). At one
+ * level a value and its file are an error, not a choice: the intent is unclear, and picking either would
+ * connect with credentials the administrator may have meant to retire.
+ *
  * @since 0.1.0
  */
 import * as Config from "effect/Config"
@@ -19,6 +24,7 @@ import * as IniSection from "./internal/iniSection.js"
 import * as os from "node:os"
 import * as path from "node:path"
 import * as DmsError from "./DmsError.js"
+import * as SecretFiles from "./internal/secretFiles.js"
 import * as Urls from "./internal/urls.js"
 
 /**
@@ -37,6 +43,27 @@ export const keys = {
 } as const
 
 /**
+ * The secrets that can be read from a file instead: the option, environment variable and `client.conf`
+ * key that name the file. The file's content, less one trailing newline, is the value.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export const secretFileKeys = {
+  dbUrl: { option: "dbUrlFile", env: "DMS_DB_URL_FILE", file: "db_url_file" },
+  rabbitmqUrl: { option: "rabbitmqUrlFile", env: "DMS_RABBITMQ_URL_FILE", file: "rabbitmq_url_file" },
+  keystoneToken: { option: "keystoneTokenFile", env: "KEYSTONE_TOKEN_FILE", file: "keystone_token_file" }
+} as const
+
+/**
+ * A secret that can be read from a file.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export type SecretKey = keyof typeof secretFileKeys
+
+/**
  * A configuration key.
  *
  * @since 0.1.0
@@ -45,15 +72,16 @@ export const keys = {
 export type Key = keyof typeof keys
 
 /**
- * Where a value came from.
+ * Where a value came from. `secretFile` is the file the value was read from, when the argument,
+ * variable or key named a secret file (`DMS_DB_URL_FILE`) rather than held the value.
  *
  * @since 0.1.0
  * @category models
  */
 export type Source =
-  | { readonly _tag: "Argument"; readonly name: string }
-  | { readonly _tag: "Environment"; readonly variable: string }
-  | { readonly _tag: "File"; readonly file: string; readonly key: string }
+  | { readonly _tag: "Argument"; readonly name: string; readonly secretFile?: string }
+  | { readonly _tag: "Environment"; readonly variable: string; readonly secretFile?: string }
+  | { readonly _tag: "File"; readonly file: string; readonly key: string; readonly secretFile?: string }
   | { readonly _tag: "Default" }
   | { readonly _tag: "Unset" }
 
@@ -64,13 +92,14 @@ export type Source =
  * @category utils
  */
 export const describeSource = (source: Source): string => {
+  const read = "secretFile" in source && source.secretFile ? `, read from ${source.secretFile}` : ""
   switch (source._tag) {
     case "Argument":
-      return `${source.name} (argument)`
+      return `${source.name} (argument${read})`
     case "Environment":
-      return `${source.variable} (environment)`
+      return `${source.variable} (environment${read})`
     case "File":
-      return `${source.key} in [client] of ${source.file}`
+      return `${source.key} in [client] of ${source.file}${read}`
     case "Default":
       return "default"
     case "Unset":
@@ -123,6 +152,12 @@ export interface Options {
   readonly lockTimeout?: number | Duration.Duration | undefined
   readonly logLevel?: string | LogLevel.LogLevel | undefined
   readonly keystoneToken?: string | Redacted.Redacted<string> | undefined
+  /** A file holding the ledger URL (instead of `dbUrl`; not both). */
+  readonly dbUrlFile?: string | undefined
+  /** A file holding the RabbitMQ URL (instead of `rabbitmqUrl`; not both). */
+  readonly rabbitmqUrlFile?: string | undefined
+  /** A file holding the Keystone token (instead of `keystoneToken`; not both). */
+  readonly keystoneTokenFile?: string | undefined
   /** The client.conf file to read (instead of `DMS_CLIENT_CONF` or `~/.trilio-dms/client.conf`). */
   readonly configFile?: string | undefined
 }
@@ -206,9 +241,12 @@ const secondsValue = (raw: Raw): Duration.Duration | string => {
 const textValue = (raw: Raw): string =>
   Redacted.isRedacted(raw) ? Redacted.value(raw as Redacted.Redacted<string>) : String(raw)
 
-const requiredHint = (key: Key, file: string): string => {
+const requiredHint = (key: "dbUrl" | "rabbitmqUrl", file: string): string => {
   const k = keys[key]
-  return `is required: set ${k.env} in the environment${k.file ? `, ${k.file} in the [client] section of ${file}` : ""}, or pass ${optionNames[key]}`
+  const f = secretFileKeys[key]
+  return `is required: set ${k.env} or ${f.env} in the environment, ${k.file} or ${f.file} in the [client] section of ${file}, or pass ${
+    optionNames[key]
+  } or ${f.option}`
 }
 
 /**
@@ -286,6 +324,81 @@ const resolve = (
     return Effect.succeed<Settings>({ dbUrl, rabbitmqUrl, requestTimeout, lockTimeout, logLevel, keystoneToken, sources })
   })
 
+/** One level (options, environment, client.conf) of a secret: its value, or the file that holds it. */
+interface SecretLevel {
+  readonly value: Raw | undefined
+  readonly valueSource: Source
+  readonly file: string | undefined
+  readonly fileSource: (path: string) => Source
+}
+
+const sourceName = (source: Source): string =>
+  source._tag === "Environment" ? source.variable : source._tag === "File" ? source.key : source._tag === "Argument" ? source.name : ""
+
+/**
+ * The candidate of the highest level that sets a secret, reading its file if it names one. A level
+ * that sets both the value and its file fails, as does a file that cannot be read. A secret file open to
+ * other users adds a warning.
+ */
+const secretCandidate = (
+  levels: ReadonlyArray<SecretLevel>,
+  warnings: Array<string>
+): Effect.Effect<Candidate | undefined, DmsError.ValidationError> => {
+  const level = levels.find((l) => l.value !== undefined || l.file !== undefined)
+  if (level === undefined) return Effect.succeed(undefined)
+  const { file, value } = level
+  if (file === undefined) return Effect.succeed(value === undefined ? undefined : { value, source: level.valueSource })
+  const fileSource = level.fileSource(file)
+  const name = sourceName(fileSource)
+  if (value !== undefined) {
+    return Effect.fail(
+      DmsError.invalid(
+        "config",
+        name,
+        `is set together with ${sourceName(level.valueSource)} (from ${describeSource(level.valueSource)}): set only one of them`
+      )
+    )
+  }
+  return SecretFiles.read(file, name, "config", describeSource(level.fileSource(""))).pipe(
+    Effect.map(({ looseMode, value }) => {
+      if (looseMode !== undefined) warnings.push(SecretFiles.secretFileWarning(file, name, looseMode))
+      return { value: Redacted.make(value), source: fileSource }
+    })
+  )
+}
+
+const secretKeys = Object.keys(secretFileKeys) as ReadonlyArray<SecretKey>
+
+const optionLevel = (options: Options, key: SecretKey): SecretLevel => {
+  const option = secretFileKeys[key].option
+  const file = options[option]
+  return {
+    value: options[key],
+    valueSource: { _tag: "Argument", name: optionNames[key] },
+    file: file === undefined || file === "" ? undefined : file,
+    fileSource: (secretFile) => ({ _tag: "Argument", name: option, secretFile })
+  }
+}
+
+/**
+ * Resolves each secret from its levels (highest first), collecting every failure into one error.
+ */
+const secretCandidates = (
+  levels: (key: SecretKey) => ReadonlyArray<SecretLevel>,
+  warnings: Array<string>
+): Effect.Effect<{ readonly [K in SecretKey]: Candidate | undefined }, DmsError.ValidationError> =>
+  Effect.forEach(secretKeys, (key) => Effect.either(secretCandidate(levels(key), warnings))).pipe(
+    Effect.flatMap((results) => {
+      const issues = results.flatMap((r) => (r._tag === "Left" ? r.left.issues : []))
+      if (issues.length > 0) return Effect.fail(new DmsError.ValidationError({ subject: "config", issues }))
+      const found = Object.fromEntries(secretKeys.map((key, i) => {
+        const r = results[i]!
+        return [key, r._tag === "Right" ? r.right : undefined]
+      }))
+      return Effect.succeed(found as { readonly [K in SecretKey]: Candidate | undefined })
+    })
+  )
+
 const fromOptions = (options: Options): { [K in Key]: Array<Candidate> } => {
   const arg = (key: Key, value: Raw | undefined): Array<Candidate> =>
     value === undefined ? [] : [{ value, source: { _tag: "Argument", name: optionNames[key] } }]
@@ -300,13 +413,22 @@ const fromOptions = (options: Options): { [K in Key]: Array<Candidate> } => {
 }
 
 /**
- * Builds the configuration from explicit options and defaults only (no environment, no file).
+ * Builds the configuration from explicit options and defaults only (no environment, no client.conf;
+ * a secret file named by an option is read).
  *
  * @since 0.1.0
  * @category constructors
  */
 export const make = (options: Options): Effect.Effect<Settings, DmsError.ValidationError> =>
-  resolve(fromOptions(options), options.configFile ?? defaultConfigFile())
+  Effect.gen(function*() {
+    const warnings: Array<string> = []
+    const secrets = yield* secretCandidates((key) => [optionLevel(options, key)], warnings)
+    const candidates = fromOptions(options)
+    for (const key of secretKeys) candidates[key] = secrets[key] === undefined ? [] : [secrets[key]]
+    const settings = yield* resolve(candidates, options.configFile ?? defaultConfigFile())
+    yield* Effect.forEach(warnings, (w) => Effect.logWarning(w), { discard: true })
+    return settings
+  })
 
 /**
  * Reads the `[client]` section of a client.conf file; a missing file is an empty section.
@@ -318,6 +440,10 @@ export const readConfigFile = (file: string): Effect.Effect<Readonly<Record<stri
   IniSection.read(file, "client", "config")
 
 const expandHome = (p: string): string => (p === "~" || p.startsWith("~/") ? path.join(os.homedir(), p.slice(1)) : p)
+
+/** The secrets client.conf holds in clear (the URLs with a password), by key. */
+const secretsIn = (section: Readonly<Record<string, string>>): ReadonlyArray<string> =>
+  (["db_url", "rabbitmq_url"] as const).filter((k) => SecretFiles.hasPassword(section[k] ?? "")).map((k) => `${k} with a password`)
 
 /**
  * Resolves the configuration: explicit options > environment > client.conf > defaults. The environment
@@ -336,8 +462,13 @@ export const fromEnv = (options: Options = {}): Effect.Effect<Settings, DmsError
     const confEnv = yield* env("DMS_CLIENT_CONF")
     const file = expandHome(options.configFile ?? Option.getOrElse(confEnv, defaultConfigFile))
     const section = yield* readConfigFile(file)
+    const warnings: Array<string> = []
+    const inClear = secretsIn(section)
+    const mode = inClear.length > 0 ? SecretFiles.looseMode(file) : undefined
+    if (mode !== undefined) warnings.push(SecretFiles.configFileWarning(file, inClear, mode))
     const candidates = fromOptions(options)
     for (const key of Object.keys(keys) as Array<Key>) {
+      if ((secretKeys as ReadonlyArray<Key>).includes(key)) continue
       const k = keys[key]
       const fromEnvVar = yield* env(k.env)
       if (Option.isSome(fromEnvVar)) {
@@ -348,7 +479,36 @@ export const fromEnv = (options: Options = {}): Effect.Effect<Settings, DmsError
         candidates[key].push({ value: fromFile, source: { _tag: "File", file, key: k.file } })
       }
     }
-    return yield* resolve(candidates, file)
+    const levels: { [K in SecretKey]?: ReadonlyArray<SecretLevel> } = {}
+    for (const key of secretKeys) {
+      const f = secretFileKeys[key]
+      const envValue = yield* env(keys[key].env)
+      const envFile = yield* env(f.env)
+      const valueKey: string | undefined = keys[key].file
+      const confValue = valueKey === undefined ? undefined : section[valueKey]
+      const confFile = section[f.file]
+      levels[key] = [
+        optionLevel(options, key),
+        {
+          value: Option.getOrUndefined(envValue),
+          valueSource: { _tag: "Environment", variable: keys[key].env },
+          file: Option.getOrUndefined(envFile),
+          fileSource: (secretFile) => ({ _tag: "Environment", variable: f.env, secretFile })
+        },
+        {
+          value: confValue === "" ? undefined : confValue,
+          valueSource: { _tag: "File", file, key: valueKey ?? "" },
+          // A relative path in client.conf is relative to client.conf's directory.
+          file: confFile === undefined || confFile === "" ? undefined : path.resolve(path.dirname(file), expandHome(confFile)),
+          fileSource: (secretFile) => ({ _tag: "File", file, key: f.file, secretFile })
+        }
+      ]
+    }
+    const secrets = yield* secretCandidates((key) => levels[key] ?? [], warnings)
+    for (const key of secretKeys) candidates[key] = secrets[key] === undefined ? [] : [secrets[key]]
+    const settings = yield* resolve(candidates, file)
+    yield* Effect.forEach(warnings, (w) => Effect.logWarning(w), { discard: true })
+    return settings
   })
 
 /**

@@ -60,7 +60,8 @@ const cli = Command.run(root, {
     "Exit codes: 0 success, 1 the operation failed (the server answered an error; for reconcile: drift remains), " +
       "2 bad input, 3 timeout, " +
       "4 database, 5 broker (or no DMS server for the host). Configuration: DMS_DB_URL, DMS_RABBITMQ_URL, " +
-      "DMS_REQUEST_TIMEOUT, DMS_LOCK_TIMEOUT, DMS_LOG_LEVEL, KEYSTONE_TOKEN, or ~/.trilio-dms/client.conf."
+      "DMS_REQUEST_TIMEOUT, DMS_LOCK_TIMEOUT, DMS_LOG_LEVEL, KEYSTONE_TOKEN, or ~/.trilio-dms/client.conf; secrets " +
+      "preferably from files: DMS_DB_URL_FILE, DMS_RABBITMQ_URL_FILE, KEYSTONE_TOKEN_FILE."
   )
 })
 

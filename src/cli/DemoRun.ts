@@ -166,7 +166,7 @@ export const run = (args: {
     ])
 
     const handler = driver === undefined ? undefined : localServer(driver, dir, step)
-    const layer = Dms.layerConfig({ ...resolved.options, server: handler })
+    const layer = Dms.layerSettings(resolved.settings, { server: handler })
     const request = (job: number) => ({
       context: { user_id: "demo", tenant_id: "demo", request_id: `demo-${run}-${job}` },
       job: { jobid: job, progress: 0, status: "running", action: "backup", job_details: [] },

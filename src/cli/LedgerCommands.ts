@@ -15,6 +15,7 @@ import * as Failure from "./Failure.js"
 import * as Lazy from "./Lazy.js"
 import * as Output from "./Output.js"
 import * as RequestArgs from "./RequestArgs.js"
+import * as SecretFlags from "./SecretFlags.js"
 
 const jobId = RequestArgs.integer("job-id").pipe(Options.withDescription("the job (an integer)"))
 const targetId = Options.text("target-id").pipe(Options.withDescription("the backup target's id"))
@@ -241,7 +242,13 @@ export const migrate = Command.make(
   "migrate",
   {
     dbUrl: Options.text("db-url").pipe(
-      Options.withDescription("the database to migrate (default: DMS_DB_URL or client.conf's db_url)"),
+      Options.withDescription(
+        "the database to migrate (default: DMS_DB_URL or client.conf's db_url); a password here is visible in the process list: prefer --db-url-file"
+      ),
+      Options.optional
+    ),
+    dbUrlFile: Options.text("db-url-file").pipe(
+      Options.withDescription("a file (mode 600) holding the database URL (default: DMS_DB_URL_FILE or client.conf's db_url_file)"),
       Options.optional
     ),
     json: RequestArgs.json,
@@ -249,8 +256,15 @@ export const migrate = Command.make(
   },
   (args) =>
     Effect.gen(function*() {
+      yield* SecretFlags.warnUrl("--db-url", args.dbUrl, [
+        "--db-url-file <file>",
+        "DMS_DB_URL_FILE",
+        "DMS_DB_URL in the environment",
+        "db_url_file in client.conf"
+      ])
       const { Ledger, Setup } = yield* Lazy.lib
-      const options = Option.match(args.dbUrl, { onNone: () => ({}), onSome: (dbUrl) => ({ dbUrl }) })
+      const dbUrl = yield* SecretFlags.fromFlags("--db-url", args.dbUrl, "--db-url-file", args.dbUrlFile)
+      const options = Option.match(dbUrl, { onNone: () => ({}), onSome: (dbUrl) => ({ dbUrl }) })
       const { settings } = yield* Setup.resolve(options, { rabbitmqUrl: "memory:" })
       const report = yield* Ledger.migrate({ url: settings.dbUrl })
       const current = report.tables.every((t) => t.action === "current")

@@ -16,6 +16,7 @@ import * as os from "node:os"
 import * as DmsError from "../DmsError.js"
 import * as Protocol from "../Protocol.js"
 import { BadInput } from "./Failure.js"
+import * as SecretFlags from "./SecretFlags.js"
 
 const invalidValue = (name: string, reason: string) =>
   Effect.fail(CliValidationError.invalidValue(HelpDoc.p(`--${name}: ${reason}`)))
@@ -103,9 +104,12 @@ export const requestOptions = {
   nfsOpts: optionalText("nfs-opts", "NFS: mount options, e.g. rw,sync,hard,nfsvers=4"),
   secretRef: optionalText("secret-ref", "S3: the Barbican secret with the credentials"),
   token: Options.redacted("token").pipe(
-    Options.withDescription("the Keystone token for Barbican (default: KEYSTONE_TOKEN)"),
+    Options.withDescription(
+      "the Keystone token for Barbican (default: KEYSTONE_TOKEN); visible in the process list here: prefer --token-file"
+    ),
     Options.optional
   ),
+  tokenFile: optionalText("token-file", "a file (mode 600) holding the Keystone token (default: KEYSTONE_TOKEN_FILE)"),
   request: optionalText("request", "a JSON file with a full request in the guide's format; flags override its fields"),
   timeout,
   json,
@@ -128,6 +132,7 @@ export interface RequestFlags {
   readonly nfsOpts: Option.Option<string>
   readonly secretRef: Option.Option<string>
   readonly token: Option.Option<Redacted.Redacted<string>>
+  readonly tokenFile: Option.Option<string>
   readonly request: Option.Option<string>
 }
 
@@ -186,6 +191,18 @@ const set = (target: Record<string, unknown>, key: string, value: Option.Option<
 }
 
 /**
+ * The token of `--token` (with a warning: it is in the process list) or `--token-file` (with a warning
+ * when the file is open to other users); both at once are refused.
+ */
+const token = (flagsIn: RequestFlags): Effect.Effect<Option.Option<Redacted.Redacted<string>>, DmsError.ValidationError> =>
+  Effect.zipRight(
+    Option.isNone(flagsIn.tokenFile)
+      ? SecretFlags.warnToken("--token", flagsIn.token, ["--token-file <file>", "KEYSTONE_TOKEN_FILE", "KEYSTONE_TOKEN in the environment"])
+      : Effect.void,
+    SecretFlags.fromFlags("--token", flagsIn.token, "--token-file", flagsIn.tokenFile)
+  )
+
+/**
  * Builds and validates the request for `action`. Bad fields fail with a `ValidationError` whose paths
  * name the flag (`--mount-path (backup_target.filesystem_export_mount_path)`) or the file's field.
  *
@@ -208,7 +225,7 @@ export const build = (flagsIn: RequestFlags, action: Protocol.Action): Effect.Ef
       body.host = os.hostname()
       given.add("host")
     }
-    set(body, "keystone_token", Option.map(flagsIn.token, Redacted.value), given, "keystone_token")
+    set(body, "keystone_token", Option.map(yield* token(flagsIn), Redacted.value), given, "keystone_token")
     const target: Record<string, unknown> = { ...record(base.backup_target) }
     set(target, "id", flagsIn.targetId, given, "backup_target.id")
     set(target, "filesystem_export_mount_path", flagsIn.mountPath, given, "backup_target.filesystem_export_mount_path")

@@ -13,6 +13,7 @@ import type * as ServerConfig from "../server/ServerConfig.js"
 import * as Failure from "./Failure.js"
 import * as Lazy from "./Lazy.js"
 import * as RequestArgs from "./RequestArgs.js"
+import * as SecretFlags from "./SecretFlags.js"
 
 const text = (name: string, description: string) =>
   Options.text(name).pipe(Options.withDescription(description), Options.optional)
@@ -27,7 +28,11 @@ export const command = Command.make(
   "server",
   {
     nodeId: text("node-id", "this host's node id (its host name); the server consumes dms.<node-id> (DMS_NODE_ID)"),
-    rabbitmqUrl: text("rabbitmq-url", "RabbitMQ URL, or a comma-separated list of a cluster's nodes tried in order (DMS_RABBITMQ_URL)"),
+    rabbitmqUrl: text(
+      "rabbitmq-url",
+      "RabbitMQ URL, or a comma-separated list of a cluster's nodes tried in order (DMS_RABBITMQ_URL); a password here is visible in the process list: prefer --rabbitmq-url-file"
+    ),
+    rabbitmqUrlFile: text("rabbitmq-url-file", "a file (mode 600) holding the RabbitMQ URL(s) (DMS_RABBITMQ_URL_FILE)"),
     queueType: text("queue-type", "type of dms.<node-id>: classic (default, shareable with the Python client) or quorum (DMS_QUEUE_TYPE)"),
     rabbitmqCaFile: text("rabbitmq-ca-file", "CA of the broker's certificate, for amqps:// (DMS_RABBITMQ_CA_FILE)"),
     rabbitmqCertFile: text("rabbitmq-cert-file", "client certificate for the broker, for amqps:// (DMS_RABBITMQ_CERT_FILE)"),
@@ -46,6 +51,7 @@ export const command = Command.make(
     const options: ServerConfig.Options = {
       nodeId: Option.getOrUndefined(args.nodeId),
       rabbitmqUrl: Option.getOrUndefined(args.rabbitmqUrl),
+      rabbitmqUrlFile: Option.getOrUndefined(args.rabbitmqUrlFile),
       queueType: Option.getOrUndefined(args.queueType),
       rabbitmqCaFile: Option.getOrUndefined(args.rabbitmqCaFile),
       rabbitmqCertFile: Option.getOrUndefined(args.rabbitmqCertFile),
@@ -61,7 +67,15 @@ export const command = Command.make(
     }
     // SIGTERM/SIGINT is how a server is stopped: a clean stop exits 0 (systemd counts it a success).
     Failure.onInterrupt.code = Failure.ExitCode.ok
-    return Effect.flatMap(Lazy.lib, ({ Server }) => Server.launch(Server.layerConfig(options))).pipe(
+    const warn = SecretFlags.warnUrl("--rabbitmq-url", args.rabbitmqUrl, [
+      "--rabbitmq-url-file <file>",
+      "DMS_RABBITMQ_URL_FILE",
+      "DMS_RABBITMQ_URL in the environment (an EnvironmentFile under systemd)",
+      "rabbitmq_url_file in server.conf"
+    ])
+    return warn.pipe(
+      Effect.zipRight(Lazy.lib),
+      Effect.flatMap(({ Server }) => Server.launch(Server.layerConfig(options))),
       // The mount base or run directory is unusable: the server could not start.
       Effect.catchTag("MounterError", (e) =>
         Failure.fail({ json: false, verbose: args.verbose }, Failure.ExitCode.failed, `the DMS server could not start: ${e.message}`)),

@@ -101,6 +101,6 @@ export const clientLayer = (
   Layer.unwrapEffect(
     Effect.map(
       resolve(options, extra.defaults),
-      (resolved) => Dms.layerConfig({ ...resolved.options, server: extra.server })
+      (resolved) => Dms.layerSettings(resolved.settings, { server: extra.server })
     )
   )

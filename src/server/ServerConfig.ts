@@ -22,6 +22,11 @@
  * | prefetch | `DMS_PREFETCH` | `prefetch` | 64 |
  * | log level | `DMS_LOG_LEVEL` | `log_level` | `INFO` |
  *
+ * The broker URL carries a password, so it can come from a file instead, named at any level
+ * (`--rabbitmq-url-file`, `DMS_RABBITMQ_URL_FILE`, `rabbitmq_url_file`); a level that sets both the URL
+ * and its file is an error. A server.conf holding a password, or a secret file, that other users can
+ * read is warned about at start.
+ *
  * @since 0.1.0
  */
 import * as Config from "effect/Config"
@@ -36,6 +41,7 @@ import { parseArgs } from "node:util"
 import * as DmsConfig from "../DmsConfig.js"
 import * as DmsError from "../DmsError.js"
 import * as Protocol from "../Protocol.js"
+import * as SecretFiles from "../internal/secretFiles.js"
 import * as Urls from "../internal/urls.js"
 
 /**
@@ -96,6 +102,17 @@ export const keys = {
 } as const
 
 /**
+ * The secrets that can be read from a file instead: the option (and flag), environment variable and
+ * server.conf key that name the file. The file's content, less one trailing newline, is the value.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export const secretFileKeys = {
+  rabbitmqUrl: { option: "rabbitmqUrlFile", flag: "--rabbitmq-url-file", env: "DMS_RABBITMQ_URL_FILE", file: "rabbitmq_url_file" }
+} as const
+
+/**
  * A configuration key.
  *
  * @since 0.1.0
@@ -146,6 +163,8 @@ export type Options = {
 } & {
   /** The configuration file to read instead of `DMS_SERVER_CONF` or the default. */
   readonly configFile?: string | undefined
+  /** A file holding the broker URL (instead of `rabbitmqUrl`; not both). */
+  readonly rabbitmqUrlFile?: string | undefined
 }
 
 type Source = string
@@ -176,11 +195,12 @@ export const resolve = (
     const required = (key: Key, flag?: string): string => {
       const v = text(key)
       if (v === undefined) {
+        const f = key === "rabbitmqUrl" ? secretFileKeys.rabbitmqUrl : undefined
         bad(
           key,
-          `is required: ${flag ? `pass ${flag}, ` : ""}set ${keys[key].env} in the environment or ${
+          `is required: ${flag ? `pass ${flag}, ` : ""}set ${keys[key].env}${f ? ` or ${f.env}` : ""} in the environment or ${
             keys[key].file
-          } in the [server] section of ${configFile}`
+          }${f ? ` or ${f.file}` : ""} in the [server] section of ${configFile}`
         )
         return ""
       }
@@ -192,7 +212,7 @@ export const resolve = (
     } else if (Buffer.byteLength(nodeId) > Protocol.MAX_HOST_BYTES) {
       bad("nodeId", `must be at most ${Protocol.MAX_HOST_BYTES} bytes`)
     }
-    const rabbit = required("rabbitmqUrl")
+    const rabbit = required("rabbitmqUrl", "--rabbitmq-url-file")
     if (rabbit !== "") {
       const parsed = Urls.parseBrokerUrl(rabbit)
       if (typeof parsed === "string") bad("rabbitmqUrl", parsed)
@@ -290,8 +310,38 @@ export const fromEnv = (options: Options = {}): Effect.Effect<Settings, DmsError
       )
     const file = options.configFile ?? Option.getOrElse(yield* env("DMS_SERVER_CONF"), () => DEFAULT_CONFIG_FILE)
     const section = yield* readConfigFile(file)
-    const values: { [K in Key]?: { value: string; source: Source } } = {}
+    const warnings: Array<string> = []
+    const mode = SecretFiles.hasPassword(section[keys.rabbitmqUrl.file] ?? "") ? SecretFiles.looseMode(file) : undefined
+    if (mode !== undefined) warnings.push(SecretFiles.configFileWarning(file, ["rabbitmq_url with a password"], mode))
+    const f = secretFileKeys.rabbitmqUrl
+    const confFile = nonEmpty(section[f.file])
+    const rabbitmqUrl = yield* secretValue([
+      {
+        value: nonEmpty(options.rabbitmqUrl),
+        valueSource: "the command line",
+        file: nonEmpty(options.rabbitmqUrlFile),
+        fileName: f.flag,
+        fileSource: `${f.flag} (command line)`
+      },
+      {
+        value: Option.getOrUndefined(yield* env(keys.rabbitmqUrl.env)),
+        valueSource: `${keys.rabbitmqUrl.env} (environment)`,
+        file: Option.getOrUndefined(yield* env(f.env)),
+        fileName: f.env,
+        fileSource: `${f.env} (environment)`
+      },
+      {
+        value: nonEmpty(section[keys.rabbitmqUrl.file]),
+        valueSource: `${keys.rabbitmqUrl.file} in [server] of ${file}`,
+        // A relative path in server.conf is relative to server.conf's directory.
+        file: confFile === undefined ? undefined : path.resolve(path.dirname(file), confFile),
+        fileName: f.file,
+        fileSource: `${f.file} in [server] of ${file}`
+      }
+    ], warnings)
+    const values: { [K in Key]?: { value: string; source: Source } | undefined } = { rabbitmqUrl }
     for (const key of Object.keys(keys) as Array<Key>) {
+      if (key === "rabbitmqUrl") continue
       const explicit = options[key]
       if (explicit !== undefined && explicit.trim() !== "") {
         values[key] = { value: explicit, source: "the command line" }
@@ -307,8 +357,53 @@ export const fromEnv = (options: Options = {}): Effect.Effect<Settings, DmsError
         values[key] = { value: fromFile, source: `${keys[key].file} in [server] of ${file}` }
       }
     }
-    return yield* resolve(values, file)
+    const settings = yield* resolve(values, file)
+    yield* Effect.forEach(warnings, (w) => Effect.logWarning(w), { discard: true })
+    return settings
   })
+
+const nonEmpty = (s: string | undefined): string | undefined => (s === undefined || s.trim() === "" ? undefined : s)
+
+/** One level (command line, environment, server.conf) of a secret: its value, or the file that holds it. */
+interface SecretLevel {
+  readonly value: string | undefined
+  /** `DMS_RABBITMQ_URL (environment)` */
+  readonly valueSource: string
+  readonly file: string | undefined
+  /** `DMS_RABBITMQ_URL_FILE`: the issue's path when the file cannot be read. */
+  readonly fileName: string
+  /** `DMS_RABBITMQ_URL_FILE (environment)` */
+  readonly fileSource: string
+}
+
+/**
+ * The value of the highest level that sets a secret, read from its file if it names one. A level that
+ * sets both fails, as does a file that cannot be read; a secret file open to other users adds a warning.
+ */
+const secretValue = (
+  levels: ReadonlyArray<SecretLevel>,
+  warnings: Array<string>
+): Effect.Effect<{ value: string; source: Source } | undefined, DmsError.ValidationError> => {
+  const level = levels.find((l) => l.value !== undefined || l.file !== undefined)
+  if (level === undefined) return Effect.succeed(undefined)
+  const { file, value } = level
+  if (file === undefined) return Effect.succeed(value === undefined ? undefined : { value, source: level.valueSource })
+  if (value !== undefined) {
+    return Effect.fail(
+      DmsError.invalid(
+        "server config",
+        level.fileName,
+        `is set together with the URL itself (from ${level.valueSource}): set only one of them`
+      )
+    )
+  }
+  return SecretFiles.read(file, level.fileName, "server config", level.fileSource).pipe(
+    Effect.map((read) => {
+      if (read.looseMode !== undefined) warnings.push(SecretFiles.secretFileWarning(file, level.fileName, read.looseMode))
+      return { value: read.value, source: `${level.fileSource}, read from ${file}` }
+    })
+  )
+}
 
 /**
  * Explicit values and defaults only (no environment, no file).
@@ -316,14 +411,25 @@ export const fromEnv = (options: Options = {}): Effect.Effect<Settings, DmsError
  * @since 0.1.0
  * @category constructors
  */
-export const make = (options: Options): Effect.Effect<Settings, DmsError.ValidationError> => {
-  const values: { [K in Key]?: { value: string; source: Source } } = {}
-  for (const key of Object.keys(keys) as Array<Key>) {
-    const v = options[key]
-    if (v !== undefined) values[key] = { value: v, source: "options" }
-  }
-  return resolve(values, options.configFile ?? DEFAULT_CONFIG_FILE)
-}
+export const make = (options: Options): Effect.Effect<Settings, DmsError.ValidationError> =>
+  Effect.gen(function*() {
+    const warnings: Array<string> = []
+    const values: { [K in Key]?: { value: string; source: Source } | undefined } = {}
+    for (const key of Object.keys(keys) as Array<Key>) {
+      const v = options[key]
+      if (v !== undefined) values[key] = { value: v, source: "options" }
+    }
+    values.rabbitmqUrl = yield* secretValue([{
+      value: options.rabbitmqUrl,
+      valueSource: "options",
+      file: nonEmpty(options.rabbitmqUrlFile),
+      fileName: secretFileKeys.rabbitmqUrl.option,
+      fileSource: `${secretFileKeys.rabbitmqUrl.option} (options)`
+    }], warnings)
+    const settings = yield* resolve(values, options.configFile ?? DEFAULT_CONFIG_FILE)
+    yield* Effect.forEach(warnings, (w) => Effect.logWarning(w), { discard: true })
+    return settings
+  })
 
 /**
  * The configuration as a printable record (the broker password masked).
@@ -357,6 +463,8 @@ export const usage = `Usage: trilio-dms server --node-id <host> [options]
 Options (each also settable in the environment or /etc/trilio-dms/server.conf [server]):
   --node-id <host>          this host's node id; consumes dms.<host>        (DMS_NODE_ID)
   --rabbitmq-url <urls>     RabbitMQ URL, or a comma-separated list of nodes  (DMS_RABBITMQ_URL)
+  --rabbitmq-url-file <f>   a file holding it (keeps the password off the command line)
+                                                                             (DMS_RABBITMQ_URL_FILE)
   --queue-type <type>       classic (default) or quorum                      (DMS_QUEUE_TYPE)
   --rabbitmq-ca-file <pem>  CA of the broker's certificate (amqps)            (DMS_RABBITMQ_CA_FILE)
   --rabbitmq-cert-file <pem> client certificate for the broker (amqps)       (DMS_RABBITMQ_CERT_FILE)
@@ -384,6 +492,7 @@ export const parseCommandLine = (argv: ReadonlyArray<string>): Options | "help" 
     options: {
       "node-id": { type: "string" },
       "rabbitmq-url": { type: "string" },
+      "rabbitmq-url-file": { type: "string" },
       "queue-type": { type: "string" },
       "rabbitmq-ca-file": { type: "string" },
       "rabbitmq-cert-file": { type: "string" },
@@ -405,6 +514,7 @@ export const parseCommandLine = (argv: ReadonlyArray<string>): Options | "help" 
   return {
     nodeId: values["node-id"],
     rabbitmqUrl: values["rabbitmq-url"],
+    rabbitmqUrlFile: values["rabbitmq-url-file"],
     queueType: values["queue-type"],
     rabbitmqCaFile: values["rabbitmq-ca-file"],
     rabbitmqCertFile: values["rabbitmq-cert-file"],
