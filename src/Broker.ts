@@ -371,7 +371,9 @@ export const layerAmqp = (options: AmqpOptions): Layer.Layer<Broker, DmsError.Br
 export const layerAmqpConfig = (
   options: Omit<AmqpOptions, "url"> = {}
 ): Layer.Layer<Broker, DmsError.BrokerError, DmsConfig.DmsConfig> =>
-  Layer.unwrapEffect(Effect.map(DmsConfig.DmsConfig, (config) => layerAmqp({ ...options, url: config.rabbitmqUrl })))
+  Layer.unwrapEffect(
+    Effect.map(DmsConfig.DmsConfig, (config) => layerAmqp({ tls: config.rabbitmqTls, ...options, url: config.rabbitmqUrl }))
+  )
 
 /**
  * A request as the handler of {@link layerMemory} receives it: what a DMS server would read off the wire.

@@ -54,7 +54,7 @@ const brokerLayer = (options: Options): Layer.Layer<Broker.Broker, DmsError.Brok
           )
           : Broker.layerMemory(options.server)
       }
-      return Broker.layerAmqp({ ...options.broker, url: config.rabbitmqUrl })
+      return Broker.layerAmqp({ tls: config.rabbitmqTls, ...options.broker, url: config.rabbitmqUrl })
     })
   )
 

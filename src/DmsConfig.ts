@@ -39,7 +39,10 @@ export const keys = {
   requestTimeout: { env: "DMS_REQUEST_TIMEOUT", file: "timeout" },
   lockTimeout: { env: "DMS_LOCK_TIMEOUT", file: "lock_timeout" },
   logLevel: { env: "DMS_LOG_LEVEL", file: "log_level" },
-  keystoneToken: { env: "KEYSTONE_TOKEN", file: undefined }
+  keystoneToken: { env: "KEYSTONE_TOKEN", file: undefined },
+  rabbitmqCaFile: { env: "DMS_RABBITMQ_CA_FILE", file: "rabbitmq_ca_file" },
+  rabbitmqCertFile: { env: "DMS_RABBITMQ_CERT_FILE", file: "rabbitmq_cert_file" },
+  rabbitmqKeyFile: { env: "DMS_RABBITMQ_KEY_FILE", file: "rabbitmq_key_file" }
 } as const
 
 /**
@@ -126,6 +129,15 @@ export interface Settings {
   readonly logLevel: LogLevel.LogLevel
   /** The Keystone token used when a request carries none. */
   readonly keystoneToken: Option.Option<Redacted.Redacted<string>>
+  /**
+   * TLS to the broker (`amqps://` URLs): the CA file that verifies the broker's certificate (else the
+   * system's CAs), and a client certificate and key (both or neither).
+   */
+  readonly rabbitmqTls: {
+    readonly caFile?: string | undefined
+    readonly certFile?: string | undefined
+    readonly keyFile?: string | undefined
+  }
   /** Where each value came from. */
   readonly sources: { readonly [K in Key]: Source }
 }
@@ -158,6 +170,12 @@ export interface Options {
   readonly rabbitmqUrlFile?: string | undefined
   /** A file holding the Keystone token (instead of `keystoneToken`; not both). */
   readonly keystoneTokenFile?: string | undefined
+  /** The CA file that verifies the broker's certificate on `amqps://` (else the system's CAs). */
+  readonly rabbitmqCaFile?: string | undefined
+  /** A client certificate for `amqps://` (with `rabbitmqKeyFile`). */
+  readonly rabbitmqCertFile?: string | undefined
+  /** The client certificate's key (with `rabbitmqCertFile`). */
+  readonly rabbitmqKeyFile?: string | undefined
   /** The client.conf file to read (instead of `DMS_CLIENT_CONF` or `~/.trilio-dms/client.conf`). */
   readonly configFile?: string | undefined
 }
@@ -192,7 +210,10 @@ const optionNames: { readonly [K in Key]: string } = {
   requestTimeout: "timeout",
   lockTimeout: "lockTimeout",
   logLevel: "logLevel",
-  keystoneToken: "keystoneToken"
+  keystoneToken: "keystoneToken",
+  rabbitmqCaFile: "rabbitmqCaFile",
+  rabbitmqCertFile: "rabbitmqCertFile",
+  rabbitmqKeyFile: "rabbitmqKeyFile"
 }
 
 type Raw = string | number | Duration.Duration | LogLevel.LogLevel | Redacted.Redacted<string>
@@ -320,8 +341,21 @@ const resolve = (
       ? Option.none()
       : Option.some(Redacted.make(textValue(kt.value)))
 
+    const tlsFile = (key: "rabbitmqCaFile" | "rabbitmqCertFile" | "rabbitmqKeyFile") => {
+      const c = first(key)
+      if (c === undefined) return undefined
+      const text = textValue(c.value).trim()
+      if (text === "") bad(key, c.source, "is empty: give the path of a PEM file")
+      return text
+    }
+    const rabbitmqTls = { caFile: tlsFile("rabbitmqCaFile"), certFile: tlsFile("rabbitmqCertFile"), keyFile: tlsFile("rabbitmqKeyFile") }
+    if ((rabbitmqTls.certFile === undefined) !== (rabbitmqTls.keyFile === undefined)) {
+      const given = rabbitmqTls.certFile === undefined ? "rabbitmqKeyFile" : "rabbitmqCertFile"
+      bad(given, sources[given], "a client certificate and its key go together: set both rabbitmq_cert_file and rabbitmq_key_file, or neither")
+    }
+
     if (issues.length > 0) return Effect.fail(new DmsError.ValidationError({ subject: "config", issues }))
-    return Effect.succeed<Settings>({ dbUrl, rabbitmqUrl, requestTimeout, lockTimeout, logLevel, keystoneToken, sources })
+    return Effect.succeed<Settings>({ dbUrl, rabbitmqUrl, requestTimeout, lockTimeout, logLevel, keystoneToken, rabbitmqTls, sources })
   })
 
 /** One level (options, environment, client.conf) of a secret: its value, or the file that holds it. */
@@ -408,7 +442,10 @@ const fromOptions = (options: Options): { [K in Key]: Array<Candidate> } => {
     requestTimeout: arg("requestTimeout", options.timeout),
     lockTimeout: arg("lockTimeout", options.lockTimeout),
     logLevel: arg("logLevel", options.logLevel),
-    keystoneToken: arg("keystoneToken", options.keystoneToken)
+    keystoneToken: arg("keystoneToken", options.keystoneToken),
+    rabbitmqCaFile: arg("rabbitmqCaFile", options.rabbitmqCaFile),
+    rabbitmqCertFile: arg("rabbitmqCertFile", options.rabbitmqCertFile),
+    rabbitmqKeyFile: arg("rabbitmqKeyFile", options.rabbitmqKeyFile)
   }
 }
 
@@ -541,5 +578,7 @@ export const describe = (settings: Settings): Record<string, string> => ({
   timeout: `${Duration.toSeconds(settings.requestTimeout)} s`,
   lock_timeout: `${Duration.toSeconds(settings.lockTimeout)} s`,
   log_level: settings.logLevel.label,
-  keystone_token: Option.isSome(settings.keystoneToken) ? "<redacted>" : "unset"
+  keystone_token: Option.isSome(settings.keystoneToken) ? "<redacted>" : "unset",
+  ...(settings.rabbitmqTls.caFile === undefined ? {} : { rabbitmq_ca_file: settings.rabbitmqTls.caFile }),
+  ...(settings.rabbitmqTls.certFile === undefined ? {} : { rabbitmq_cert_file: settings.rabbitmqTls.certFile })
 })

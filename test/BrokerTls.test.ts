@@ -5,10 +5,12 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import * as Context from "effect/Context"
+import * as ConfigProvider from "effect/ConfigProvider"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Schedule from "effect/Schedule"
 import * as Broker from "../src/Broker.js"
+import * as DmsConfig from "../src/DmsConfig.js"
 import * as Barbican from "../src/server/Barbican.js"
 import * as CommandRunner from "../src/server/CommandRunner.js"
 import * as Mounter from "../src/server/Mounter.js"
@@ -86,6 +88,31 @@ describe("AMQPS", () => {
       assert.match(without.message, /client certificate/, without.message)
       assert.strictEqual(proxy.secured(), 2, "refused by the endpoint")
       assert.isAtLeast(proxy.rejected(), 1)
+    }), { timeout: 60_000 })
+
+  it.scopedLive("the client's configuration: DMS_RABBITMQ_CA_FILE (and rabbitmq_cert_file / rabbitmq_key_file) reach the broker layer", () =>
+    Effect.gen(function*() {
+      const certs = yield* certificates
+      const proxy = yield* tlsProxy(certs, target, { requireClientCert: true })
+      const url = amqpsUrl(proxy.port)
+      const host = yield* startServer(url, { caFile: certs.ca, certFile: certs.clientCert, keyFile: certs.clientKey })
+      const configured = (env: Record<string, string>) =>
+        Layer.build(
+          Broker.layerAmqpConfig({ reconnectSchedule: Schedule.stop, connectTimeout: "10 seconds" }).pipe(
+            Layer.provide(DmsConfig.layerConfig({ dbUrl: "memory:", rabbitmqUrl: url }).pipe(
+              Layer.provide(Layer.setConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(env)))))
+            ))
+          )
+        ).pipe(Effect.map(Context.get(Broker.Broker)))
+      const broker = yield* configured({
+        DMS_RABBITMQ_CA_FILE: certs.ca,
+        DMS_RABBITMQ_CERT_FILE: certs.clientCert,
+        DMS_RABBITMQ_KEY_FILE: certs.clientKey
+      })
+      const reply = yield* broker.request(host, { action: "status" }, { timeout: "20 seconds" })
+      assert.strictEqual(reply.status, "success")
+      const half = yield* Effect.flip(configured({ DMS_RABBITMQ_CA_FILE: certs.ca, DMS_RABBITMQ_CERT_FILE: certs.clientCert }))
+      assert.match(half.message, /rabbitmq_cert_file and rabbitmq_key_file/)
     }), { timeout: 60_000 })
 
   it.scoped("unreadable TLS files, or a certificate without its key, fail the layer before connecting", () =>
