@@ -34,6 +34,7 @@ import * as DmsError from "./DmsError.js"
 import * as Protocol from "./Protocol.js"
 import * as Amqp from "./internal/amqp.js"
 import { readTls } from "./internal/amqpCommon.js"
+import * as Tracing from "./internal/tracing.js"
 import * as Urls from "./internal/urls.js"
 
 /**
@@ -250,13 +251,14 @@ const makeService = (transport: Transport): Service => ({
       const correlationId = randomUUID()
       yield* Effect.annotateCurrentSpan("correlationId", correlationId)
       const finite = Number.isFinite(deadline)
+      const trace = yield* Tracing.headers
       const raw = yield* transport.send({
         host,
         queue,
         correlationId,
         content,
         deadline: finite ? Math.floor(deadline) : Infinity,
-        headers: finite ? { [DEADLINE_HEADER]: Math.floor(deadline) } : {}
+        headers: finite ? { ...trace, [DEADLINE_HEADER]: Math.floor(deadline) } : trace
       }).pipe(Effect.catchTag("DeadlineReached", (e) => Effect.fail(timeoutError(e.published ? "reply" : "publish"))))
       return yield* decodeReplyBody(raw, host, queue)
     }).pipe(Effect.withSpan("Broker.request", { kind: "client", attributes, captureStackTrace: false }))

@@ -56,6 +56,14 @@ export * as Mount from "./Mount.js"
 export * as Reconcile from "./Reconcile.js"
 
 /**
+ * Telemetry: OpenTelemetry tracing from the standard OTEL_* variables, a Prometheus endpoint for the
+ * process's metrics, JSON logs with trace ids.
+ *
+ * @since 0.1.0
+ */
+export * as Telemetry from "./Telemetry.js"
+
+/**
  * The wire schemas: MountRequest and Reply.
  *
  * @since 0.1.0

@@ -11,6 +11,8 @@ import * as Cause from "effect/Cause"
 import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as Telemetry from "../Telemetry.js"
 import { VERSION } from "../internal/version.js"
 import * as Demo from "./Demo.js"
 import * as Doctor from "./Doctor.js"
@@ -107,7 +109,14 @@ export const run = (argv: ReadonlyArray<string>): Effect.Effect<number> =>
         : Effect.as(Output.errorLine(`trilio-dms: unexpected error: ${Cause.pretty(cause)}`), Failure.ExitCode.failed)
     ),
     Effect.provide(NodeContext.layer),
-    Effect.provide(Output.loggerLayer)
+    Effect.provide(Telemetry.layerConfig({ serviceName: argv[2] === "server" ? "trilio-dms-server" : "trilio-dms" }).pipe(
+      // Telemetry that cannot start must not stop a mount: say so and go on without it.
+      Layer.catchAll((e) => Layer.effectDiscard(Output.errorLine(`trilio-dms: ${e.message}; tracing is off`)))
+    )),
+    Effect.provide(Layer.unwrapEffect(Effect.map(
+      Effect.orElseSucceed(Telemetry.logFormatConfig, () => "text" as const),
+      (format) => (format === "json" ? Telemetry.layerLogFormat("json") : Output.loggerLayer)
+    )))
   )
 
 /**

@@ -44,6 +44,9 @@ export const command = Command.make(
     commandTimeout: text("command-timeout", "longest time in seconds for one command, default 120 (DMS_COMMAND_TIMEOUT)"),
     barbicanUrl: text("barbican-url", "only accept secret_refs under this URL (DMS_BARBICAN_URL)"),
     logLevel: text("log-level", "DEBUG, INFO, WARNING, ERROR, CRITICAL (DMS_LOG_LEVEL)"),
+    logFormat: text("log-format", "text (default) or json: one JSON object a line with trace and span ids (DMS_LOG_FORMAT)"),
+    metricsPort: text("metrics-port", "serve Prometheus /metrics, /healthz and /readyz on this port (DMS_METRICS_PORT; default off)"),
+    metricsHost: text("metrics-host", "address of the metrics endpoint (DMS_METRICS_HOST; default 127.0.0.1)"),
     config: text("config", "configuration file (default /etc/trilio-dms/server.conf; DMS_SERVER_CONF)"),
     verbose: RequestArgs.verbose
   },
@@ -63,6 +66,9 @@ export const command = Command.make(
       commandTimeout: Option.getOrUndefined(args.commandTimeout),
       barbicanUrl: Option.getOrUndefined(args.barbicanUrl),
       logLevel: Option.getOrUndefined(args.logLevel),
+      logFormat: Option.getOrUndefined(args.logFormat),
+      metricsPort: Option.getOrUndefined(args.metricsPort),
+      metricsHost: Option.getOrUndefined(args.metricsHost),
       configFile: Option.getOrUndefined(args.config)
     }
     // SIGTERM/SIGINT is how a server is stopped: a clean stop exits 0 (systemd counts it a success).
@@ -78,6 +84,8 @@ export const command = Command.make(
       Effect.flatMap(({ Server }) => Server.launch(Server.layerConfig(options))),
       // The mount base or run directory is unusable: the server could not start.
       Effect.catchTag("MounterError", (e) =>
+        Failure.fail({ json: false, verbose: args.verbose }, Failure.ExitCode.failed, `the DMS server could not start: ${e.message}`)),
+      Effect.catchTag("TelemetryError", (e) =>
         Failure.fail({ json: false, verbose: args.verbose }, Failure.ExitCode.failed, `the DMS server could not start: ${e.message}`)),
       Failure.reported({ json: false, verbose: args.verbose })
     )

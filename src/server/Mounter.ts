@@ -44,6 +44,7 @@ import * as MountSteps from "./MountSteps.js"
 import * as NfsMount from "./NfsMount.js"
 import * as S3Mount from "./S3Mount.js"
 import type * as ServerConfig from "./ServerConfig.js"
+import * as Spans from "./Spans.js"
 
 export {
   /**
@@ -245,8 +246,8 @@ export const make = (
   options: Options
 ): Effect.Effect<Service, MounterError, CommandRunner.CommandRunner | Barbican.Barbican> =>
   Effect.gen(function*() {
-    const runner = yield* CommandRunner.CommandRunner
-    const barbican = yield* Barbican.Barbican
+    const runner = Spans.runner(yield* CommandRunner.CommandRunner)
+    const barbican = Spans.barbican(yield* Barbican.Barbican)
     const driver = options.s3Driver ?? "s3fs"
     const configuredBase = path.resolve(options.mountBase)
     const runDir = path.resolve(options.runDir)
@@ -268,7 +269,7 @@ export const make = (
     yield* daemons.adopt
     const steps = MountSteps.make({
       runner,
-      confinement: Confinement.make({ configuredBase, mountBase }),
+      confinement: Spans.confinement(Confinement.make({ configuredBase, mountBase })),
       store,
       daemons,
       commandTimeout: Duration.decode(options.commandTimeout ?? Duration.seconds(120)),

@@ -39,6 +39,8 @@ import * as AmqpConsumer from "../internal/amqpConsumer.js"
 import * as Urls from "../internal/urls.js"
 import * as Barbican from "./Barbican.js"
 import * as CommandRunner from "./CommandRunner.js"
+import * as Telemetry from "../Telemetry.js"
+import * as ServerMetrics from "./Metrics.js"
 import * as Mounter from "./Mounter.js"
 import * as ServerConfig from "./ServerConfig.js"
 
@@ -221,6 +223,8 @@ export interface Options {
   readonly tls?: Broker.TlsFiles | undefined
   /** The largest body parsed, in bytes; a larger one gets an error reply. Default {@link DEFAULT_MAX_BODY_BYTES}. */
   readonly maxBodyBytes?: number | undefined
+  /** Serve `/metrics`, `/healthz` and `/readyz` here (host default `127.0.0.1`); none by default. */
+  readonly metrics?: { readonly port: number; readonly host?: string | undefined } | undefined
 }
 
 /**
@@ -263,6 +267,8 @@ export interface Service {
    */
   readonly stopped: Effect.Effect<never, DmsError.BrokerError>
   readonly stats: () => Stats
+  /** Whether the broker connection is up and the queue consumed (`/readyz`, the gauges). */
+  readonly health: () => { readonly connected: boolean; readonly consuming: boolean }
 }
 
 /**
@@ -278,6 +284,7 @@ interface Job {
   readonly msg: ConsumeMessage
   readonly deadline: number
   readonly run: Effect.Effect<Protocol.Reply | Record<string, unknown>>
+  readonly request: ServerMetrics.Request
 }
 
 const describeError = (e: unknown): string => (e instanceof Error ? e.message : String(e))
@@ -293,6 +300,7 @@ export const make = (options: Options) =>
     const mounter = yield* Mounter.Mounter
     const runtime = yield* Effect.runtime<never>()
     const runFork = Runtime.runFork(runtime)
+    const runSync = Runtime.runSync(runtime)
     const queue = Broker.queueName(options.nodeId)
     const url = Redacted.isRedacted(options.rabbitmqUrl) ? Redacted.value(options.rabbitmqUrl) : options.rabbitmqUrl
     const location = Urls.parseBrokerUrl(url)
@@ -376,12 +384,14 @@ export const make = (options: Options) =>
     /** Runs one job when its turn comes: refused if its deadline passed while it waited. */
     const execute = (job: Job, decoded: Decoded) =>
       Effect.gen(function*() {
+        const finish = (body: Protocol.Reply | Record<string, unknown>, outcome: string) =>
+          ServerMetrics.finish(job.request, outcome, answer(job.session, job.msg, body))
         const now = Date.now()
         const annotations = { correlationId: String(job.msg.properties.correlationId ?? ""), ...describeDecoded(decoded) }
         if (now >= job.deadline) {
           counters.refusedExpired++
           yield* Effect.logWarning("refused a request whose deadline passed while it waited").pipe(Effect.annotateLogs(annotations))
-          return yield* answer(job.session, job.msg, Protocol.failure(messages.expired(job.deadline)))
+          return yield* finish(Protocol.failure(messages.expired(job.deadline)), "expired")
         }
         const start = Date.now()
         const reply = yield* job.run.pipe(
@@ -397,8 +407,8 @@ export const make = (options: Options) =>
         yield* level(
           status === "success" ? (reply as Protocol.Reply).success_msg ?? "done" : (reply as Protocol.Reply).error_msg ?? "error"
         ).pipe(Effect.annotateLogs({ ...annotations, status, durationMs: Date.now() - start }))
-        return yield* answer(job.session, job.msg, reply)
-      })
+        return yield* finish(reply, status === "success" ? "success" : "error")
+      }).pipe(ServerMetrics.within(job.request))
 
     /** Drains one path's lane, one job at a time. */
     const drain = (key: string, decodedOf: WeakMap<Job, Decoded>): Effect.Effect<void> =>
@@ -449,27 +459,36 @@ export const make = (options: Options) =>
         }
         return
       }
-      const decoded = decodeRequest(msg.content, { maxBodyBytes })
+      const request = runSync(ServerMetrics.begin(headers, msg.properties.correlationId, queue))
+      const decoded = runSync(
+        Effect.sync(() => decodeRequest(msg.content, { maxBodyBytes })).pipe(
+          Effect.withSpan("dms.server.decode", { captureStackTrace: false }),
+          ServerMetrics.within(request)
+        )
+      )
       if (Either.isLeft(decoded)) {
         log(
           Effect.logWarning(`refused a request: ${decoded.left}`).pipe(
-            Effect.annotateLogs({ correlationId: String(msg.properties.correlationId ?? "") })
+            Effect.annotateLogs({ correlationId: String(msg.properties.correlationId ?? "") }),
+            ServerMetrics.within(request)
           )
         )
-        runFork(answer(session, msg, Protocol.failure(decoded.left)))
+        runFork(ServerMetrics.finish(request, "invalid", answer(session, msg, Protocol.failure(decoded.left))))
         return
       }
+      request.action = decoded.right._tag
       if (Date.now() >= deadline) {
         counters.refusedExpired++
         log(
           Effect.logWarning("refused a request that arrived past its deadline").pipe(
-            Effect.annotateLogs({ correlationId: String(msg.properties.correlationId ?? ""), ...describeDecoded(decoded.right) })
+            Effect.annotateLogs({ correlationId: String(msg.properties.correlationId ?? ""), ...describeDecoded(decoded.right) }),
+            ServerMetrics.within(request)
           )
         )
-        runFork(answer(session, msg, Protocol.failure(messages.expired(deadline))))
+        runFork(ServerMetrics.finish(request, "expired", answer(session, msg, Protocol.failure(messages.expired(deadline)))))
         return
       }
-      const job: Job = { session, msg, deadline, run: replyFor(decoded.right, deadline) }
+      const job: Job = { session, msg, deadline, run: replyFor(decoded.right, deadline), request }
       decodedOf.set(job, decoded.right)
       if (decoded.right._tag === "status") {
         counters.running++
@@ -505,6 +524,23 @@ export const make = (options: Options) =>
     // A queue of the other type fails the start; a broker that cannot be reached is retried meanwhile.
     yield* connection.started
 
+    const health = () => {
+      const session = connection.current()
+      const connected = session !== undefined && session.alive()
+      return { connected, consuming: connected && !stopping }
+    }
+    if (options.metrics !== undefined) {
+      yield* Layer.buildWithScope(
+        Telemetry.layerMetricsServer({
+          port: options.metrics.port,
+          host: options.metrics.host,
+          ready: Effect.sync(() => health().consuming),
+          beforeScrape: ServerMetrics.refresh(mounter, health)
+        }),
+        yield* Effect.scope
+      )
+    }
+
     yield* Effect.addFinalizer(() =>
       Effect.gen(function*() {
         stopping = true
@@ -529,6 +565,7 @@ export const make = (options: Options) =>
 
     return {
       queue,
+      health,
       ready: connection.ready,
       stopped: connection.stopped,
       stats: () => ({
@@ -547,7 +584,8 @@ export const make = (options: Options) =>
  */
 export const layer = (
   options: Options
-): Layer.Layer<Server, DmsError.ValidationError | DmsError.BrokerError, Mounter.Mounter> => Layer.scoped(Server, make(options))
+): Layer.Layer<Server, DmsError.ValidationError | DmsError.BrokerError | Telemetry.TelemetryError, Mounter.Mounter> =>
+  Layer.scoped(Server, make(options))
 
 /**
  * Everything from a resolved configuration: the server, the Mounter with the real command runner and
@@ -558,13 +596,14 @@ export const layer = (
  */
 export const layerFromSettings = (
   settings: ServerConfig.Settings
-): Layer.Layer<Server, Mounter.MounterError | DmsError.ValidationError | DmsError.BrokerError> =>
+): Layer.Layer<Server, Mounter.MounterError | DmsError.ValidationError | DmsError.BrokerError | Telemetry.TelemetryError> =>
   layer({
     nodeId: settings.nodeId,
     rabbitmqUrl: settings.rabbitmqUrl,
     queueType: settings.queueType,
     prefetch: settings.prefetch,
-    tls: settings.rabbitmqTls
+    tls: settings.rabbitmqTls,
+    metrics: Option.match(settings.metricsPort, { onNone: () => undefined, onSome: (port) => ({ port, host: settings.metricsHost }) })
   }).pipe(
     Layer.provide(
       Mounter.layer({
@@ -579,7 +618,8 @@ export const layerFromSettings = (
     ),
     Layer.provide(Barbican.layer({ endpoint: Option.getOrUndefined(settings.barbicanUrl) })),
     Layer.provide(CommandRunner.layer),
-    Layer.provide(Logger.minimumLogLevel(settings.logLevel))
+    Layer.provide(Logger.minimumLogLevel(settings.logLevel)),
+    Layer.provide(Telemetry.layerLogFormat(settings.logFormat))
   )
 
 /**
@@ -590,7 +630,7 @@ export const layerFromSettings = (
  */
 export const layerConfig = (
   options: ServerConfig.Options = {}
-): Layer.Layer<Server, DmsError.ValidationError | DmsError.BrokerError | Mounter.MounterError> =>
+): Layer.Layer<Server, DmsError.ValidationError | DmsError.BrokerError | Mounter.MounterError | Telemetry.TelemetryError> =>
   Layer.unwrapEffect(Effect.map(ServerConfig.fromEnv(options), layerFromSettings))
 
 /**

@@ -21,6 +21,9 @@
  * | Barbican endpoint | `DMS_BARBICAN_URL` | `barbican_url` | none (S3 mounts refused) |
  * | prefetch | `DMS_PREFETCH` | `prefetch` | 64 |
  * | log level | `DMS_LOG_LEVEL` | `log_level` | `INFO` |
+ * | log format | `DMS_LOG_FORMAT` | `log_format` | `text` (or `json`: one object a line) |
+ * | metrics port | `DMS_METRICS_PORT` | `metrics_port` | none (no metrics endpoint) |
+ * | metrics address | `DMS_METRICS_HOST` | `metrics_host` | `127.0.0.1` |
  *
  * The broker URL carries a password, so it can come from a file instead, named at any level
  * (`--rabbitmq-url-file`, `DMS_RABBITMQ_URL_FILE`, `rabbitmq_url_file`); a level that sets both the URL
@@ -98,7 +101,10 @@ export const keys = {
   commandTimeout: { env: "DMS_COMMAND_TIMEOUT", file: "command_timeout" },
   barbicanUrl: { env: "DMS_BARBICAN_URL", file: "barbican_url" },
   prefetch: { env: "DMS_PREFETCH", file: "prefetch" },
-  logLevel: { env: "DMS_LOG_LEVEL", file: "log_level" }
+  logLevel: { env: "DMS_LOG_LEVEL", file: "log_level" },
+  logFormat: { env: "DMS_LOG_FORMAT", file: "log_format" },
+  metricsPort: { env: "DMS_METRICS_PORT", file: "metrics_port" },
+  metricsHost: { env: "DMS_METRICS_HOST", file: "metrics_host" }
 } as const
 
 /**
@@ -150,6 +156,11 @@ export interface Settings {
   readonly barbicanUrl: Option.Option<string>
   readonly prefetch: number
   readonly logLevel: LogLevel.LogLevel
+  /** `text` (human-readable) or `json` (one object a line, with trace and span ids). */
+  readonly logFormat: "text" | "json"
+  /** Where `/metrics`, `/healthz` and `/readyz` are served; none by default. */
+  readonly metricsPort: Option.Option<number>
+  readonly metricsHost: string
 }
 
 /**
@@ -262,6 +273,13 @@ export const resolve = (
     const levelText = text("logLevel") ?? "INFO"
     const logLevel = DmsConfig.parseLogLevel(levelText)
     if (Option.isNone(logLevel)) bad("logLevel", `must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got ${JSON.stringify(levelText)}`)
+    const logFormat = (text("logFormat") ?? "text").toLowerCase()
+    if (logFormat !== "text" && logFormat !== "json") bad("logFormat", `must be text or json, got ${JSON.stringify(logFormat)}`)
+    const metricsPortText = text("metricsPort")
+    const metricsPort = metricsPortText === undefined ? Number.NaN : /^[0-9]+$/.test(metricsPortText) ? Number(metricsPortText) : -1
+    if (metricsPortText !== undefined && !(metricsPort >= 0 && metricsPort <= 65535)) {
+      bad("metricsPort", `must be a port number, got ${JSON.stringify(metricsPortText)}`)
+    }
     if (issues.length > 0) return Effect.fail(new DmsError.ValidationError({ subject: "server config", issues }))
     return Effect.succeed<Settings>({
       nodeId,
@@ -281,7 +299,10 @@ export const resolve = (
       commandTimeout: Duration.millis(Math.round(n * 1000)),
       barbicanUrl: Option.fromNullable(barbican),
       prefetch,
-      logLevel: Option.getOrElse(logLevel, () => LogLevel.Info)
+      logLevel: Option.getOrElse(logLevel, () => LogLevel.Info),
+      logFormat: logFormat === "json" ? "json" : "text",
+      metricsPort: metricsPortText === undefined ? Option.none() : Option.some(metricsPort),
+      metricsHost: text("metricsHost") ?? "127.0.0.1"
     })
   })
 
@@ -449,7 +470,9 @@ export const describe = (settings: Settings): Record<string, string> => ({
   command_timeout: `${Duration.toSeconds(settings.commandTimeout)} s`,
   barbican_url: Option.getOrElse(settings.barbicanUrl, () => "(none: S3 mounts refused)"),
   prefetch: String(settings.prefetch),
-  log_level: settings.logLevel.label
+  log_level: settings.logLevel.label,
+  log_format: settings.logFormat,
+  metrics: Option.match(settings.metricsPort, { onNone: () => "(off)", onSome: (port) => `${settings.metricsHost}:${port}` })
 })
 
 /**
