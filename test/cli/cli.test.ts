@@ -481,7 +481,10 @@ describe.concurrent("trilio-dms (packed, installed)", () => {
         server.failNext = { action: "mount", message: "Mount failed: Permission denied" }
         const refused = yield* cli(["mount", ...nfsFlags(1, target, host), "--token", "tok-secret-4711", "--verbose"], env)
         expectCode(refused, 1)
-        assert.strictEqual(refused.stderr, "trilio-dms: the DMS server refused: Mount failed: Permission denied\n")
+        // A token given as a flag is accepted with a warning (it is visible in the process list), never echoed.
+        assert.match(refused.stderr, /^trilio-dms: warning: --token puts a secret on the command line: .*\n/)
+        assert.isTrue(refused.stderr.endsWith("\ntrilio-dms: the DMS server refused: Mount failed: Permission denied\n"), refused.stderr)
+        assert.notInclude(refused.stderr, "tok-secret-4711")
         server.failNext = { action: "mount", message: "Mount failed: Permission denied" }
         const refusedJson = yield* cli(["mount", ...nfsFlags(1, target, host), "--json"], env)
         expectCode(refusedJson, 1)
