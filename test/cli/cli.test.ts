@@ -111,7 +111,7 @@ describe.concurrent("trilio-dms (packed, installed)", () => {
         const imported = yield* exec(process.execPath, ["check.mjs"], { cwd: app, env })
         expectCode(imported, 0)
         assert.deepStrictEqual(JSON.parse(imported.stdout), {
-          modules: ["Broker", "Dms", "DmsConfig", "DmsError", "Ledger", "Mount", "Protocol", "Reconcile"],
+          modules: ["Broker", "Dms", "DmsConfig", "DmsError", "Ledger", "Mount", "Protocol", "Reconcile", "Telemetry"],
           client: "function",
           context: "function",
           invalid: true,
