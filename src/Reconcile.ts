@@ -614,7 +614,7 @@ export const reconcile = (
             backupTargetId: id,
             op: result.foundPending.op,
             deadline: result.foundPending.deadline,
-            expired: result.foundPending.deadline.getTime() + grace <= now,
+            expired: result.foundPending.remainingMs + grace <= 0,
             jobIds: (holders.get(id) ?? []).map((r) => r.jobId),
             ...result.pending
           })

@@ -73,7 +73,8 @@ export const make = (settings: Settings, key: LockKey, owner: string, options: L
   const ownState = (s: StoreState): TargetState => {
     const mine = s.pendingOwner === owner && Option.isSome(s.pending)
     if (mine && own === undefined && markSpec !== undefined) {
-      own = local({ ...s.pending.value, timeoutMs: markTimeoutMs }, takenAt)
+      const { mountPath, op, targetType } = s.pending.value
+      own = local({ op, mountPath, targetType, timeoutMs: markTimeoutMs }, takenAt)
     }
     return {
       holders: s.holders,

@@ -140,8 +140,12 @@ export const make = (nodes: ReadonlyArray<MysqlNode>, settings: NodeSettings): E
     return { query }
   }))
 
-/** The statement never reached the server: the connection could not be made. */
+/**
+ * The statement never reached the server: the connection could not be made. Only errors of making the
+ * connection count: the same codes (ETIMEDOUT, EHOSTUNREACH) on an open connection may come after the
+ * statement ran, and it must not run again on another node.
+ */
 const neverConnected = (cause: unknown): boolean => {
-  const code = (cause as { code?: unknown } | null)?.code
-  return code === "ECONNREFUSED" || code === "ETIMEDOUT" || code === "EHOSTUNREACH" || code === "ENOTFOUND"
+  const e = cause as { code?: unknown; syscall?: unknown } | null
+  return e?.code === "ECONNREFUSED" || e?.code === "ENOTFOUND" || e?.syscall === "connect" || e?.syscall === "getaddrinfo"
 }

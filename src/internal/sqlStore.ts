@@ -144,24 +144,42 @@ const make = (d: Dialect, sql: Statements, options: StoreOptions): Effect.Effect
     }
 
     /**
-     * After a write whose commit outcome is unknown (the connection was lost before its answer): the
-     * lock row's write token says whether it landed. If not and the lease is still ours, the error stands
-     * and the write is retried; if the lease is gone, nothing was written under it.
+     * A fenced write that knows whether it landed. Each call gets a fresh token, written to the lock row by
+     * the statement that makes the write count; `attempt` runs again when the store's retries run the
+     * returned effect again (`again` is then true). Once the outcome of an attempt is unknown (the
+     * connection was lost before its answer), or a retry finds the lease gone (the first attempt may have
+     * released it), the lock row's token says whether the write landed: then it succeeds with `landed`;
+     * otherwise the error stands (and a lost connection under a lease still ours is retried).
      */
-    const orRecheck = (key: LockKey, owner: string, token: string, operation: string) =>
-    <A>(write: Effect.Effect<A, DatabaseError>, landed: A): Effect.Effect<A, DatabaseError> =>
-      Effect.catchIf(write, StoreRetry.outcomeUnknown, (error) =>
-        recheckRetry(
-          query(`SELECT owner, last_write FROM ${LOCK_TABLE} WHERE lock_key = ?`, [key.key]).pipe(
-            Effect.mapError(toDatabaseError(operation))
-          )
-        ).pipe(
-          Effect.flatMap((rows) => {
-            const row = rows[0] as { owner: string | null; last_write: string | null } | undefined
-            if (row?.last_write === token) return Effect.succeed(landed)
-            return row?.owner === owner ? Effect.fail(error) : Effect.fail(lostLease(operation))
-          })
-        ))
+    const verified = <A>(
+      key: LockKey,
+      owner: string,
+      operation: string,
+      attempt: (token: string, again: boolean) => Effect.Effect<A, DatabaseError>,
+      landed: A
+    ): Effect.Effect<A, DatabaseError> => {
+      const token = randomUUID()
+      let tries = 0
+      return Effect.suspend(() => {
+        const again = ++tries > 1
+        return Effect.catchIf(
+          attempt(token, again),
+          (error) => StoreRetry.outcomeUnknown(error) || (again && error.reason === leaseLostReason),
+          (error) =>
+            recheckRetry(
+              query(`SELECT owner, last_write FROM ${LOCK_TABLE} WHERE lock_key = ?`, [key.key]).pipe(
+                Effect.mapError(toDatabaseError(operation))
+              )
+            ).pipe(
+              Effect.flatMap((rows) => {
+                const row = rows[0] as { owner: string | null; last_write: string | null } | undefined
+                if (row?.last_write === token) return Effect.succeed(landed)
+                return row?.owner === owner || !StoreRetry.outcomeUnknown(error) ? Effect.fail(error) : Effect.fail(lostLease(operation))
+              })
+            )
+        )
+      })
+    }
 
     /** Whether the job holds a row of the pair (mounted, not deleted): a fenced insert for it landed. */
     const insertLanded = (key: LockKey, jobId: number) =>
@@ -392,43 +410,38 @@ const make = (d: Dialect, sql: Statements, options: StoreOptions): Effect.Effect
       // takes the write lock at once (as BEGIN IMMEDIATE would) and never upgrades from a read snapshot.
       write: (key, owner, leaseMs, w) => {
         const job = w.job
-        const token = randomUUID()
-        // Run again (by the store's retries) after a failure that may have landed part of it.
-        let tries = 0
-        const write = Effect.suspend(() => {
-          tries++
-          return job === undefined
+        return verified(key, owner, "ledger write", (token, again) =>
+          (job === undefined
             ? fence(key, owner, leaseMs, w, token, "ledger write")
             : d.name === "mysql"
-            ? writeFenced(key, owner, leaseMs, w, job, token, tries > 1)
-            : writeInTransaction(key, owner, leaseMs, w, job)
-        })
-        return orRecheck(key, owner, token, "ledger write")(write.pipe(Effect.mapError(toDatabaseError("ledger write"))), undefined)
+            ? writeFenced(key, owner, leaseMs, w, job, token, again)
+            : writeInTransaction(key, owner, leaseMs, w, job)).pipe(Effect.mapError(toDatabaseError("ledger write"))), undefined)
       },
       softDelete: (key, owner, leaseMs, entryId) => {
-        const token = randomUUID()
         const mark = `UPDATE ${LEDGER_TABLE} SET deleted = 1, deleted_at = ${d.nowSeconds}, updated_at = ${d.nowSeconds}, version = ?
           WHERE id = ? AND mounted = 0 AND deleted = 0`
-        const write = d.name === "mysql"
-          // One statement: the row and our lock row, joined on our ownership. Nothing matched: either the
-          // lease is gone (the fence tells) or the row is mounted or already deleted.
-          ? Effect.gen(function*() {
-            const sets = lockSets({}, owner, leaseMs, token, "l.")
-            const raw = yield* run(
-              `UPDATE ${LEDGER_TABLE} e JOIN ${LOCK_TABLE} l ON l.lock_key = ? AND l.owner = ?
-                SET e.deleted = 1, e.deleted_at = ${d.nowSeconds}, e.updated_at = ${d.nowSeconds}, e.version = ?, ${sets.text}
-                WHERE e.id = ? AND e.mounted = 0 AND e.deleted = 0`,
-              [key.key, owner, VERSION, ...sets.params, entryId]
-            )
-            if (d.affected(raw) > 0) return true
-            yield* fence(key, owner, leaseMs, {}, token, "softDeleteEntry")
-            return false
-          })
-          : sql.transaction(
-            Effect.zipRight(fence(key, owner, leaseMs, {}, token, "softDeleteEntry"), run(mark, [VERSION, entryId]))
-          ).pipe(Effect.map((raw) => d.affected(raw) === 1))
-        // A soft delete that landed wrote its token with the row: it deleted the row.
-        return orRecheck(key, owner, token, "softDeleteEntry")(write.pipe(Effect.mapError(toDatabaseError("softDeleteEntry"))), true)
+        // Only the statement that deletes the row writes the call's token: the fence that tells a mounted
+        // row from a lost lease writes a token of its own, so a landed token always means "deleted".
+        const attempt = (token: string) =>
+          d.name === "mysql"
+            // One statement: the row and our lock row, joined on our ownership. Nothing matched: either
+            // the lease is gone (the fence tells) or the row is mounted or already deleted.
+            ? Effect.gen(function*() {
+              const sets = lockSets({}, owner, leaseMs, token, "l.")
+              const raw = yield* run(
+                `UPDATE ${LEDGER_TABLE} e JOIN ${LOCK_TABLE} l ON l.lock_key = ? AND l.owner = ?
+                  SET e.deleted = 1, e.deleted_at = ${d.nowSeconds}, e.updated_at = ${d.nowSeconds}, e.version = ?, ${sets.text}
+                  WHERE e.id = ? AND e.mounted = 0 AND e.deleted = 0`,
+                [key.key, owner, VERSION, ...sets.params, entryId]
+              )
+              if (d.affected(raw) > 0) return true
+              yield* fence(key, owner, leaseMs, {}, randomUUID(), "softDeleteEntry")
+              return false
+            })
+            : sql.transaction(
+              Effect.zipRight(fence(key, owner, leaseMs, {}, randomUUID(), "softDeleteEntry"), run(mark, [VERSION, entryId]))
+            ).pipe(Effect.map((raw) => d.affected(raw) === 1))
+        return verified(key, owner, "softDeleteEntry", (token) => attempt(token).pipe(Effect.mapError(toDatabaseError("softDeleteEntry"))), true)
       },
       getMountStatus: (jobId, backupTargetId, host) =>
         entries(

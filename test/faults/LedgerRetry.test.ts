@@ -93,4 +93,20 @@ describe("Ledger retries after a lost connection (MariaDB through a proxy)", () 
       const locks = yield* backend.query!<Array<{ owner: string | null }>>("SELECT owner FROM backup_target_mount_lock")
       assert.deepStrictEqual(locks.map((r) => r.owner), [null])
     }), { timeout: 60_000 })
+
+  it.scopedLive("a soft delete of a mounted row whose fence's answer is lost reports false: the row is neither deleted nor said to be", () =>
+    Effect.gen(function*() {
+      const backend = yield* freshDatabase
+      const proxy = yield* mysqlProxy
+      const ledger = yield* ledgerVia(backend.url!, proxy.port)
+      yield* ledger.withTargetLock("t-soft", HOST, (lease) => lease.write({ job: { jobId: 11, mounted: true } }))
+      // The delete matches nothing (the row is mounted); the fence that tells a mounted row from a lost
+      // lease commits, and its answer is lost.
+      const dropped = yield* proxy.dropAfter("UPDATE backup_target_mount_lock SET updated_at")
+      const deleted = yield* ledger.softDeleteEntry(11, "t-soft", { host: HOST })
+      assert.isTrue(yield* Deferred.isDone(dropped))
+      assert.isFalse(deleted)
+      const rows = yield* backend.query!<Array<{ mounted: number; deleted: number }>>("SELECT mounted, deleted FROM backup_target_mount_ledger")
+      assert.deepStrictEqual(rows.map((r) => [r.mounted, r.deleted]), [[1, 0]])
+    }), { timeout: 60_000 })
 })
