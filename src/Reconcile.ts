@@ -13,7 +13,6 @@
  *
  * @since 0.1.0
  */
-import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
@@ -530,7 +529,6 @@ export const reconcile = (
     const e = yield* Operation.env
     const ledger = yield* e.ledger.getHostState(valid.host)
     const status = yield* queryStatus(e, valid.host)
-    const now = yield* Clock.currentTimeMillis
     const grace = Duration.toMillis(Operation.PENDING_GRACE)
     const supported = status.supported
     const mounts = status.supported ? status.mounts : []

@@ -191,9 +191,16 @@ const make = (d: Dialect, sql: Statements, options: StoreOptions): Effect.Effect
       ).pipe(Effect.map((rows) => Number(rows[0]?.n ?? 0) > 0))
 
     // SQLite: a local transaction (no round trips): fence, then the job's row.
-    const writeInTransaction = (key: LockKey, owner: string, leaseMs: number, w: LeaseWrite, job: NonNullable<LeaseWrite["job"]>) =>
+    const writeInTransaction = (
+      key: LockKey,
+      owner: string,
+      leaseMs: number,
+      w: LeaseWrite,
+      job: NonNullable<LeaseWrite["job"]>,
+      token: string
+    ) =>
       sql.transaction(Effect.gen(function*() {
-        yield* fence(key, owner, leaseMs, w, "-", "ledger write")
+        yield* fence(key, owner, leaseMs, w, token, "ledger write")
         const raw = yield* run(
           `UPDATE ${LEDGER_TABLE} SET mounted = ?, updated_at = ${d.nowSeconds}, version = ?
             WHERE jobid = ? AND backup_target_id = ${x}? AND host = ${x}? AND deleted = 0`,
@@ -415,7 +422,7 @@ const make = (d: Dialect, sql: Statements, options: StoreOptions): Effect.Effect
             ? fence(key, owner, leaseMs, w, token, "ledger write")
             : d.name === "mysql"
             ? writeFenced(key, owner, leaseMs, w, job, token, again)
-            : writeInTransaction(key, owner, leaseMs, w, job)).pipe(Effect.mapError(toDatabaseError("ledger write"))), undefined)
+            : writeInTransaction(key, owner, leaseMs, w, job, token)).pipe(Effect.mapError(toDatabaseError("ledger write"))), undefined)
       },
       softDelete: (key, owner, leaseMs, entryId) => {
         const mark = `UPDATE ${LEDGER_TABLE} SET deleted = 1, deleted_at = ${d.nowSeconds}, updated_at = ${d.nowSeconds}, version = ?

@@ -55,16 +55,6 @@ export const retriesTotal = Metric.counter("dms_ledger_retries_total", {
   incremental: true
 })
 
-const counters = new Map<RetryKind, Metric.Metric.Counter<number>>()
-const counterFor = (kind: RetryKind) => {
-  let counter = counters.get(kind)
-  if (counter === undefined) {
-    counter = retriesTotal.pipe(Metric.tagged("error", kind))
-    counters.set(kind, counter)
-  }
-  return counter
-}
-
 /**
  * Retries `effect` after passing errors with jittered exponential backoff (10 ms doubling, at most
  * 500 ms apart) for at most `budget`; then the last error is the caller's. Build it once and apply it to
@@ -74,7 +64,8 @@ export const retrying = (operation: string, budget: Duration.Duration) => {
   const count = (error: DatabaseError) => {
     const kind = retryKind(error)
     return kind === undefined ? Effect.void : Effect.zipRight(
-      Metric.increment(counterFor(kind)),
+      // Only on a retry, off the hot path: the tagged counter is built when needed.
+      Metric.update(retriesTotal.pipe(Metric.tagged("error", kind)), 1),
       Effect.logDebug(`${operation}: retrying after a passing database error (${kind})`, error.message)
     )
   }
