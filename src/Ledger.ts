@@ -533,7 +533,10 @@ export interface MysqlOptions extends LeaseOptions {
    * to the first that answers (a Galera cluster's nodes, without a proxy in front).
    */
   readonly url: string | Redacted.Redacted<string>
-  /** Connections per database node. Default 10. */
+  /**
+   * Connections per database node (else the URL's `?pool_size=`, else {@link DEFAULT_MAX_CONNECTIONS}).
+   * Idle ones are closed after a minute.
+   */
   readonly maxConnections?: number | undefined
   /**
    * Create or upgrade the tables first, as {@link migrate} does. Default false: a client only checks
@@ -541,6 +544,17 @@ export interface MysqlOptions extends LeaseOptions {
    */
   readonly migrate?: boolean | undefined
 }
+
+/**
+ * How many connections one client process opens to each database node by default. A process's
+ * operations hold a connection only for a statement (never across a call to the server), so a few serve
+ * many concurrent jobs; a thousand hosts with a few processes each stay within a server's
+ * `max_connections` only if each process asks for few.
+ *
+ * @since 0.3.0
+ * @category constants
+ */
+export const DEFAULT_MAX_CONNECTIONS = 4
 
 /**
  * The ledger on MySQL or MariaDB, a Galera cluster included (a lease table, no `GET_LOCK`; every
@@ -561,7 +575,7 @@ export const layerMysql = (
     )
   }
   const store = Effect.flatMap(
-    MysqlConnect.open(location, raw, options.maxConnections ?? 10),
+    MysqlConnect.open(location, raw, options.maxConnections ?? location.poolSize ?? DEFAULT_MAX_CONNECTIONS),
     (nodes) => SqlStore.makeMysql(nodes.query, { migrate: options.migrate })
   )
   const where = MysqlConnect.describe(location)

@@ -17,6 +17,8 @@ export type LedgerLocation =
     readonly database: string
     /** TLS to the database, from the URL's `ssl*` parameters; undefined for none. */
     readonly tls: MysqlTls | undefined
+    /** Connections per node, from the URL's `pool_size` parameter; undefined for the default. */
+    readonly poolSize: number | undefined
   }
   | { readonly kind: "sqlite"; readonly filename: string }
   | { readonly kind: "memory" }
@@ -37,11 +39,22 @@ export interface MysqlTls {
 }
 
 const tlsParameters = ["ssl", "ssl_ca", "ssl_cert", "ssl_key", "ssl_verify_cert"] as const
+const urlParameters = [...tlsParameters, "pool_size"] as const
+
+/** The most connections per node a `pool_size` may ask for. */
+const MAX_POOL_SIZE = 100
+
+const parsePoolSize = (search: URLSearchParams): number | undefined | string => {
+  const v = search.get("pool_size")
+  if (v === null) return undefined
+  const n = /^[0-9]+$/.test(v) ? Number(v) : Number.NaN
+  return n >= 1 && n <= MAX_POOL_SIZE ? n : `pool_size must be a whole number of connections from 1 to ${MAX_POOL_SIZE}, got "${v}"`
+}
 
 const parseTls = (search: URLSearchParams): MysqlTls | undefined | string => {
   for (const name of search.keys()) {
-    if (!(tlsParameters as ReadonlyArray<string>).includes(name)) {
-      return `unknown URL parameter "${name}": expected ${tlsParameters.join(", ")}`
+    if (!(urlParameters as ReadonlyArray<string>).includes(name)) {
+      return `unknown URL parameter "${name}": expected ${urlParameters.join(", ")}`
     }
   }
   const flag = (name: string): boolean | undefined | string => {
@@ -138,6 +151,8 @@ export const parseLedgerUrl = (raw: string): LedgerLocation | string => {
   if (database === "" || database.includes("/")) return "the URL must name the database, e.g. mysql://host:3306/trilio_dms"
   const tls = parseTls(parsed.searchParams)
   if (typeof tls === "string") return tls
+  const poolSize = parsePoolSize(parsed.searchParams)
+  if (typeof poolSize === "string") return poolSize
   const first = nodes[0]!
   return {
     kind: "mysql",
@@ -147,7 +162,8 @@ export const parseLedgerUrl = (raw: string): LedgerLocation | string => {
     user: parsed.username === "" ? undefined : decodeURIComponent(parsed.username),
     password: parsed.password === "" ? undefined : Redacted.make(decodeURIComponent(parsed.password)),
     database,
-    tls
+    tls,
+    poolSize
   }
 }
 
