@@ -10,6 +10,7 @@
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as ParseResult from "effect/ParseResult"
+import * as Redacted from "effect/Redacted"
 import * as Schema from "effect/Schema"
 import * as DmsError from "./DmsError.js"
 import * as Nfs from "./internal/nfs.js"
@@ -302,8 +303,27 @@ const normalizeAliases = (input: unknown): Either.Either<unknown, DmsError.Valid
  * @category decoding
  */
 export const decodeMountRequestEither = (input: unknown): Either.Either<MountRequest, DmsError.ValidationError> =>
-  Either.flatMap(normalizeAliases(input), (normalized) =>
-    Either.mapLeft(decodeEither(normalized), (e) => DmsError.fromParseError("request", e)))
+  typeof input === "object" && input !== null && decoded.has(input)
+    ? Either.right(input as MountRequest)
+    : Either.flatMap(normalizeAliases(input), (normalized) =>
+      Either.map(
+        Either.mapLeft(decodeEither(normalized), (e) => DmsError.fromParseError("request", e)),
+        remember
+      ))
+
+// Requests this module decoded, frozen so they stay valid: a request validated once (by the Promise
+// client before it connects, say) is not decoded again by the operation it is handed to.
+const decoded = new WeakSet<object>()
+const deepFreeze = (value: unknown): void => {
+  if (typeof value !== "object" || value === null || Object.isFrozen(value) || Redacted.isRedacted(value)) return
+  Object.freeze(value)
+  for (const v of Object.values(value)) deepFreeze(v)
+}
+const remember = (request: MountRequest): MountRequest => {
+  deepFreeze(request)
+  decoded.add(request)
+  return request
+}
 
 /**
  * Validates an untrusted request as an Effect (no I/O).
@@ -320,8 +340,16 @@ export const decodeMountRequest = (input: unknown): Effect.Effect<MountRequest, 
  * @since 0.1.0
  * @category encoding
  */
-export const encodeMountRequest = (request: MountRequest, action: Action): MountRequestEncoded =>
-  Schema.encodeSync(MountRequest, parseOptions)({ ...request, action })
+export const encodeMountRequest = (request: MountRequest, action: Action): MountRequestEncoded => {
+  // The token is the schema's only transformation (every other field decodes to itself), so encoding
+  // a decoded request is a copy with the token in clear: no second pass over the schema per request.
+  const { keystone_token, ...fields } = request
+  return {
+    ...fields,
+    action,
+    ...(keystone_token === undefined ? {} : { keystone_token: keystone_token === null ? null : Redacted.value(keystone_token) })
+  }
+}
 
 /**
  * The DMS server's reply: `{status, error_msg, success_msg}`; extra fields are kept.

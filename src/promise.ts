@@ -120,9 +120,11 @@ export const toException = (error: DmsError.DmsError): DMSClientException => {
  * even when the database or the broker is down, and costs no connection. (What needs the
  * configuration, such as an S3 request's token, is checked again by `Mount`.)
  */
-const precheck = (request: unknown): void => {
+const precheck = (request: unknown): Protocol.MountRequest => {
   const decoded = Protocol.decodeMountRequestEither(request)
   if (Either.isLeft(decoded)) throw toException(decoded.left)
+  // The operation is given the decoded request, which it does not decode again.
+  return decoded.right
 }
 
 const fromCause = (cause: Cause.Cause<DmsError.DmsError>): DMSClientException =>
@@ -274,8 +276,7 @@ export class DMSClient {
   /** Mounts the request's target for its job. A server-side failure is a `{ status: "error" }` response. */
   async mount(request: unknown): Promise<MountResponse> {
     try {
-      precheck(request)
-      const r = await this.run(Mount.mount(request))
+      const r = await this.run(Mount.mount(precheck(request)))
       return {
         status: "success",
         error_msg: null,
@@ -293,8 +294,7 @@ export class DMSClient {
    * nothing, is a `{ status: "error" }` response. */
   async unmount(request: unknown): Promise<UnmountResponse> {
     try {
-      precheck(request)
-      const r = await this.run(Mount.unmount(request))
+      const r = await this.run(Mount.unmount(precheck(request)))
       return {
         status: "success",
         error_msg: null,
@@ -389,9 +389,9 @@ export class MountContext {
    * client or several clients of the process, keep the target until the last one exits.
    */
   static async enter(client: DMSClient, request: unknown, options: Mount.ScopedOptions = {}): Promise<MountContext> {
-    precheck(request)
-    const result = await client.run(Mount.acquire(request))
-    return new MountContext(client, request, options, result)
+    const valid = precheck(request)
+    const result = await client.run(Mount.acquire(valid))
+    return new MountContext(client, valid, options, result)
   }
 
   /** Where the target is mounted. */

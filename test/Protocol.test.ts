@@ -162,6 +162,19 @@ describe("Protocol.MountRequest", () => {
     assert.deepStrictEqual(wire, { ...input, action: "mount" })
   })
 
+  it("a decoded request is frozen, and handing it back is not decoded again (it cannot have changed)", () => {
+    const input = guideRequest()
+    const decoded = Either.getOrThrow(decode(input))
+    assert.isTrue(Object.isFrozen(decoded) && Object.isFrozen(decoded.backup_target) && Object.isFrozen(decoded.job))
+    assert.throws(() => {
+      ;(decoded.backup_target as { filesystem_export_mount_path: string }).filesystem_export_mount_path = "/etc/../root"
+    }, TypeError)
+    assert.strictEqual(Either.getOrThrow(decode(decoded)), decoded)
+    // The caller's own object is untouched and still decoded afresh.
+    assert.isFalse(Object.isFrozen(input))
+    assert.notStrictEqual(Either.getOrThrow(decode(input)), decoded)
+  })
+
   it("round-trips any valid request (property)", () => {
     const text = FastCheck.string({ minLength: 1, maxLength: 40 }).filter((s) => !/\s/.test(s) && !s.includes("\0"))
     const request = FastCheck.record({

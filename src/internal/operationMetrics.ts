@@ -8,26 +8,30 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Metric from "effect/Metric"
 import * as MetricBoundaries from "effect/MetricBoundaries"
+import * as MetricKey from "effect/MetricKey"
+import * as MetricLabel from "effect/MetricLabel"
 import * as Option from "effect/Option"
 
 /**
  * Mount and unmount calls by operation and outcome (`success`, or the error's tag).
  *
  */
-export const operationsTotal = Metric.counter("dms_operations_total", {
+const operationsTotalKey = MetricKey.counter("dms_operations_total", {
   description: "mount and unmount calls by operation and outcome",
   incremental: true
 })
+export const operationsTotal = Metric.fromMetricKey(operationsTotalKey)
 
 /**
  * Duration of mount and unmount calls, in seconds.
  *
  */
-export const operationDuration = Metric.histogram(
+const operationDurationKey = MetricKey.histogram(
   "dms_operation_duration_seconds",
   MetricBoundaries.exponential({ start: 0.0005, factor: 2, count: 20 }),
   "duration of mount and unmount calls"
 )
+export const operationDuration = Metric.fromMetricKey(operationDurationKey)
 
 /** Records an operation's outcome and duration when it ends. */
 export const measured = (operation: string) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
@@ -49,13 +53,16 @@ const outcomeOf = (cause: Cause.Cause<unknown>): string =>
     onNone: () => (Cause.isInterruptedOnly(cause) ? "interrupted" : "defect")
   })
 
-// Tagged metrics are looked up by a hash of their key; built once per (operation, outcome), not per call.
+// Built once per (operation, outcome) from keys that carry their tags: a metric tagged with
+// `Metric.tagged` builds its key again, and looks it up by hash, on every update.
 const taggedCounters = new Map<string, Metric.Metric.Counter<number>>()
 const counterFor = (operation: string, outcome: string) => {
   const key = `${operation}\0${outcome}`
   let counter = taggedCounters.get(key)
   if (counter === undefined) {
-    counter = operationsTotal.pipe(Metric.tagged("operation", operation), Metric.tagged("outcome", outcome))
+    counter = Metric.fromMetricKey(
+      MetricKey.taggedWithLabels(operationsTotalKey, [MetricLabel.make("operation", operation), MetricLabel.make("outcome", outcome)])
+    )
     taggedCounters.set(key, counter)
   }
   return counter
@@ -64,7 +71,7 @@ const taggedDurations = new Map<string, Metric.Metric.Histogram<number>>()
 const durationFor = (operation: string) => {
   let histogram = taggedDurations.get(operation)
   if (histogram === undefined) {
-    histogram = operationDuration.pipe(Metric.tagged("operation", operation))
+    histogram = Metric.fromMetricKey(MetricKey.taggedWithLabels(operationDurationKey, [MetricLabel.make("operation", operation)]))
     taggedDurations.set(operation, histogram)
   }
   return histogram
