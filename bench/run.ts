@@ -4,7 +4,7 @@
  * Needs MariaDB (127.0.0.1:3306, root) and RabbitMQ (127.0.0.1:5672, guest); a responder process
  * answers every request at once (no real mount). Writes bench/results.json and bench/results.md.
  *
- *   npm run bench [-- --quick] [-- --only=floor,cycle,shared,fanout,paced,two,queries,memory,embedded,cluster]
+ *   npm run bench [-- --quick] [-- --only=floor,cycle,shared,fanout,paced,two,procs,queries,memory,embedded,cluster]
  *
  * `cluster` (bench/cluster.ts) also needs the 3-node Galera and RabbitMQ clusters of scripts/cluster,
  * which it starts if they are down (and then stops at the end).
@@ -22,6 +22,7 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { cluster, clusterMarkdown } from "./cluster.js"
 import { openFloor } from "./floorClient.js"
+import { procs, procsMarkdown } from "./procs.js"
 import {
   cpuOf,
   createDatabase,
@@ -182,6 +183,10 @@ const main = async () => {
     await scenario("two", async () => {
       results.twoProcesses = await twoProcesses(db, host, fanSeconds)
     })
+    await scenario("procs", async () => {
+      const counts = (process.env.DMS_BENCH_PROCS ?? "1,2,4,8").split(",").map(Number)
+      results.procs = await procs({ db, host, url: RABBIT_URL, responderPid: responder.pid, seconds: quick ? 5 : 15, warmup: 50, counts })
+    })
     await scenario("queries", async () => {
       results.queries = await queries(mysqlRt, db, quick ? 50 : 200)
     })
@@ -279,6 +284,7 @@ const markdown = (r: Record<string, any>): string => {
     `| cycle, SQLite ledger (AMQP broker) | ${ms(r.cycleSqlite)} | | |`,
     `| cycle, memory ledger + memory broker | ${ms(r.cycleMemory)} | | the client's own cost |`,
     ...clusterMarkdown(r.cluster),
+    ...procsMarkdown(r.procs),
     "",
     `CPU ms per cycle in the 64 × 8 fan-out: ${JSON.stringify(fan.cpuMsPerCycle ?? {})}`,
     `RSS: ${r.memory?.rssMiBAfter1k} MiB after 1k cycles, ${r.memory?.rssMiBAfter20k} MiB after 20k (growth ${round((r.memory?.growth ?? 0) * 100, 1)} %)`,
