@@ -183,7 +183,7 @@ export const procsMarkdown = (r: Awaited<ReturnType<typeof procs>> | undefined):
     "",
     `procs goals: client CPU per cycle in one process ${verdict(g.cpuMsOneProcess, goals.cpuMsOneProcess)} ms; ` +
     `8 processes against 1 ${verdict(g.growth8vs1, goals.growth)} ×; ` +
-    `client / floor CPU ${verdict(g.ratioToFloorWorst?.ratio, goals.ratioToFloor)} × at worst (${g.ratioToFloorWorst?.processes ?? "—"} processes; ` +
+    `client / floor CPU ${verdict(g.ratioToFloorWorst?.ratio, goals.ratioToFloor)} × at worst (${g.ratioToFloorWorst === null ? "—" : `${g.ratioToFloorWorst.processes} process${g.ratioToFloorWorst.processes === 1 ? "" : "es"}`}; ` +
     `${g.ratioToFloorOneProcess ?? "—"} × in one); 8 processes ${verdict(g.cyclesPerSecondAt8, goals.cyclesPerSecondAt8, true)} cycles/s`
   ]
 }
