@@ -8,6 +8,7 @@ import type * as ManagedRuntime from "effect/ManagedRuntime"
 import type * as Dms from "../src/Dms.js"
 import amqp from "amqplib"
 import { spawn } from "node:child_process"
+import * as fs from "node:fs"
 import * as path from "node:path"
 import * as readline from "node:readline"
 import { fileURLToPath } from "node:url"
@@ -42,6 +43,36 @@ export const createDatabase = async (admin: mysql.Connection, db: string): Promi
 }
 
 export const round = (n: number, d = 3) => Number(n.toFixed(d))
+
+// /proc's utime and stime are in clock ticks (USER_HZ), 100 a second on Linux.
+const clockTicks = 100
+
+/** The CPU seconds (user + system, all threads) process `pid` has used, from /proc; 0 once it is gone. */
+export const cpuOf = (pid: number | "self"): number => {
+  try {
+    const fields = fs.readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ")
+    return (Number(fields[11]) + Number(fields[12])) / clockTicks
+  } catch {
+    return 0
+  }
+}
+
+/** The pids of the processes named `name` (their /proc/<pid>/comm). */
+export const pidsOf = (name: string): Array<number> =>
+  fs.readdirSync("/proc").filter((d) => /^\d+$/.test(d)).map(Number).filter((pid) => {
+    try {
+      return fs.readFileSync(`/proc/${pid}/comm`, "utf8").trim() === name
+    } catch {
+      return false
+    }
+  })
+
+/** The CPU seconds used so far by MariaDB, RabbitMQ and the responder process `responderPid`. */
+export const servicesCpu = (responderPid: number) => ({
+  mariadb: pidsOf("mariadbd").reduce((a, p) => a + cpuOf(p), 0),
+  rabbitmq: pidsOf("beam.smp").reduce((a, p) => a + cpuOf(p), 0),
+  responder: cpuOf(responderPid)
+})
 
 export const request = (jobid: number, target: string, host: string) => ({
   job: { jobid },

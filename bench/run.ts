@@ -4,7 +4,7 @@
  * Needs MariaDB (127.0.0.1:3306, root) and RabbitMQ (127.0.0.1:5672, guest); a responder process
  * answers every request at once (no real mount). Writes bench/results.json and bench/results.md.
  *
- *   npm run bench [-- --quick] [-- --only=floor,cycle,shared,fanout,paced,two,queries,memory,embedded,cluster]
+ *   npm run bench [-- --quick] [-- --only=floor,cycle,shared,fanout,paced,two,procs,queries,memory,embedded,cluster]
  *
  * `cluster` (bench/cluster.ts) also needs the 3-node Galera and RabbitMQ clusters of scripts/cluster,
  * which it starts if they are down (and then stops at the end).
@@ -12,19 +12,19 @@
  * It runs compiled (tsconfig.bench.json into .bench-build/), as a user's program would: under tsx the
  * client costs more CPU than it does in production.
  */
-import amqp from "amqplib"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as ManagedRuntime from "effect/ManagedRuntime"
 import mysql from "mysql2/promise"
 import { spawn } from "node:child_process"
-import { randomUUID } from "node:crypto"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import * as Broker from "../src/Broker.js"
 import { cluster, clusterMarkdown } from "./cluster.js"
+import { openFloor } from "./floorClient.js"
+import { procs, procsMarkdown } from "./procs.js"
 import {
+  cpuOf,
   createDatabase,
   cycle,
   deleteQueues,
@@ -35,6 +35,7 @@ import {
   round,
   type Runtime,
   sequential,
+  servicesCpu,
   sibling,
   startResponder,
   type Stats,
@@ -52,82 +53,12 @@ const runs = (scenario: string) => only === undefined || only.includes(scenario)
 const HOST_PREFIX = `bench-${process.pid}`
 
 // ---------------------------------------------------------------------------------------------------
-// Statistics and CPU accounting
-
-const clockTicks = 100
-const cpuOf = (pid: number): number => {
-  try {
-    const fields = fs.readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ")
-    return (Number(fields[11]) + Number(fields[12])) / clockTicks // utime + stime, seconds
-  } catch {
-    return 0
-  }
-}
-const pidsOf = (name: string): Array<number> =>
-  fs.readdirSync("/proc").filter((d) => /^\d+$/.test(d)).map(Number).filter((pid) => {
-    try {
-      return fs.readFileSync(`/proc/${pid}/comm`, "utf8").trim() === name
-    } catch {
-      return false
-    }
-  })
-
-// ---------------------------------------------------------------------------------------------------
 // Scenarios
 
-// The floor: a raw amqplib round trip with the client's publish options, and the ledger's SQL of one
-// mount + unmount cycle issued directly with mysql2 on one connection: per operation, one round trip
-// that takes the lease, marks the request pending and reads the target's state, and one that records
-// the outcome, clears the mark and releases the lease (the statements the client sends).
+// The floor (floorClient.ts): a raw amqplib round trip with the client's publish options, and the
+// ledger's SQL of one mount + unmount cycle issued directly with mysql2, timed apart.
 const rawFloor = async (db: string, host: string, n: number) => {
-  const conn = await amqp.connect(RABBIT_URL, { noDelay: true })
-  const ch = await conn.createConfirmChannel()
-  const pending = new Map<string, () => void>()
-  await ch.consume("amq.rabbitmq.reply-to", (m) => {
-    const id = m?.properties.correlationId as string
-    pending.get(id)?.()
-    pending.delete(id)
-  }, { noAck: true })
-  const rpc = () =>
-    new Promise<void>((resolve) => {
-      const id = randomUUID()
-      pending.set(id, resolve)
-      ch.publish("", Broker.queueName(host), Buffer.from(JSON.stringify(request(1, "floor", host))), {
-        contentType: "application/json",
-        correlationId: id,
-        replyTo: "amq.rabbitmq.reply-to",
-        deliveryMode: 1,
-        mandatory: true,
-        expiration: "30000",
-        headers: { [Broker.DEADLINE_HEADER]: Date.now() + 30_000 }
-      })
-    })
-  const sqlConn = await mysql.createConnection({ host: "127.0.0.1", user: "root", database: db, multipleStatements: true })
-  const owner = randomUUID()
-  const key = "f".repeat(40)
-  await sqlConn.query(
-    "INSERT IGNORE INTO backup_target_mount_lock (lock_key, backup_target_id, host) VALUES (?, 'floor', ?)",
-    [key, host]
-  )
-  const take = `UPDATE backup_target_mount_lock SET owner = ?, expires_at = UTC_TIMESTAMP(3) + INTERVAL 30 SECOND,
-        pending_owner = ?, pending_op = ?, pending_deadline = UTC_TIMESTAMP(3) + INTERVAL 30 SECOND
-      WHERE lock_key = ? AND (owner IS NULL OR expires_at < UTC_TIMESTAMP(3)) AND pending_op IS NULL;
-    SELECT * FROM backup_target_mount_ledger WHERE backup_target_id = 'floor' AND host = ? AND deleted = 0 AND mounted = 1`
-  const sqlCycle = async (job: number) => {
-    await sqlConn.query(take, [owner, owner, "mount", key, host])
-    await sqlConn.query(
-      `INSERT INTO backup_target_mount_ledger (backup_target_id, jobid, host, mounted) SELECT 'floor', ?, ?, 1
-         FROM backup_target_mount_lock WHERE lock_key = ? AND owner = ?;
-       UPDATE backup_target_mount_lock SET owner = NULL, pending_op = NULL WHERE lock_key = ? AND owner = ?`,
-      [job, host, key, owner, key, owner]
-    )
-    await sqlConn.query(take, [owner, owner, "unmount", key, host])
-    await sqlConn.query(
-      `UPDATE backup_target_mount_ledger e JOIN backup_target_mount_lock l ON l.lock_key = ? AND l.owner = ?
-         SET e.mounted = 0, l.owner = NULL, l.pending_op = NULL WHERE e.jobid = ? AND e.backup_target_id = 'floor'`,
-      [key, owner, job]
-    )
-  }
+  const { rpc, sqlCycle, close } = await openFloor(db, host, "floor", RABBIT_URL)
   for (let i = 0; i < 50; i++) {
     await rpc()
     await sqlCycle(i + 1)
@@ -142,8 +73,7 @@ const rawFloor = async (db: string, host: string, n: number) => {
     await sqlCycle(1000 + i)
     sqls.push(performance.now() - t)
   }
-  await sqlConn.end()
-  await conn.close()
+  await close()
   const rpc50 = stats(rpcs).p50
   const sql50 = stats(sqls).p50
   // The client's statements are multi-statement round trips like these; a quarter of the cycle's SQL
@@ -181,12 +111,7 @@ const queries = async (rt: Runtime, db: string, n: number) => {
 
 // ---------------------------------------------------------------------------------------------------
 
-const cpuNow = (responderPid: number) => ({
-  client: cpuOf(process.pid),
-  mariadb: pidsOf("mariadbd").reduce((a, p) => a + cpuOf(p), 0),
-  rabbitmq: pidsOf("beam.smp").reduce((a, p) => a + cpuOf(p), 0),
-  responder: cpuOf(responderPid)
-})
+const cpuNow = (responderPid: number) => ({ client: cpuOf(process.pid), ...servicesCpu(responderPid) })
 
 const main = async () => {
   const n = quick ? 300 : 2000
@@ -257,6 +182,10 @@ const main = async () => {
     })
     await scenario("two", async () => {
       results.twoProcesses = await twoProcesses(db, host, fanSeconds)
+    })
+    await scenario("procs", async () => {
+      const counts = (process.env.DMS_BENCH_PROCS ?? "1,2,4,8").split(",").map(Number)
+      results.procs = await procs({ db, host, url: RABBIT_URL, responderPid: responder.pid, seconds: quick ? 5 : 15, warmup: 50, counts })
     })
     await scenario("queries", async () => {
       results.queries = await queries(mysqlRt, db, quick ? 50 : 200)
@@ -355,6 +284,7 @@ const markdown = (r: Record<string, any>): string => {
     `| cycle, SQLite ledger (AMQP broker) | ${ms(r.cycleSqlite)} | | |`,
     `| cycle, memory ledger + memory broker | ${ms(r.cycleMemory)} | | the client's own cost |`,
     ...clusterMarkdown(r.cluster),
+    ...procsMarkdown(r.procs),
     "",
     `CPU ms per cycle in the 64 × 8 fan-out: ${JSON.stringify(fan.cpuMsPerCycle ?? {})}`,
     `RSS: ${r.memory?.rssMiBAfter1k} MiB after 1k cycles, ${r.memory?.rssMiBAfter20k} MiB after 20k (growth ${round((r.memory?.growth ?? 0) * 100, 1)} %)`,
