@@ -36,6 +36,8 @@ export interface WorkerResult {
   readonly seconds: number
   readonly cpuSeconds: number
   readonly latencies: Array<number>
+  /** CPU seconds from the process's start (module loading, connecting) through its warm-up cycles. */
+  readonly warmupCpuSeconds: number
 }
 
 const open = async (args: WorkerArgs): Promise<{ cycle: (job: number) => Promise<void>; close: () => Promise<void> }> => {
@@ -56,9 +58,11 @@ const open = async (args: WorkerArgs): Promise<{ cycle: (job: number) => Promise
 const main = async () => {
   const args = JSON.parse(process.argv[2] ?? "{}") as WorkerArgs
   const lines = readline.createInterface({ input: process.stdin })[Symbol.asyncIterator]()
+  const started = cpuOf("self")
   const { close, cycle } = await open(args)
   let job = args.jobBase
   for (let i = 0; i < args.warmup; i++) await cycle(job++)
+  const warmupCpuSeconds = cpuOf("self") - started
   process.stdout.write("ready\n")
   for (let line = await lines.next(); line.value !== "go"; line = await lines.next()) {
     if (line.done === true) throw new Error("stdin closed before go")
@@ -76,7 +80,8 @@ const main = async () => {
     cycles: latencies.length,
     seconds: (performance.now() - start) / 1000,
     cpuSeconds: cpuOf("self") - cpu,
-    latencies
+    latencies,
+    warmupCpuSeconds
   }
   process.stdout.write(JSON.stringify(result) + "\n")
   await close()

@@ -31,6 +31,8 @@ export interface Phase {
   readonly latency: Stats
   /** The processes' own CPU (user + system, from /proc) per cycle. */
   readonly cpuMsPerCycle: number
+  /** The processes' CPU from their start through the warm-up, per warm-up cycle. */
+  readonly coldCpuMsPerCycle: number
   readonly mariadbCpuMsPerCycle: number
   readonly rabbitmqCpuMsPerCycle: number
   readonly responderCpuMsPerCycle: number
@@ -97,6 +99,9 @@ const phase = async (
       cyclesPerSecond: round(results.reduce((a, r) => a + r.cycles / r.seconds, 0), 1),
       latency: stats(results.flatMap((r) => r.latencies)),
       cpuMsPerCycle: perCycle(results.reduce((a, r) => a + r.cpuSeconds, 0)),
+      // A new process's start and first cycles, per warm-up cycle: what a program that mounts a few
+      // times in its life pays (module loading, connecting, code not yet optimised by the JIT).
+      coldCpuMsPerCycle: round((results.reduce((a, r) => a + r.warmupCpuSeconds, 0) * 1000) / (processes * options.warmup)),
       mariadbCpuMsPerCycle: perCycle(after.mariadb - before.mariadb),
       rabbitmqCpuMsPerCycle: perCycle(after.rabbitmq - before.rabbitmq),
       responderCpuMsPerCycle: perCycle(after.responder - before.responder)
@@ -170,15 +175,15 @@ export const procsMarkdown = (r: Awaited<ReturnType<typeof procs>> | undefined):
   const g = r.goals
   return [
     "",
-    `Processes × 1 target each, one shared host, ${r.seconds} s windows; CPU per cycle from /proc (the processes' own, and MariaDB's during the window)` +
+    `Processes × 1 target each, one shared host, ${r.seconds} s windows after ${r.warmup} warm-up cycles each; CPU per cycle from /proc (the processes' own, and MariaDB's during the window)` +
     (r.cpuProfiledInto === null ? ":" : `; the client processes ran under --cpu-prof (into ${r.cpuProfiledInto}), which adds to their CPU:`),
     "",
-    "| processes | client cycles/s | client p50 / p99 ms | client CPU ms/cycle | × 1 process | floor cycles/s | floor p50 / p99 ms | floor CPU ms/cycle | × 1 process | client / floor CPU | MariaDB CPU ms/cycle, client / floor |",
-    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    "| processes | client cycles/s | client p50 / p99 ms | client CPU ms/cycle | × 1 process | floor cycles/s | floor p50 / p99 ms | floor CPU ms/cycle | × 1 process | client / floor CPU | MariaDB CPU ms/cycle, client / floor | first cycles of a new process, CPU ms/cycle: client / floor |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ...r.runs.map((x) =>
       `| ${x.processes} | ${round(x.client.cyclesPerSecond, 0)} | ${ms(x.client.latency)} | ${x.client.cpuMsPerCycle} | ${x.growth ?? "—"} | ` +
       `${round(x.floor.cyclesPerSecond, 0)} | ${ms(x.floor.latency)} | ${x.floor.cpuMsPerCycle} | ${x.floorGrowth ?? "—"} | **${x.ratioToFloor} ×** | ` +
-      `${x.client.mariadbCpuMsPerCycle} / ${x.floor.mariadbCpuMsPerCycle} |`
+      `${x.client.mariadbCpuMsPerCycle} / ${x.floor.mariadbCpuMsPerCycle} | ${x.client.coldCpuMsPerCycle} / ${x.floor.coldCpuMsPerCycle} |`
     ),
     "",
     `procs goals: client CPU per cycle in one process ${verdict(g.cpuMsOneProcess, goals.cpuMsOneProcess)} ms; ` +

@@ -185,7 +185,7 @@ const main = async () => {
     })
     await scenario("procs", async () => {
       const counts = (process.env.DMS_BENCH_PROCS ?? "1,2,4,8").split(",").map(Number)
-      results.procs = await procs({ db, host, url: RABBIT_URL, responderPid: responder.pid, seconds: quick ? 5 : 15, warmup: 50, counts })
+      results.procs = await procs({ db, host, url: RABBIT_URL, responderPid: responder.pid, seconds: quick ? 5 : 15, warmup: quick ? 50 : 300, counts })
     })
     await scenario("queries", async () => {
       results.queries = await queries(mysqlRt, db, quick ? 50 : 200)
