@@ -8,6 +8,7 @@ import type * as ManagedRuntime from "effect/ManagedRuntime"
 import type * as Dms from "../src/Dms.js"
 import amqp from "amqplib"
 import { spawn } from "node:child_process"
+import * as fs from "node:fs"
 import * as path from "node:path"
 import * as readline from "node:readline"
 import { fileURLToPath } from "node:url"
@@ -42,6 +43,26 @@ export const createDatabase = async (admin: mysql.Connection, db: string): Promi
 }
 
 export const round = (n: number, d = 3) => Number(n.toFixed(d))
+
+const clockTicks = 100
+/** The CPU seconds a process has used so far (user + system, from /proc); 0 once it is gone. */
+export const cpuOf = (pid: number): number => {
+  try {
+    const fields = fs.readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ")
+    return (Number(fields[11]) + Number(fields[12])) / clockTicks // utime + stime, seconds
+  } catch {
+    return 0
+  }
+}
+/** The processes whose command name is `name`. */
+export const pidsOf = (name: string): Array<number> =>
+  fs.readdirSync("/proc").filter((d) => /^\d+$/.test(d)).map(Number).filter((pid) => {
+    try {
+      return fs.readFileSync(`/proc/${pid}/comm`, "utf8").trim() === name
+    } catch {
+      return false
+    }
+  })
 
 export const request = (jobid: number, target: string, host: string) => ({
   job: { jobid },

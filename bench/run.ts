@@ -4,10 +4,11 @@
  * Needs MariaDB (127.0.0.1:3306, root) and RabbitMQ (127.0.0.1:5672, guest); a responder process
  * answers every request at once (no real mount). Writes bench/results.json and bench/results.md.
  *
- *   npm run bench [-- --quick] [-- --only=floor,cycle,shared,fanout,paced,two,queries,memory,embedded,cluster]
+ *   npm run bench [-- --quick] [-- --only=floor,cycle,shared,fanout,paced,two,queries,memory,embedded,cluster,storm]
  *
  * `cluster` (bench/cluster.ts) also needs the 3-node Galera and RabbitMQ clusters of scripts/cluster,
- * which it starts if they are down (and then stops at the end).
+ * which it starts if they are down (and then stops at the end). `storm` (bench/storm.ts) fires 10,000
+ * mounts on 1,000 hosts at once from 4 client processes (200 hosts with --quick).
  *
  * It runs compiled (tsconfig.bench.json into .bench-build/), as a user's program would: under tsx the
  * client costs more CPU than it does in production.
@@ -24,12 +25,15 @@ import * as os from "node:os"
 import * as path from "node:path"
 import * as Broker from "../src/Broker.js"
 import { cluster, clusterMarkdown } from "./cluster.js"
+import { storm, stormMarkdown } from "./storm.js"
 import {
+  cpuOf,
   createDatabase,
   cycle,
   deleteQueues,
   fanOut,
   paced,
+  pidsOf,
   request,
   root,
   round,
@@ -50,27 +54,6 @@ const onlyAt = process.argv.indexOf("--only")
 const only = (onlyAt >= 0 ? process.argv[onlyAt + 1] : process.argv.find((a) => a.startsWith("--only="))?.slice("--only=".length))?.split(",")
 const runs = (scenario: string) => only === undefined || only.includes(scenario)
 const HOST_PREFIX = `bench-${process.pid}`
-
-// ---------------------------------------------------------------------------------------------------
-// Statistics and CPU accounting
-
-const clockTicks = 100
-const cpuOf = (pid: number): number => {
-  try {
-    const fields = fs.readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ")
-    return (Number(fields[11]) + Number(fields[12])) / clockTicks // utime + stime, seconds
-  } catch {
-    return 0
-  }
-}
-const pidsOf = (name: string): Array<number> =>
-  fs.readdirSync("/proc").filter((d) => /^\d+$/.test(d)).map(Number).filter((pid) => {
-    try {
-      return fs.readFileSync(`/proc/${pid}/comm`, "utf8").trim() === name
-    } catch {
-      return false
-    }
-  })
 
 // ---------------------------------------------------------------------------------------------------
 // Scenarios
@@ -289,6 +272,9 @@ const main = async () => {
       results.cluster = await cluster({ n: quick ? 200 : 500, seconds: quick ? 5 : 10, hostPrefix: HOST_PREFIX, single: { rt: mysqlRt, host } })
         .catch((e: unknown) => ({ failed: String((e as Error)?.message ?? e).slice(0, 500) }))
     })
+    await scenario("storm", async () => {
+      results.storm = await storm({ hosts: quick ? 200 : 1000, processes: 4, hostPrefix: HOST_PREFIX })
+    })
   } finally {
     await mysqlRt.dispose()
     responder.stop()
@@ -355,6 +341,7 @@ const markdown = (r: Record<string, any>): string => {
     `| cycle, SQLite ledger (AMQP broker) | ${ms(r.cycleSqlite)} | | |`,
     `| cycle, memory ledger + memory broker | ${ms(r.cycleMemory)} | | the client's own cost |`,
     ...clusterMarkdown(r.cluster),
+    ...stormMarkdown(r.storm),
     "",
     `CPU ms per cycle in the 64 × 8 fan-out: ${JSON.stringify(fan.cpuMsPerCycle ?? {})}`,
     `RSS: ${r.memory?.rssMiBAfter1k} MiB after 1k cycles, ${r.memory?.rssMiBAfter20k} MiB after 20k (growth ${round((r.memory?.growth ?? 0) * 100, 1)} %)`,
