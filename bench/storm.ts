@@ -6,8 +6,8 @@
  * host (2,000 targets × 5 jobs), the baseline of the storm's latency: what the storm adds is the cost of
  * many hosts (a queue check per host, many queues).
  *
- * Each phase has a database of its own (so both start from empty tables) and clients built afresh (so
- * neither finds a host's queue check cached). Per wave: completion time, latency per call from the fire
+ * Each phase has a database of its own (so both start from empty tables) and client processes of its
+ * own (so neither finds a host's queue check cached, nor a JIT warmed by the other's waves). Per wave: completion time, latency per call from the fire
  * moment and from its own start, per host completion (fairness), the CPU of MariaDB, of the clients and
  * of the broker, the MySQL connections in use (sampled every 100 ms: the database's PROCESSLIST, and each
  * client's TCP connections to port 3306 from /proc), the channels the clients opened, the queue checks'
@@ -64,6 +64,8 @@ const mysqlConnections = (pids: ReadonlyArray<number>): Array<number> => {
 interface Worker {
   readonly child: ChildProcess
   readonly next: () => Promise<any>
+  /** Ends its stdin and waits for it to close its clients and exit. */
+  readonly stop: () => Promise<void>
 }
 
 const startWorker = (args: object): Worker => {
@@ -72,12 +74,18 @@ const startWorker = (args: object): Worker => {
     stdio: ["pipe", "pipe", "inherit"]
   })
   const lines = readline.createInterface({ input: child.stdout! })[Symbol.asyncIterator]()
-  const exited = new Promise<never>((_, reject) => child.on("exit", (code) => reject(new Error(`storm worker exited ${code}`))))
+  const exit = new Promise<number | null>((resolve) => child.on("exit", resolve))
+  const exited = exit.then((code) => Promise.reject(new Error(`storm worker exited ${code}`)))
+  exited.catch(() => undefined)
   return {
     child,
     next: async () => {
       const line = await Promise.race([lines.next(), exited])
       return JSON.parse(String(line.value))
+    },
+    stop: async () => {
+      child.stdin!.end()
+      await exit
     }
   }
 }
@@ -135,6 +143,7 @@ const fire = async (admin: mysql.Connection, db: string, workers: ReadonlyArray<
       Object.entries(after).map(([k, v]) => [k, round((v - before[k as keyof typeof before]) / calls, 3)])
     ) as Record<keyof typeof before, number>,
     connections,
+    queueChecks: waves.reduce((a, w) => a + w.queueChecks, 0),
     channels: {
       opened: channelsOpened,
       perSecond: round(channelsOpened / seconds, 1),
@@ -158,30 +167,27 @@ export const storm = async (options: StormOptions) => {
   const warm = Array.from({ length: processes }, (_, k) => `${hostPrefix}-warm${k}`)
   const queues = [...hosts, single, ...warm]
   let responder: Awaited<ReturnType<typeof startResponder>> | undefined
-  const workers: Array<Worker> = []
+  let workers: Array<Worker> = []
   try {
     for (const db of Object.values(dbs)) await createDatabase(admin, db)
     responder = await startResponder(queues)
     const share = <A>(all: ReadonlyArray<A>, k: number) => all.filter((_, i) => i % processes === k)
-    const singleTargets = Array.from({ length: options.hosts * TARGETS }, (_, i) => `single-t${i}`)
-    for (let k = 0; k < processes; k++) {
-      const phases: Array<Phase> = [
-        { name: "storm", db: dbs.storm, hosts: share(hosts, k), targets: ["storm-t0", "storm-t1"], jobs: JOBS, jobBase: (k + 1) * 1_000_000 },
-        { name: "single", db: dbs.single, hosts: [single], targets: share(singleTargets, k), jobs: JOBS, jobBase: (k + 1) * 1_000_000 }
-      ]
-      workers.push(startWorker({ url: RABBIT_URL, warmHost: warm[k], phases }))
-    }
-    const phase = async (db: string) => {
+    // Process k's part of the phase: its hosts and the targets it mounts on each.
+    const run = async (phase: (k: number) => Omit<Phase, "db" | "jobs" | "jobBase">, db: string) => {
+      workers = Array.from({ length: processes }, (_, k) =>
+        startWorker({ url: RABBIT_URL, warmHost: warm[k], phase: { ...phase(k), db, jobs: JOBS, jobBase: (k + 1) * 1_000_000 } }))
       await Promise.all(workers.map((w) => w.next())) // ready: connected and warm
       const mount = await fire(admin, db, workers, responder!.pid)
       const unmount = await fire(admin, db, workers, responder!.pid)
+      await Promise.all(workers.map((w) => w.stop()))
       const cpuMsPerCycle = Object.fromEntries(
         Object.entries(mount.cpuMsPerCall).map(([k, v]) => [k, round(v + unmount.cpuMsPerCall[k as keyof typeof mount.cpuMsPerCall], 3)])
       )
       return { mount, unmount, cpuMsPerCycle }
     }
-    const stormed = await phase(dbs.storm)
-    const oneHost = await phase(dbs.single)
+    const stormed = await run((k) => ({ name: "storm", hosts: share(hosts, k), targets: ["storm-t0", "storm-t1"] }), dbs.storm)
+    const singleTargets = Array.from({ length: options.hosts * TARGETS }, (_, i) => `single-t${i}`)
+    const oneHost = await run((k) => ({ name: "single", hosts: [single], targets: share(singleTargets, k) }), dbs.single)
     return {
       hosts: options.hosts,
       processes,
@@ -213,7 +219,7 @@ export const stormMarkdown = (s: Awaited<ReturnType<typeof storm>> | undefined):
       w.hosts.slowestMs
     } ms = ${w.hosts.slowestToMedian} × median ${w.hosts.medianMs} | ${w.connections.max} (${
       w.connections.perProcessMax.join(", ")
-    }) | ${w.channels.opened} (${w.channels.perSecond}/s), ≤ ${w.channels.maxOpenPerProcess} open | ${list(w.failures)} |`
+    }) | ${w.queueChecks}; ${w.channels.opened} (${w.channels.perSecond}/s), ≤ ${w.channels.maxOpenPerProcess} open | ${list(w.failures)} |`
   const cpu = (c: Record<string, number>) => Object.entries(c).map(([k, v]) => `${k} ${round(v, 2)}`).join(", ")
   const { storm: st, singleHost: one } = s
   return [
@@ -222,7 +228,7 @@ export const stormMarkdown = (s: Awaited<ReturnType<typeof storm>> | undefined):
       s.hosts * s.targetsPerHost
     } targets × ${s.jobsPerTarget} jobs):`,
     "",
-    `| wave | ms from the fire, p50 / p90 / p99 | ms from its own start | calls | per host (fire → its last call) | MySQL connections, max (per process) | channels opened, max open per process | failures |`,
+    `| wave | ms from the fire, p50 / p90 / p99 | ms from its own start | calls | per host (fire → its last call) | MySQL connections, max (per process) | queue checks; channels opened, max open per process | failures |`,
     `| --- | --- | --- | --- | --- | --- | --- | --- |`,
     row("storm: mounts", st.mount),
     row("storm: unmounts", st.unmount),
@@ -233,6 +239,8 @@ export const stormMarkdown = (s: Awaited<ReturnType<typeof storm>> | undefined):
     `CPU ms per cycle (mount + unmount): storm ${cpu(st.cpuMsPerCycle)}; one host ${cpu(one.cpuMsPerCycle)}.`,
     `Queue checks' cached answers per process after the storm's mounts ${st.mount.cachedQueues.join(", ")}, after its unmounts ${
       st.unmount.cachedQueues.join(", ")
-    }; client RSS after GC ${st.unmount.rssMiB.join(", ")} MiB, peak ${st.unmount.peakRssMiB.join(", ")} MiB.`
+    }. Client RSS per process after GC, storm ${st.unmount.rssMiB.join(", ")} MiB (peak ${st.unmount.peakRssMiB.join(", ")}); one host ${
+      one.unmount.rssMiB.join(", ")
+    } MiB (peak ${one.unmount.peakRssMiB.join(", ")}).`
   ]
 }

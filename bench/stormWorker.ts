@@ -1,13 +1,14 @@
 /**
  * One client process of the storm (bench/storm.ts): the Effect API as a user builds it (`Dms.layer` with
- * the defaults), owning some of the storm's mounts. For each phase it connects to the phase's database,
- * warms up with cycles on a host of its own, prints `{"event":"ready"}`, and on each `fire <epoch ms>`
- * line from its parent starts its whole wave at once (the mounts; on the next line, the unmounts), then
- * prints the wave's figures as one JSON line. It exits when its stdin ends (or is killed).
- *   node .bench-build/bench/stormWorker.js '{"url": …, "warmHost": …, "phases": [{ "db": …, "hosts": […], "targets": […], "jobs": 5, "jobBase": 1 }]}'
+ * the defaults), owning some of a phase's mounts. It connects to the phase's database, warms up with
+ * cycles on a host of its own, prints `{"event":"ready"}`, and on each `fire <epoch ms>` line from its
+ * parent starts its whole wave at once (the mounts; on the next line, the unmounts), then prints the
+ * wave's figures as one JSON line. It exits when its stdin ends (or is killed).
+ *   node .bench-build/bench/stormWorker.js '{"url": …, "warmHost": …, "phase": { "name": …, "db": …, "hosts": […], "targets": […], "jobs": 5, "jobBase": 1 }}'
  *
  * The channels it opens are counted by wrapping amqplib's `createChannel` and `createConfirmChannel`,
- * which every channel of the client goes through (the request channel and the queue checks' channels).
+ * which every channel of the client goes through (the request channel and the queue checks' channels),
+ * and the queue checks by wrapping the channels' `checkQueue`.
  */
 import amqp from "amqplib"
 import type { ChannelModel } from "amqplib"
@@ -48,6 +49,8 @@ export interface Wave {
   readonly failures: Readonly<Record<string, number>>
   readonly channelsOpened: number
   readonly maxOpenChannels: number
+  /** Passive declares sent (the queue checks). */
+  readonly queueChecks: number
   /** The queue checks' cached answers after the wave. */
   readonly cachedQueues: number
   /** After a forced GC, and the peak so far (VmHWM). */
@@ -55,10 +58,10 @@ export interface Wave {
   readonly peakRssMiB: number
 }
 
-const args = JSON.parse(process.argv[2] ?? "{}") as { url: string; warmHost: string; phases: ReadonlyArray<Phase> }
+const args = JSON.parse(process.argv[2] ?? "{}") as { url: string; warmHost: string; phase: Phase }
 const now = () => performance.timeOrigin + performance.now()
 
-const channels = { opened: 0, open: 0, maxOpen: 0 }
+const channels = { opened: 0, open: 0, maxOpen: 0, checks: 0 }
 const probe = await amqp.connect(args.url)
 const model = Object.getPrototypeOf(probe) as Record<"createChannel" | "createConfirmChannel", (...a: Array<unknown>) => Promise<any>>
 await probe.close()
@@ -69,6 +72,11 @@ for (const name of ["createChannel", "createConfirmChannel"] as const) {
     channels.opened++
     channels.maxOpen = Math.max(channels.maxOpen, ++channels.open)
     channel.on("close", () => void channels.open--)
+    const checkQueue = channel.checkQueue
+    channel.checkQueue = (queue: string) => {
+      channels.checks++
+      return checkQueue.call(channel, queue)
+    }
     return channel
   }
 }
@@ -85,6 +93,7 @@ const peakRssMiB = () => Number(/VmHWM:\s+(\d+)/.exec(fs.readFileSync("/proc/sel
 const wave = async (rt: Runtime, phase: Phase, op: "mount" | "unmount", fire: number): Promise<Wave> => {
   const firedLateMs = now() - fire
   const openedBefore = channels.opened
+  const checksBefore = channels.checks
   channels.maxOpen = channels.open
   const fromFire: Array<number> = []
   const fromStart: Array<number> = []
@@ -127,20 +136,20 @@ const wave = async (rt: Runtime, phase: Phase, op: "mount" | "unmount", fire: nu
     failures,
     channelsOpened: channels.opened - openedBefore,
     maxOpenChannels: channels.maxOpen,
+    queueChecks: channels.checks - checksBefore,
     cachedQueues: Effect.runSync(Metric.value(AmqpQueueCheck.cachedQueues)).value,
     rssMiB: process.memoryUsage().rss / 1024 / 1024,
     peakRssMiB: peakRssMiB()
   }
 }
 
-for (const phase of args.phases) {
-  const rt = ManagedRuntime.make(Dms.layer({ dbUrl: `mysql://root@127.0.0.1:3306/${phase.db}`, rabbitmqUrl: args.url }))
-  for (let i = 0; i < 50; i++) await cycle(rt, phase.jobBase + 900_000 + i, "storm-warm", args.warmHost)
-  print({ event: "ready" })
-  print(await wave(rt, phase, "mount", await nextFire()))
-  print(await wave(rt, phase, "unmount", await nextFire()))
-  await rt.dispose()
-}
+const { phase } = args
+const rt = ManagedRuntime.make(Dms.layer({ dbUrl: `mysql://root@127.0.0.1:3306/${phase.db}`, rabbitmqUrl: args.url }))
+for (let i = 0; i < 50; i++) await cycle(rt, phase.jobBase + 900_000 + i, "storm-warm", args.warmHost)
+print({ event: "ready" })
+print(await wave(rt, phase, "mount", await nextFire()))
+print(await wave(rt, phase, "unmount", await nextFire()))
 // Alive until the parent is done reading this process's CPU time.
 await lines.next()
+await rt.dispose()
 process.exit(0)
