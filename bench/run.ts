@@ -4,10 +4,11 @@
  * Needs MariaDB (127.0.0.1:3306, root) and RabbitMQ (127.0.0.1:5672, guest); a responder process
  * answers every request at once (no real mount). Writes bench/results.json and bench/results.md.
  *
- *   npm run bench [-- --quick] [-- --only=floor,cycle,shared,fanout,paced,two,procs,queries,memory,embedded,cluster]
+ *   npm run bench [-- --quick] [-- --only=floor,cycle,shared,fanout,paced,two,procs,queries,memory,embedded,cluster,storm]
  *
  * `cluster` (bench/cluster.ts) also needs the 3-node Galera and RabbitMQ clusters of scripts/cluster,
- * which it starts if they are down (and then stops at the end).
+ * which it starts if they are down (and then stops at the end). `storm` (bench/storm.ts) fires 10,000
+ * mounts on 1,000 hosts at once from 4 client processes (200 hosts with --quick).
  *
  * It runs compiled (tsconfig.bench.json into .bench-build/), as a user's program would: under tsx the
  * client costs more CPU than it does in production.
@@ -23,6 +24,7 @@ import * as path from "node:path"
 import { cluster, clusterMarkdown } from "./cluster.js"
 import { openFloor } from "./floorClient.js"
 import { procs, procsMarkdown } from "./procs.js"
+import { storm, stormMarkdown } from "./storm.js"
 import {
   cpuOf,
   createDatabase,
@@ -30,6 +32,7 @@ import {
   deleteQueues,
   fanOut,
   paced,
+  pidsOf,
   request,
   root,
   round,
@@ -218,6 +221,9 @@ const main = async () => {
       results.cluster = await cluster({ n: quick ? 200 : 500, seconds: quick ? 5 : 10, hostPrefix: HOST_PREFIX, single: { rt: mysqlRt, host } })
         .catch((e: unknown) => ({ failed: String((e as Error)?.message ?? e).slice(0, 500) }))
     })
+    await scenario("storm", async () => {
+      results.storm = await storm({ hosts: quick ? 200 : 1000, processes: 4, hostPrefix: HOST_PREFIX })
+    })
   } finally {
     await mysqlRt.dispose()
     responder.stop()
@@ -285,6 +291,7 @@ const markdown = (r: Record<string, any>): string => {
     `| cycle, memory ledger + memory broker | ${ms(r.cycleMemory)} | | the client's own cost |`,
     ...clusterMarkdown(r.cluster),
     ...procsMarkdown(r.procs),
+    ...stormMarkdown(r.storm),
     "",
     `CPU ms per cycle in the 64 × 8 fan-out: ${JSON.stringify(fan.cpuMsPerCycle ?? {})}`,
     `RSS: ${r.memory?.rssMiBAfter1k} MiB after 1k cycles, ${r.memory?.rssMiBAfter20k} MiB after 20k (growth ${round((r.memory?.growth ?? 0) * 100, 1)} %)`,
