@@ -163,6 +163,21 @@ describe("AmqpQueueCheck", () => {
       assert.strictEqual(yield* cached, before, "a closed client caches nothing")
     }), { timeout: 60_000 })
 
+  it.scopedLive("a reply from a host's server counts as a check: its queue is fresh without a check or a channel", () =>
+    Effect.gen(function*() {
+      const hosts = yield* servedHosts(3, "heard")
+      const { check, ensure, fresh, seen } = yield* checksOn({}, 1)
+      assert.deepStrictEqual(hosts.map(fresh), ["stale", "stale", "stale"])
+      for (const h of hosts) check.heard(Broker.queueName(h))
+      assert.deepStrictEqual(hosts.map(fresh), ["fresh", "fresh", "fresh"])
+      for (const h of hosts) yield* ensure(h)
+      assert.strictEqual(seen.opened, 0, "no check was needed")
+      // A server that may be gone is checked again, whatever was heard from it before.
+      check.forget(Broker.queueName(hosts[0]!))
+      yield* ensure(hosts[0]!)
+      assert.strictEqual(seen.opened, 1)
+    }), { timeout: 60_000 })
+
   it.scopedLive("a TTL of zero: no answer is kept, however many hosts are checked", () =>
     Effect.gen(function*() {
       const hosts = yield* servedHosts(5, "ttl")

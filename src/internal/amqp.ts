@@ -8,8 +8,8 @@
  *   with a `BrokerError`.
  * - {@link AmqpQueueCheck}: before the first request to a queue (and again when the cached answer is
  *   older than its TTL), a passive check makes sure the queue exists and has a consumer. The answer is
- *   cached, so the hot path is one publish and one reply; `mandatory` and publisher confirms catch what
- *   the check missed.
+ *   cached, and every reply from the queue's server renews it, so the hot path is one publish and one
+ *   reply; `mandatory` and publisher confirms catch what the check missed.
  */
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -70,7 +70,7 @@ export const make = (settings: Settings): Effect.Effect<Client, never, Scope.Sco
   Effect.gen(function*() {
     const tools = yield* makeTools(settings.urls)
     const queues = yield* AmqpQueueCheck.make(settings, tools)
-    const requests = AmqpRequests.make(tools, queues.forget)
+    const requests = AmqpRequests.make(tools, queues)
     const connection = yield* AmqpConnection.make({
       ...settings,
       tools,

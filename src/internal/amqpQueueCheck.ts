@@ -85,6 +85,11 @@ export interface QueueCheck {
   readonly ensure: (host: string, queue: string, model: ModelNow) => Effect.Effect<void, DmsError.BrokerError>
   /** Forgets the answer for `queue`: the server may be gone, check again before the next request. */
   readonly forget: (queue: string) => void
+  /**
+   * A server on `queue` answered a request: as good as a successful check now (it consumes), so a host
+   * answering more often than the TTL is never checked again.
+   */
+  readonly heard: (queue: string) => void
   /** Forgets every answer and drops the idle check channels (the connection was lost). */
   readonly forgetAll: () => void
 }
@@ -282,6 +287,7 @@ export const make = (settings: Settings, tools: Tools): Effect.Effect<QueueCheck
           }
         }),
       forget: drop,
+      heard: remember,
       forgetAll: () => {
         dropAll()
         idle = []

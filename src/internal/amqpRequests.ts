@@ -56,9 +56,14 @@ export interface Requests {
 
 /**
  * The requests of one client. `forget(queue)` is told when a queue's server may be gone (a return, a
- * nack, no answer in time), so that its next request checks the queue again.
+ * nack, no answer in time), so that its next request checks the queue again; `heard(queue)` when its
+ * server answered, which proves it consumes as a check would.
  */
-export const make = (tools: Tools, forget: (queue: string) => void): Requests => {
+export const make = (
+  tools: Tools,
+  queues: { readonly forget: (queue: string) => void; readonly heard: (queue: string) => void }
+): Requests => {
+  const { forget, heard } = queues
   const { displayUrl, guard, log, safe } = tools
 
   const onReply = (wire: Wire, msg: ConsumeMessage) => {
@@ -71,6 +76,7 @@ export const make = (tools: Tools, forget: (queue: string) => void): Requests =>
       return
     }
     wire.pending.delete(id as string)
+    heard(p.queue)
     p.resume(Effect.succeed(msg.content))
   }
 
