@@ -166,6 +166,18 @@ export interface Lease {
 }
 
 /**
+ * Releases a job's hold on the (target, host) of {@link Service.releaseShared} in one round trip without
+ * the lease, only if at once: the job's row holds the target, another job's row holds it too (so nothing
+ * is to be unmounted), nobody holds the lease and no operation's outcome is pending, and the target is
+ * recorded at `mountPath`. Succeeds with how many other jobs hold it, or `None` when any of that did not
+ * hold and nothing was written (the release then takes the lease, as any other).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type SharedRelease = (jobId: number, mountPath: string) => Effect.Effect<Option.Option<number>, DmsError.DatabaseError>
+
+/**
  * Filters of {@link Service.getActiveMounts}.
  *
  * @since 0.1.0
@@ -278,6 +290,18 @@ export interface Service {
       } | undefined
     }
   ) => Effect.Effect<A, E | DmsError.TimeoutError | DmsError.DatabaseError | DmsError.ValidationError, R>
+  /**
+   * Runs `body` in this process's queue for (target, host), as {@link Service.withTargetLock} does, but
+   * without taking the lease; `body` may release a job's hold that other jobs share (see
+   * {@link SharedRelease}). Fails with `TimeoutError { phase: "lock" }` if its turn does not come within
+   * `timeout`. Absent on a ledger that cannot release without the lease: then every release takes it.
+   */
+  readonly releaseShared?: <A, E, R>(
+    backupTargetId: string,
+    host: string,
+    body: (release: SharedRelease) => Effect.Effect<A, E, R>,
+    options?: { readonly timeout?: Duration.DurationInput | undefined }
+  ) => Effect.Effect<A, E | DmsError.TimeoutError | DmsError.ValidationError, R>
   /** The newest non-deleted row for (job, target[, host]). */
   readonly getMountStatus: (
     jobId: number,
@@ -395,22 +419,23 @@ export const make = (backend: Store, options: LeaseOptions & { readonly location
   const renewer = LeaseRenewer.make(store, leaseMs, renewEvery)
   const settings: LeaseHold.Settings = { store, leaseMs, client: randomUUID() }
 
-  const withTargetLock: Service["withTargetLock"] = (backupTargetId, host, body, callOptions) =>
+  /** The pair's lock key, once its target and host are valid. */
+  const pairKey = (backupTargetId: string, host: string) =>
     Effect.gen(function*() {
       yield* validate(Protocol.BackupTargetId, "lock", "backupTargetId", backupTargetId)
       yield* validate(Protocol.Host, "lock", "host", host)
+      return lockKey(backupTargetId, host)
+    })
+  const lockTimedOut = (backupTargetId: string, host: string, timeout: Duration.Duration) => () =>
+    new DmsError.TimeoutError({ phase: "lock", operation: "lock", backupTargetId, host, timeoutMs: Duration.toMillis(timeout) })
+
+  const withTargetLock: Service["withTargetLock"] = (backupTargetId, host, body, callOptions) =>
+    Effect.gen(function*() {
+      const key = yield* pairKey(backupTargetId, host)
       const timeout = Duration.decode(callOptions?.timeout ?? defaultLockTimeout)
-      const key = lockKey(backupTargetId, host)
       const start = yield* Clock.currentTimeMillis
       const remaining = Effect.map(Clock.currentTimeMillis, (now) => Duration.millis(Math.max(0, start + Duration.toMillis(timeout) - now)))
-      const onTimeout = () =>
-        new DmsError.TimeoutError({
-          phase: "lock",
-          operation: "lock",
-          backupTargetId,
-          host,
-          timeoutMs: Duration.toMillis(timeout)
-        })
+      const onTimeout = lockTimedOut(backupTargetId, host, timeout)
 
       // A finalizer rather than a Scope: closing a scope per operation cost more than its release.
       const run = Effect.suspend(() => {
@@ -433,6 +458,15 @@ export const make = (backend: Store, options: LeaseOptions & { readonly location
       return yield* mutex.withLock(key.key, wait, onTimeout, run)
     }).pipe(Effect.withSpan("Ledger.withTargetLock", { attributes: { backupTargetId, host }, captureStackTrace: false }))
 
+  const shared = store.releaseShared
+  const releaseShared: Service["releaseShared"] = shared === undefined ? undefined : (backupTargetId, host, body, callOptions) =>
+    Effect.gen(function*() {
+      const key = yield* pairKey(backupTargetId, host)
+      const timeout = Duration.decode(callOptions?.timeout ?? defaultLockTimeout)
+      const release: SharedRelease = (jobId, mountPath) => Effect.map(shared(key, jobId, mountPath), Option.fromNullable)
+      return yield* mutex.withLock(key.key, timeout, lockTimedOut(backupTargetId, host, timeout), body(release))
+    }).pipe(Effect.withSpan("Ledger.releaseShared", { attributes: { backupTargetId, host }, captureStackTrace: false }))
+
   const checkJob = (jobId: unknown) => validate(Protocol.JobId, "query", "jobId", jobId)
   const checkTarget = (id: unknown) => validate(Protocol.BackupTargetId, "query", "backupTargetId", id)
   const checkHost = (host: unknown) => (host === undefined ? Either.right(undefined) : validate(Protocol.Host, "query", "host", host))
@@ -441,6 +475,7 @@ export const make = (backend: Store, options: LeaseOptions & { readonly location
     location: options.location ?? `${store.dialect}:${randomUUID()}`,
     ping: store.ping,
     withTargetLock,
+    ...(releaseShared === undefined ? {} : { releaseShared }),
     getMountStatus: (jobId, backupTargetId, host) =>
       Effect.gen(function*() {
         yield* checkJob(jobId)

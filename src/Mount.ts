@@ -6,6 +6,7 @@
  *
  * @since 0.1.0
  */
+import * as Clock from "effect/Clock"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -140,6 +141,22 @@ const releaseLease = (lease: Ledger.Lease, release: boolean) =>
     Effect.catchAll((error) => Effect.logWarning("could not hand back the target lock; it will expire", error.message))
   )
 
+/**
+ * The operation's last write and the job's holds it implies, as one step: neither an interruption nor a
+ * release without the lease by another client of this process can come between them.
+ */
+const settle = (key: Holds.HoldKey, write: Effect.Effect<void, DmsError.DatabaseError>, holds: () => void) =>
+  Effect.uninterruptible(Holds.exclusive(key, Effect.tap(write, () => Effect.sync(holds))))
+
+/** The job's holds in this process once a release of `kind` gave its own back. */
+const afterRelease = (holds: Holds.Holds, kind: Kind | "force"): Holds.Holds => kind === "plain" ? { ...holds, plain: false } : holds
+
+const sharedReleased = (target: Operation.Target, others: number, path: string): UnmountResult => ({
+  unmounted: false,
+  activeMountsRemaining: others,
+  message: `Released job ${target.jobId}'s hold; ${others} other job(s) still use ${path}`
+})
+
 // ---------------------------------------------------------------------------------------------------
 // The operations
 
@@ -179,24 +196,21 @@ const mountUnderLease = (
     const entryId = Option.match(state.job, { onNone: () => null, onSome: (j) => j.id })
     const key = holdKey(e, target)
     const held = rowHolds(state)
-    // The write and the count are one step: an interruption cannot separate them.
-    yield* Effect.uninterruptible(
+    yield* settle(
+      key,
       commit(lease, target.jobId, true, {
         job: { jobId: target.jobId, mounted: true, entryId },
         mountPath: target.mountPath,
         targetType: target.type,
         pending: null,
         release: true
-      }).pipe(
-        Effect.tap(() =>
-          Effect.sync(() => {
-            // Read now, not before the round trips: a scope of the job may have ended meanwhile.
-            const before = Holds.current(key, held)
-            Holds.set(key, kind === "plain" ? { ...before, plain: true } : { ...before, scopes: before.scopes + 1 })
-            committed(kind === "scope" || !before.plain)
-          })
-        )
-      )
+      }),
+      () => {
+        // Read now, not before the round trips: a scope of the job may have ended meanwhile.
+        const before = Holds.current(key, held)
+        Holds.set(key, kind === "plain" ? { ...before, plain: true } : { ...before, scopes: before.scopes + 1 })
+        committed(kind === "scope" || !before.plain)
+      }
     )
     const result: MountResult = {
       mountPath: target.mountPath,
@@ -233,8 +247,7 @@ const unmountUnderLease = (
     if (options.kind !== "force" && recordedPath !== target.mountPath) return yield* Effect.fail(pathMismatch(target, recordedPath))
     // A scope gave its count back when its release began (Holds.endScope); a plain unmount gives back
     // the job's plain hold. Either way, what else the job holds in this process keeps the row.
-    const holds = Holds.current(key, true)
-    const remaining = options.kind === "plain" ? { ...holds, plain: false } : holds
+    const remaining = afterRelease(Holds.current(key, true), options.kind)
     if (options.kind !== "force" && Holds.keepsRow(remaining)) {
       Holds.set(key, remaining)
       yield* releaseLease(lease, options.release)
@@ -249,19 +262,18 @@ const unmountUnderLease = (
       return result
     }
     const others = state.holders.filter((h) => h.jobId !== target.jobId)
-    const released = { jobId: target.jobId, mounted: false, entryId: mine.value.id }
+    const releaseRow = settle(
+      key,
+      commit(lease, target.jobId, false, {
+        job: { jobId: target.jobId, mounted: false, entryId: mine.value.id },
+        pending: null,
+        release: options.release
+      }),
+      () => Holds.set(key, Holds.current(key, false))
+    )
     if (others.length > 0) {
-      yield* Effect.uninterruptible(
-        commit(lease, target.jobId, false, { job: released, pending: null, release: options.release }).pipe(
-          Effect.tap(() => Effect.sync(() => Holds.set(key, Holds.current(key, false))))
-        )
-      )
-      const result: UnmountResult = {
-        unmounted: false,
-        activeMountsRemaining: others.length,
-        message: `Released job ${target.jobId}'s hold; ${others.length} other job(s) still use ${recordedPath}`
-      }
-      return result
+      yield* releaseRow
+      return sharedReleased(target, others.length, recordedPath)
     }
     const type = Option.getOrUndefined(state.targetType) ?? target.type
     if (recordedPath === "" || type === undefined) return yield* Effect.fail(Operation.unknownMount(target))
@@ -270,11 +282,7 @@ const unmountUnderLease = (
       yield* releaseLease(lease, options.release)
       return yield* Effect.fail(Operation.serverError(target, reply))
     }
-    yield* Effect.uninterruptible(
-      commit(lease, target.jobId, false, { job: released, pending: null, release: options.release }).pipe(
-        Effect.tap(() => Effect.sync(() => Holds.set(key, Holds.current(key, false))))
-      )
-    )
+    yield* releaseRow
     const result: UnmountResult = {
       unmounted: true,
       activeMountsRemaining: 0,
@@ -319,17 +327,49 @@ const mountWith = (request: unknown, kind: Kind) =>
     )
   })
 
+/**
+ * A release that other jobs' holds keep mounted, in one round trip without the lease (see
+ * `Ledger.SharedRelease`). `None` when it does not apply — the job still holds the target in this
+ * process, it holds nothing, it is the last holder, the lease is taken or an outcome pending, the path
+ * differs, the ledger cannot — and nothing was written: the release then takes the lease.
+ */
+const releaseShared = (e: Operation.Env, target: Operation.Target, kind: Kind, timeout: Duration.Duration) => {
+  const shared = e.ledger.releaseShared
+  if (shared === undefined) return Effect.succeedNone
+  const key = holdKey(e, target)
+  return shared(target.id, target.host, (release) =>
+    Effect.uninterruptible(Holds.exclusive(
+      key,
+      Effect.suspend(() =>
+        Holds.keepsRow(afterRelease(Holds.current(key, true), kind))
+          ? Effect.succeedNone
+          : release(target.jobId, target.mountPath).pipe(
+            Effect.tap((others) =>
+              Effect.sync(() => {
+                if (Option.isSome(others)) Holds.set(key, Holds.current(key, false))
+              })
+            )
+          )
+      )
+    )), { timeout }).pipe(Effect.map(Option.map((others) => sharedReleased(target, others, target.mountPath))))
+}
+
 const unmountWith = (request: unknown, kind: Kind, lockTimeout?: Duration.Duration) =>
   Effect.gen(function*() {
     const valid = yield* Operation.validate("unmount", request)
     const e = yield* Operation.env
     const target = Operation.fromRequest(valid, e.config)
+    const timeout = lockTimeout === undefined ? e.config.lockTimeout : Duration.min(lockTimeout, e.config.lockTimeout)
+    const start = yield* Clock.currentTimeMillis
+    const shared = yield* releaseShared(e, target, kind, timeout)
+    if (Option.isSome(shared)) return shared.value
+    const waited = Duration.millis((yield* Clock.currentTimeMillis) - start)
     return yield* e.ledger.withTargetLock(
       target.id,
       target.host,
       unmountUnderLease(e, target, { kind, release: true }),
       {
-        timeout: lockTimeout === undefined ? e.config.lockTimeout : Duration.min(lockTimeout, e.config.lockTimeout),
+        timeout: Duration.subtract(timeout, Duration.min(waited, timeout)),
         readJobId: target.jobId,
         mark: { op: "unmount", timeout: e.config.requestTimeout, mountPath: target.mountPath, targetType: target.type }
       }

@@ -9,6 +9,7 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Option from "effect/Option"
+import * as Schedule from "effect/Schedule"
 import { randomBytes } from "node:crypto"
 import { DatabaseError, TimeoutError, ValidationError } from "../src/DmsError.js"
 import * as DmsConfig from "../src/DmsConfig.js"
@@ -52,6 +53,11 @@ const overlap = (ledgers: ReadonlyArray<Ledger.Service>, targetId: string, n: nu
     })
     return { maxInside, sections }
   })
+
+/** Writes `jobIds` as holders of the target at /m/shared. */
+const holdShared = (ledger: Ledger.Service, targetId: string, jobIds: ReadonlyArray<number>) =>
+  ledger.withTargetLock(targetId, HOST, (lease) =>
+    Effect.forEach(jobIds, (jobId) => lease.write({ job: { jobId, mounted: true }, mountPath: "/m/shared" }), { discard: true }))
 
 for (const [name, backendLayer] of backends) {
   describe(`Ledger (${name})`, () => {
@@ -273,6 +279,94 @@ for (const [name, backendLayer] of backends) {
           assert.deepStrictEqual(all.map((e) => e.jobId), [4, 3, 2, 1])
           assert.isTrue(all.find((e) => e.jobId === 2)!.deleted)
           assert.deepStrictEqual((yield* ledger.getLedgerHistory(t, 2)).map((e) => e.jobId), [4, 3])
+        }))
+
+      it.scoped("a shared release frees one job's row only while another job holds the target, the lease is free, nothing is pending, at the recorded path", () =>
+        Effect.gen(function*() {
+          const backend = yield* Backend
+          const ledger = yield* backend.build()
+          const other = yield* backend.build()
+          const t = target()
+          const release = (l: Ledger.Service, jobId: number, mountPath = "/m/shared") => l.releaseShared!(t, HOST, (r) => r(jobId, mountPath))
+          const holders = Effect.map(ledger.getActiveMounts({ backupTargetId: t }), (rows) => rows.map((e) => e.jobId))
+          yield* holdShared(ledger, t, [1, 2, 3, 4])
+          yield* ledger.withTargetLock(t, HOST, (lease) => lease.write({ job: { jobId: 4, mounted: false } }))
+
+          assertNone(yield* release(ledger, 1, "/m/elsewhere"))
+          assert.isTrue(Option.isNone(yield* release(ledger, 4)), "its row holds nothing")
+          assert.isTrue(Option.isNone(yield* release(ledger, 5)), "it has no row")
+          // Another client holds the lease.
+          const held = yield* Deferred.make<void>()
+          const letGo = yield* Deferred.make<void>()
+          const holder = yield* other.withTargetLock(t, HOST, () => Effect.zipRight(Deferred.succeed(held, undefined), Deferred.await(letGo))).pipe(
+            Effect.fork
+          )
+          yield* Deferred.await(held)
+          assertNone(yield* release(ledger, 1))
+          yield* Deferred.succeed(letGo, undefined)
+          yield* Fiber.join(holder)
+          // An operation's outcome is pending.
+          yield* ledger.withTargetLock(t, HOST, (lease) => lease.write({ pending: { op: "mount", timeoutMs: 60_000 } }))
+          assertNone(yield* release(ledger, 1))
+          yield* ledger.withTargetLock(t, HOST, (lease) => lease.write({ pending: null }))
+          assert.deepStrictEqual(yield* holders, [1, 2, 3], "nothing was written")
+
+          assertSome(yield* release(ledger, 1), 2)
+          assertSome(yield* release(other, 2), 1)
+          assert.isTrue(Option.isNone(yield* release(ledger, 3)), "the last holder")
+          assert.isTrue(Option.isNone(yield* release(ledger, 1)), "released already")
+          assert.deepStrictEqual(yield* holders, [3])
+          assert.isFalse(Option.getOrThrow(yield* ledger.getMountStatus(1, t, HOST)).mounted)
+          // The lease is free: taken at once.
+          yield* other.withTargetLock(t, HOST, () => Effect.void, { timeout: "2 seconds" })
+        }))
+
+      it.scoped("a shared release over a lease that expired fences its stalled holder out", () =>
+        Effect.gen(function*() {
+          const backend = yield* Backend
+          const stalled = yield* backend.build({ leaseDuration: "400 millis", renewInterval: Duration.hours(1) })
+          const ledger = yield* backend.build()
+          const t = target()
+          yield* holdShared(ledger, t, [1, 2])
+          const held = yield* Deferred.make<void>()
+          const released = yield* Deferred.make<void>()
+          const stalledFiber = yield* stalled.withTargetLock(t, HOST, (lease) =>
+            Effect.gen(function*() {
+              yield* Deferred.succeed(held, undefined)
+              yield* Deferred.await(released)
+              // It read job 2 as a holder beside job 1 before stalling; its write must not land.
+              return yield* Effect.flip(lease.write({ job: { jobId: 2, mounted: false } }))
+            })).pipe(Effect.fork)
+          yield* Deferred.await(held)
+          // Refused while the lease lasts; once it expired, the release goes through.
+          const others = yield* ledger.releaseShared!(t, HOST, (r) => r(1, "/m/shared")).pipe(
+            Effect.flatMap(Option.match({ onNone: () => Effect.fail("refused" as const), onSome: Effect.succeed })),
+            Effect.retry(Schedule.spaced("50 millis").pipe(Schedule.upTo("20 seconds")))
+          )
+          assert.strictEqual(others, 1)
+          yield* Deferred.succeed(released, undefined)
+          const error = yield* Fiber.join(stalledFiber)
+          assert.instanceOf(error, DatabaseError)
+          assert.match(error.message, /lease/)
+          assert.deepStrictEqual((yield* ledger.getActiveMounts({ backupTargetId: t })).map((e) => e.jobId), [2])
+        }))
+
+      it.scoped("two holders released at once through two clients: exactly one is released, the other is the last holder", () =>
+        Effect.gen(function*() {
+          const backend = yield* Backend
+          const a = yield* backend.build()
+          const b = yield* backend.build()
+          for (let round = 0; round < 10; round++) {
+            const t = target()
+            yield* holdShared(a, t, [1, 2])
+            const [one, two] = yield* Effect.all([
+              a.releaseShared!(t, HOST, (r) => r(1, "/m/shared")),
+              b.releaseShared!(t, HOST, (r) => r(2, "/m/shared"))
+            ], { concurrency: 2 })
+            assert.strictEqual([one, two].filter(Option.isSome).length, 1, `round ${round}`)
+            assert.strictEqual(Option.getOrThrow(Option.orElse(one, () => two)), 1, "the other job still holds it")
+            assert.lengthOf(yield* a.getActiveMounts({ backupTargetId: t }), 1)
+          }
         }))
 
       it.scoped("soft delete marks only a row that is not mounted", () =>

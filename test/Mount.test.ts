@@ -8,16 +8,19 @@ import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
+import * as FiberId from "effect/FiberId"
 import * as HashMap from "effect/HashMap"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
+import * as Schedule from "effect/Schedule"
 import * as Broker from "../src/Broker.js"
 import * as DmsConfig from "../src/DmsConfig.js"
 import { DatabaseError, MountError, TimeoutError, ValidationError } from "../src/DmsError.js"
 import * as Ledger from "../src/Ledger.js"
 import * as Mount from "../src/Mount.js"
+import * as Holds from "../src/internal/holds.js"
 import * as FakeServer from "./support/fakeServer.js"
 
 const HOST = "compute-01"
@@ -129,7 +132,8 @@ describe("Mount", () => {
     // The connection dies after the commit: the write is done, but the write reports a DatabaseError.
     const lostAck = { armed: false }
     const flaky = Layer.map(Ledger.layerMemory({ state }), (ctx) => {
-      const ledger = Context.get(ctx, Ledger.Ledger)
+      // Without its release outside the lease: job 1's release is the lease's write.
+      const { releaseShared: _, ...ledger } = Context.get(ctx, Ledger.Ledger)
       return Context.make(Ledger.Ledger, {
         ...ledger,
         withTargetLock: (id, host, body, options) =>
@@ -532,5 +536,122 @@ describe("Mount metrics", () => {
       const after = yield* Effect.all([count("mount", "success"), count("mount", "ValidationError"), count("unmount", "MountError"), durations])
       assert.deepStrictEqual(after.map((a, i) => a - before[i]!), [1, 1, 1, 2])
     }).pipe(Effect.provide(layer))
+  })
+})
+
+/** A memory ledger over `state` that counts the leases taken and the releases tried without one. */
+const counting = (state: Ledger.MemoryState, counts: { leases: number; shared: number }) =>
+  Layer.map(Ledger.layerMemory({ state }), (ctx) => {
+    const ledger = Context.get(ctx, Ledger.Ledger)
+    return Context.make(Ledger.Ledger, {
+      ...ledger,
+      withTargetLock: (id, host, body, options) =>
+        Effect.suspend(() => {
+          counts.leases++
+          return ledger.withTargetLock(id, host, body, options)
+        }),
+      releaseShared: (id, host, body, options) =>
+        ledger.releaseShared!(id, host, (release) =>
+          body((jobId, mountPath) =>
+            Effect.suspend(() => {
+              counts.shared++
+              return release(jobId, mountPath)
+            })), options)
+    })
+  })
+
+describe("Mount: a release that other jobs keep mounted", () => {
+  it.live("is one conditional statement: no lease, no message; scopes of the job still open keep the row; the last holder unmounts", () => {
+    const server = FakeServer.make()
+    const counts = { leases: 0, shared: 0 }
+    const layer = Layer.mergeAll(
+      DmsConfig.layer({ dbUrl: "memory:", rabbitmqUrl: "memory:", timeout: 5, lockTimeout: 30 }),
+      counting(Ledger.makeMemoryState(), counts),
+      Broker.layerMemory(server.handler)
+    )
+    return Effect.gen(function*() {
+      yield* Mount.mount(nfs(1))
+      yield* Mount.mount(nfs(2))
+      yield* Mount.acquire(nfs(5))
+      yield* Mount.acquire(nfs(5))
+      const before = { ...counts }
+      const released = yield* Mount.unmount(nfs(1))
+      assert.deepInclude(released, { unmounted: false, activeMountsRemaining: 2 })
+      assert.deepStrictEqual(counts, { leases: before.leases, shared: before.shared + 1 }, "no lease taken")
+      assert.deepStrictEqual(yield* holders(), [2, 5])
+      // A scope of job 5 ends while another is open: the row stays, and no release is tried without the lease.
+      yield* Mount.release(nfs(5))
+      assert.deepStrictEqual(counts, { leases: before.leases + 1, shared: before.shared + 1 })
+      assert.deepStrictEqual(yield* holders(), [2, 5])
+      yield* Mount.release(nfs(5))
+      assert.deepStrictEqual(counts, { leases: before.leases + 1, shared: before.shared + 2 })
+      assert.deepStrictEqual(yield* holders(), [2])
+      // The last holder: tried, refused, and unmounted under the lease.
+      const last = yield* Mount.unmount(nfs(2))
+      assert.deepInclude(last, { unmounted: true, activeMountsRemaining: 0 })
+      assert.deepStrictEqual(counts, { leases: before.leases + 2, shared: before.shared + 3 })
+      assert.deepStrictEqual(server.received.map((r) => r.action), ["mount", "mount", "mount", "mount", "unmount"])
+      const none = yield* Effect.flip(Mount.unmount(nfs(1)))
+      assert.strictEqual((none as MountError).reason, "no-active-mount")
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.live("at another path than the recorded one fails as it always did, and releases nothing", () => {
+    const { layer, server } = setup()
+    return Effect.gen(function*() {
+      yield* Mount.mount(nfs(1))
+      yield* Mount.mount(nfs(2))
+      const error = yield* Effect.flip(Mount.unmount(nfs(1, { path: "/var/lib/trilio/triliovault-mounts/other" })))
+      assert.instanceOf(error, ValidationError)
+      assert.include(error.message, PATH)
+      assert.deepStrictEqual(yield* holders(), [1, 2])
+      assert.isFalse(server.received.some((r) => r.action === "unmount"))
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.live("a scope of the job mounted through another client of this process meanwhile is never released with it", () => {
+    const server = FakeServer.make()
+    const state = Ledger.makeMemoryState()
+    const config = DmsConfig.layer({ dbUrl: "memory:", rabbitmqUrl: "memory:", timeout: 5, lockTimeout: 30 })
+    const decided = Deferred.unsafeMake<void>(FiberId.none)
+    const go = Deferred.unsafeMake<void>(FiberId.none)
+    // Client A stops after it read the job's holds (none but its plain mount), just before its statement.
+    const paused = Layer.map(Ledger.layerMemory({ state }), (ctx) => {
+      const ledger = Context.get(ctx, Ledger.Ledger)
+      return Context.make(Ledger.Ledger, {
+        ...ledger,
+        releaseShared: (id, host, body, options) =>
+          ledger.releaseShared!(id, host, (release) =>
+            body((jobId, mountPath) =>
+              Deferred.succeed(decided, undefined).pipe(Effect.zipRight(Deferred.await(go)), Effect.zipRight(release(jobId, mountPath))))
+            , options)
+      })
+    })
+    const a = Layer.mergeAll(config, paused, Broker.layerMemory(server.handler))
+    const b = Layer.mergeAll(config, Ledger.layerMemory({ state }), Broker.layerMemory(server.handler))
+    return Effect.gen(function*() {
+      yield* Mount.mount(nfs(2)).pipe(Effect.provide(b))
+      yield* Mount.mount(nfs(1)).pipe(Effect.provide(a))
+      const location = yield* Effect.map(Ledger.Ledger, (l) => l.location).pipe(Effect.provide(b))
+      const plainUnmount = yield* Mount.unmount(nfs(1)).pipe(Effect.provide(a), Effect.fork)
+      yield* Deferred.await(decided)
+      // Client B opens a scope of job 1: it holds the lease, and its final write waits for A's release.
+      const scope = yield* Mount.acquire(nfs(1)).pipe(Effect.provide(b), Effect.fork)
+      const key = { location, jobId: 1, targetId: "t1", host: HOST }
+      // (Or, were its write not made to wait, until it is done.)
+      yield* Effect.zipWith(Effect.sync(() => Holds.waiting(key)), Fiber.poll(scope), (n, done) => n > 0 || Option.isSome(done)).pipe(
+        Effect.repeat({ schedule: Schedule.spaced("1 millis"), until: (ready) => ready }),
+        Effect.timeout("10 seconds")
+      )
+      yield* Deferred.succeed(go, undefined)
+      yield* Fiber.join(scope)
+      const released = yield* Fiber.join(plainUnmount)
+      // A's statement found the lease taken; under the lease it found B's scope, which keeps the row.
+      assert.deepInclude(released, { unmounted: false })
+      assert.include(released.message, "1 open scope(s) of the job in this process keep it")
+      assert.deepStrictEqual(yield* holders().pipe(Effect.provide(b)), [1, 2])
+      yield* Mount.release(nfs(1)).pipe(Effect.provide(b))
+      assert.deepStrictEqual(yield* holders().pipe(Effect.provide(b)), [2])
+    })
   })
 })

@@ -144,6 +144,12 @@ const roundTrip = (pairs: ReadonlyArray<Pair>, firstJob: number) =>
       assert.deepStrictEqual(raw.locks, [...new Set(pairs.map(key))].sort(), "stored lock rows, byte for byte")
     }
     for (const [i, pair] of pairs.entries()) {
+      // Another job shares the pair for a moment: its release is the one conditional statement, whose
+      // comparisons must be as exact as the lease's.
+      const sharer = 500_000 + jobOf(i)
+      assert.isFalse((yield* Mount.mount(request(sharer, pair, jobOf(i)))).physicallyMounted)
+      assert.deepInclude(yield* Mount.unmount(request(sharer, pair, jobOf(i))), { unmounted: false, activeMountsRemaining: 1 })
+      assert.isTrue(yield* Mount.softDeleteEntry(sharer, pair.id, { host: pair.host }), JSON.stringify(pair))
       const result = yield* Mount.unmount(request(jobOf(i), pair, jobOf(i)))
       assert.isTrue(result.unmounted, `${JSON.stringify(pair)} was its target's last holder`)
       assert.strictEqual(result.activeMountsRemaining, 0)

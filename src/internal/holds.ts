@@ -5,9 +5,14 @@
  * location, so every client of the process that writes to the same ledger shares it: two `DMSClient`s,
  * or one closed and used again.
  *
- * It is changed only under the pair's lease (but for a scope's release, which gives its scope back at
- * once, see `Mount.release`), and aligned with the job's row first: the ledger is the truth.
+ * It is changed only together with the job's row, under the pair's lease or by a release without it
+ * that other jobs' holds keep mounted (see `Mount`), each inside {@link exclusive} (but for a scope's
+ * release, which gives its scope back at once, see `Mount.release`), and aligned with the job's row
+ * first: the ledger is the truth.
  */
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import * as FiberId from "effect/FiberId"
 
 /** One job's holds on one pair. */
 export interface Holds {
@@ -60,3 +65,39 @@ export const endScope = (key: HoldKey): void => {
 
 /** Whether the holds keep the job's row holding the target. */
 export const keepsRow = (holds: Holds): boolean => holds.plain || holds.scopes > 0
+
+// Who waits for the exclusive section of each key (the first entry's owner is inside).
+const turns = new Map<string, Array<Deferred.Deferred<void>>>()
+
+const enter = (k: string) =>
+  Effect.suspend(() => {
+    const waiting = turns.get(k)
+    if (waiting === undefined) {
+      turns.set(k, [])
+      return Effect.void
+    }
+    const mine = Deferred.unsafeMake<void>(FiberId.none)
+    waiting.push(mine)
+    return Deferred.await(mine)
+  })
+
+const leave = (k: string) =>
+  Effect.sync(() => {
+    const next = turns.get(k)?.shift()
+    if (next === undefined) turns.delete(k)
+    else Deferred.unsafeDone(next, Effect.void)
+  })
+
+/**
+ * Runs `effect` alone among this process's changes of the job's row and holds on the pair, in FIFO
+ * order. A release without the lease reads the holds, then writes the row: a write made under the lease
+ * by another client of this process (its own queue, its own lease) must not land between the two with
+ * holds of its own. Waiting is not interruptible: whoever is inside runs one ledger write.
+ */
+export const exclusive = <A, E, R>(key: HoldKey, effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> => {
+  const k = keyOf(key)
+  return Effect.acquireUseRelease(enter(k), () => effect, () => leave(k))
+}
+
+/** How many wait to enter the exclusive section of the key (tests force interleavings with it). */
+export const waiting = (key: HoldKey): number => turns.get(keyOf(key))?.length ?? 0

@@ -199,6 +199,21 @@ export const make = (state: MemoryState = makeState()): Store => {
         }
         return Effect.void
       }),
+    releaseShared: (key, jobId, mountPath) =>
+      withNow((now) => {
+        const lock = state.locks.get(key.key)
+        const free = lock !== undefined && (lock.owner === null || lock.expiresAt < now) && lock.pending === null
+        const mine = jobRows(key, jobId).filter((r) => r.mounted && !r.deleted)
+        const others = [...(state.holders.get(key.key) ?? [])].filter((r) => r.jobId !== jobId).length
+        if (!free || lock.mountPath !== mountPath || mine.length === 0 || others === 0) return null
+        lock.owner = null
+        for (const r of mine) {
+          setMounted(key, r, false)
+          r.updatedAt = seconds(now)
+          r.version = VERSION
+        }
+        return others
+      }),
     softDelete: (key, owner, leaseMs, entryId) =>
       Effect.flatMap(Clock.currentTimeMillis, (now) => {
         if (!owned(key.key, owner)) return lost("softDeleteEntry")

@@ -345,6 +345,39 @@ const make = (d: Dialect, sql: Statements, options: StoreOptions): Effect.Effect
       `((${row}.mounted = 0 OR ${row}.deleted = 1) AND ${row}.updated_at < ${d.nowMinus(olderThanMs)} AND NOT EXISTS (
         SELECT 1 FROM ${LOCK_TABLE} l WHERE l.backup_target_id = ${x}${row}.backup_target_id AND l.host = ${x}${row}.host
           AND (l.pending_op IS NOT NULL OR (l.owner IS NOT NULL AND l.expires_at >= ${d.now}))))`
+    // A shared release: the job's row of the pair (parameters: job id, target, host), the pair's holders
+    // other than that job (host, target, job id), and a lease nobody holds now.
+    const jobHolds = (e: string) => `${e}.jobid = ? AND ${e}.backup_target_id = ${x}? AND ${e}.host = ${x}? AND ${e}.deleted = 0 AND ${e}.mounted = 1`
+    const othersHold = (o: string) =>
+      `${o}.mounted = 1 AND ${o}.deleted + 0 = 0 AND ${o}.host = ${x}? AND ${o}.backup_target_id = ${x}? AND ${o}.jobid <> ?`
+    const leaseFree = (l: string) => `(${l}.owner IS NULL OR ${l}.expires_at < ${d.now}) AND ${l}.pending_op IS NULL`
+    // MySQL: one round trip of autocommit statements. The SELECT reads, in one snapshot and locking
+    // nothing, how many other jobs hold the pair and the lock row's last write token; the UPDATE writes only
+    // if that token is still there, the lease is free and nothing is pending. Every change of the pair's
+    // holders writes a token of its own (a fenced write, another shared release) or holds the lease until
+    // it has, so an unchanged token means the holders counted are still the holders. Reads anywhere but in
+    // a SELECT lock (a SET's subqueries, the other holders' rows joined into the UPDATE take shared locks
+    // on every holder row of the host in idx_mounted_host): two releases of different targets on one host
+    // would deadlock on each other's rows.
+    const sharedMysql = `SELECT COUNT(*), (SELECT last_write FROM ${LOCK_TABLE} WHERE lock_key = ?) INTO @dms_others, @dms_seen
+        FROM ${LEDGER_TABLE} o WHERE ${othersHold("o")};
+      UPDATE ${LEDGER_TABLE} e JOIN ${LOCK_TABLE} l ON l.lock_key = ? AND l.last_write <=> @dms_seen AND ${leaseFree("l")}
+          AND l.mount_path = ${x}?
+        SET e.mounted = 0, e.updated_at = ${d.nowSeconds}, e.version = ?,
+          l.last_write = ?, l.updated_at = ${d.now}, l.owner = NULL, l.expires_at = NULL
+        WHERE ${jobHolds("e")} AND @dms_others > 0;
+      SELECT @dms_others AS others`
+    // SQLite: a short transaction whose first statement writes (so it takes the write lock at once).
+    const sharedSqlite = `UPDATE ${LEDGER_TABLE} SET mounted = 0, updated_at = ${d.nowSeconds}, version = ?
+      WHERE ${jobHolds(LEDGER_TABLE)}
+        AND EXISTS (SELECT 1 FROM ${LOCK_TABLE} l WHERE l.lock_key = ? AND ${leaseFree("l")} AND l.mount_path = ?)
+        AND EXISTS (SELECT 1 FROM ${LEDGER_TABLE} o WHERE ${othersHold("o")})`
+    // Whether a shared release whose answer was lost landed: its token is on the lock row, or the job's row
+    // no longer holds the pair (a later write of the pair may have replaced the token by its own).
+    const sharedLanded = `SELECT last_write AS token,
+        (SELECT COUNT(*) FROM ${LEDGER_TABLE} e WHERE ${jobHolds("e")}) AS mine,
+        (SELECT COUNT(*) FROM ${LEDGER_TABLE} o WHERE ${othersHold("o")}) AS others
+      FROM ${LOCK_TABLE} WHERE lock_key = ?`
     // Newest first by creation time: on Galera ids interleave across nodes (offsets 1, 2, 3 of step 3),
     // so a larger id is not a newer row. The id orders rows created within one second.
     const newestFirst = "ORDER BY created_at DESC, id DESC"
@@ -449,6 +482,49 @@ const make = (d: Dialect, sql: Statements, options: StoreOptions): Effect.Effect
               Effect.zipRight(fence(key, owner, leaseMs, {}, randomUUID(), "softDeleteEntry"), run(mark, [VERSION, entryId]))
             ).pipe(Effect.map((raw) => d.affected(raw) === 1))
         return verified(key, owner, "softDeleteEntry", (token) => attempt(token).pipe(Effect.mapError(toDatabaseError("softDeleteEntry"))), true)
+      },
+      // One token per call, kept across the store's retries. Once an attempt's outcome is unknown (its
+      // connection was lost before the answer), the ledger says whether one landed: a retry that finds
+      // nothing to release (the job's row no longer holds the pair) asks too, since reporting "nothing
+      // held" for a release that did land would be wrong.
+      releaseShared: (key, jobId, mountPath) => {
+        const token = randomUUID()
+        const mine = [jobId, key.backupTargetId, key.host]
+        const others = [key.host, key.backupTargetId, jobId]
+        const attempt = (d.name === "mysql"
+          ? Effect.map(
+            runMany(sharedMysql, [key.key, ...others, key.key, mountPath, VERSION, token, ...mine]),
+            (results) => {
+              const [, released, rows] = results as [unknown, unknown, ReadonlyArray<{ others: unknown }>]
+              return d.affected(released) > 0 ? Number(rows[0]?.others ?? 0) : null
+            }
+          )
+          : sql.transaction(Effect.gen(function*() {
+            const released = yield* run(sharedSqlite, [VERSION, ...mine, key.key, mountPath, ...others])
+            if (d.affected(released) === 0) return null
+            yield* run(`UPDATE ${LOCK_TABLE} SET last_write = ?, updated_at = ${d.now}, owner = NULL, expires_at = NULL WHERE lock_key = ?`, [
+              token,
+              key.key
+            ])
+            const rows = yield* query(`SELECT COUNT(*) AS n FROM ${LEDGER_TABLE} o WHERE ${othersHold("o")}`, others)
+            return Number(rows[0]?.n ?? 0)
+          }))).pipe(Effect.mapError(toDatabaseError("release a shared hold")))
+        const landed = recheckRetry(
+          query(sharedLanded, [...mine, ...others, key.key]).pipe(Effect.mapError(toDatabaseError("release a shared hold")))
+        ).pipe(Effect.map((rows) => {
+          const row = rows[0] as { token: string | null; mine: unknown; others: unknown } | undefined
+          return row !== undefined && (row.token === token || Number(row.mine) === 0) ? Number(row.others) : null
+        }))
+        let unsure = false
+        return Effect.suspend(() =>
+          attempt.pipe(
+            Effect.flatMap((released) => (released === null && unsure ? landed : Effect.succeed(released))),
+            Effect.catchIf(StoreRetry.outcomeUnknown, (error) => {
+              unsure = true
+              return Effect.flatMap(landed, (released) => (released === null ? Effect.fail(error) : Effect.succeed(released)))
+            })
+          )
+        )
       },
       getMountStatus: (jobId, backupTargetId, host) =>
         entries(

@@ -54,6 +54,15 @@ export interface Store {
   readonly read: (key: LockKey, jobId: number | undefined) => Effect.Effect<StoreState, DatabaseError>
   /** A fenced write: fails with a lease-lost `DatabaseError`, writing nothing, when the lease is not ours. */
   readonly write: (key: LockKey, owner: string, leaseMs: number, w: LeaseWrite) => Effect.Effect<void, DatabaseError>
+  /**
+   * Marks `jobId`'s row of the pair unmounted without the lease, in one round trip, only if at once: the
+   * job's row holds the pair, another job's row holds it too, the lease is free (no owner, or an expired
+   * one, which is then cleared: a stalled holder is fenced out as by a takeover), no pending mark is set,
+   * and the lock row records `mountPath`. Writes a fresh token to the lock row, so that every operation of
+   * the pair conflicts with it. Returns how many other jobs hold the pair, or null when a condition did
+   * not hold (nothing written). Optional: a backend without it always releases under the lease.
+   */
+  readonly releaseShared?: (key: LockKey, jobId: number, mountPath: string) => Effect.Effect<number | null, DatabaseError>
   /** Fenced soft delete of one entry, only if not mounted. */
   readonly softDelete: (
     key: LockKey,

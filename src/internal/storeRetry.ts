@@ -2,8 +2,9 @@
  * Retries of the errors a database cluster produces as a matter of course: Galera's certification
  * failures (1213, reported at commit), lock wait timeouts (1205), a node not ready for statements
  * (1047), a connection lost mid-statement, SQLite's busy file. Each statement of a store is safe to
- * retry: takes, renewals and releases are idempotent for their owner, and a fenced write whose commit
- * outcome is unknown re-checks its write token before it is applied again (see sqlStore).
+ * retry: takes, renewals and releases are idempotent for their owner, and a fenced write or a shared
+ * release whose commit outcome is unknown re-checks its write token before it is applied again (see
+ * sqlStore).
  */
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -91,6 +92,8 @@ export const store = (inner: Store, budget: Duration.Duration): Store => {
   const softDelete = retrying("softDeleteEntry", budget)
   const queryRetry = retrying("query", budget)
   const purge = retrying("purge", budget)
+  const shared = retrying("release a shared hold", budget)
+  const releaseShared = inner.releaseShared
   return {
     dialect: inner.dialect,
     tryAcquire: (...args) => take(inner.tryAcquire(...args)),
@@ -99,6 +102,7 @@ export const store = (inner: Store, budget: Duration.Duration): Store => {
     read: (...args) => read(inner.read(...args)),
     write: (...args) => write(inner.write(...args)),
     softDelete: (...args) => softDelete(inner.softDelete(...args)),
+    ...(releaseShared === undefined ? {} : { releaseShared: (...args) => shared(releaseShared(...args)) }),
     getMountStatus: (...args) => queryRetry(inner.getMountStatus(...args)),
     getActiveMounts: (...args) => queryRetry(inner.getActiveMounts(...args)),
     getLedgerHistory: (...args) => queryRetry(inner.getLedgerHistory(...args)),

@@ -7,7 +7,8 @@
  * - `hold(text)`: keep the statement (and what follows on that connection) back until released;
  * - `seen(text)`: learn that a statement passed (a latch on what the client is doing).
  *
- * Each rule fires once, on the first packet that contains its text. Binds 127.0.0.1 on a random port;
+ * Each rule fires once, on the first packet that contains its text. Every query it forwards is logged
+ * (`queries`: one entry a round trip, several statements in one). Binds 127.0.0.1 on a random port;
  * every connection is closed with the scope.
  */
 import * as Deferred from "effect/Deferred"
@@ -31,6 +32,8 @@ export interface MysqlProxy {
   readonly hold: (text: string) => Effect.Effect<Held>
   /** Completes when a statement containing `text` has been forwarded. */
   readonly seen: (text: string) => Effect.Effect<Deferred.Deferred<void>>
+  /** The text of every query forwarded so far (COM_QUERY packets), in order. */
+  readonly queries: ReadonlyArray<string>
 }
 
 interface Rule {
@@ -51,6 +54,7 @@ interface Link {
 }
 
 const SERVER_MORE_RESULTS_EXISTS = 0x0008
+const COM_QUERY = 0x03
 
 /** Splits complete packets (3-byte length, sequence id, payload) off the front of `bytes`. */
 const packets = (bytes: Buffer): { readonly complete: Array<Buffer>; readonly rest: Buffer } => {
@@ -71,22 +75,52 @@ const skipLenenc = (payload: Buffer, at: number): number => {
   return at + (first < 0xfb ? 1 : first === 0xfc ? 3 : first === 0xfd ? 4 : 9)
 }
 
+/** Reads a length-encoded integer at `at`. */
+const readLenenc = (payload: Buffer, at: number): number => {
+  const first = payload[at] ?? 0
+  return first < 0xfb ? first : first === 0xfc ? payload.readUInt16LE(at + 1) : first === 0xfd ? payload.readUIntLE(at + 1, 3) : Number(payload.readBigUInt64LE(at + 1))
+}
+
+/** The status flags of an OK packet, or of an EOF packet (short, 0xfe). */
+const statusOf = (payload: Buffer): number =>
+  payload[0] === 0xfe && payload.length < 9 ? payload.readUInt16LE(3) : payload.readUInt16LE(skipLenenc(payload, skipLenenc(payload, 1)))
+
 /**
- * Whether `answer` holds the server's last packet for a statement answered by OK / ERR packets only
- * (writes, several of them in one multi-statement round trip).
+ * Whether `answer` holds the server's last packet for a statement (or several in one round trip): OK and
+ * ERR packets, and result sets (column count, column definitions, an EOF unless the client deprecated
+ * it, rows, and an EOF or OK that ends them, whose status says whether more results follow).
  */
-const answered = (answer: Buffer): boolean =>
-  packets(answer).complete.some((packet) => {
-    const payload = packet.subarray(4)
-    if (payload[0] === 0xff) return true
-    if (payload[0] !== 0x00) return false
-    const status = payload.readUInt16LE(skipLenenc(payload, skipLenenc(payload, 1)))
-    return (status & SERVER_MORE_RESULTS_EXISTS) === 0
-  })
+const answered = (answer: Buffer): boolean => {
+  const payloads = packets(answer).complete.map((packet) => packet.subarray(4))
+  let at = 0
+  while (at < payloads.length) {
+    const first = payloads[at]!
+    if (first[0] === 0xff) return true
+    if (first[0] === 0x00) {
+      if ((statusOf(first) & SERVER_MORE_RESULTS_EXISTS) === 0) return true
+      at++
+      continue
+    }
+    // A result set: skip the column definitions, then an EOF (if any) and the rows up to the last packet.
+    at += 1 + readLenenc(first, 0)
+    if (payloads[at]?.[0] === 0xfe && payloads[at]!.length < 9) at++
+    while (at < payloads.length && payloads[at]![0] !== 0xfe) at++
+    const end = payloads[at]
+    if (end === undefined) return false
+    if ((statusOf(end) & SERVER_MORE_RESULTS_EXISTS) === 0) return true
+    at++
+  }
+  return false
+}
 
 /** A proxy to the test MariaDB; point a ledger URL at it with `urlOnPort(url, proxy.port)`. */
 export const mysqlProxy: Effect.Effect<MysqlProxy, Error, Scope.Scope> = Effect.gen(function*() {
   const rules: Array<Rule> = []
+  const queries: Array<string> = []
+  // A command starts a new exchange (sequence id 0); a query's text follows its command byte.
+  const logQuery = (packet: Buffer) => {
+    if (packet[3] === 0 && packet[4] === COM_QUERY) queries.push(packet.subarray(5).toString("utf8"))
+  }
   const arm = (text: string, action: Rule["action"]) =>
     Effect.map(Deferred.make<void>(), (done) => {
       rules.push({ text, action, done })
@@ -127,6 +161,7 @@ export const mysqlProxy: Effect.Effect<MysqlProxy, Error, Scope.Scope> = Effect.
           continue
         }
         upstream.write(packet)
+        logQuery(packet)
         if (rule?.action === "drop") {
           link.swallowing = Buffer.alloc(0)
           link.dropped = rule.done
@@ -136,6 +171,7 @@ export const mysqlProxy: Effect.Effect<MysqlProxy, Error, Scope.Scope> = Effect.
   })
   return {
     port,
+    queries,
     dropAfter: (text) => arm(text, "drop"),
     seen: (text) => arm(text, "see"),
     hold: (text) =>
@@ -144,7 +180,10 @@ export const mysqlProxy: Effect.Effect<MysqlProxy, Error, Scope.Scope> = Effect.
         release: Effect.sync(() => {
           const link = holds.get(arrived)
           if (link?.kept === undefined) return
-          for (const packet of link.kept.splice(0)) link.upstream.write(packet)
+          for (const packet of link.kept.splice(0)) {
+            link.upstream.write(packet)
+            logQuery(packet)
+          }
           link.kept = undefined
         })
       }))
