@@ -389,9 +389,9 @@ export class MountContext {
    * client or several clients of the process, keep the target until the last one exits.
    */
   static async enter(client: DMSClient, request: unknown, options: Mount.ScopedOptions = {}): Promise<MountContext> {
-    const valid = precheck(request)
-    const result = await client.run(Mount.acquire(valid))
-    return new MountContext(client, valid, options, result)
+    const result = await client.run(Mount.acquire(precheck(request)))
+    // The release sends the caller's request as it is then (validated again), as it always has.
+    return new MountContext(client, request, options, result)
   }
 
   /** Where the target is mounted. */
