@@ -746,8 +746,8 @@ export const layerConfig = (
   )
 
 /**
- * What {@link migrate} did to one table: `created` it, `upgraded` it (added `addedColumns`), or found it
- * `current`.
+ * What {@link migrate} did to one table: `created` it, `upgraded` it (added `addedColumns` or
+ * `addedIndexes`), or found it `current`.
  *
  * @since 0.1.0
  * @category models
@@ -756,6 +756,8 @@ export interface TableMigration {
   readonly table: string
   readonly action: "created" | "upgraded" | "current"
   readonly addedColumns: ReadonlyArray<string>
+  /** Indexes added to an older table (a large ledger's queries need them). */
+  readonly addedIndexes: ReadonlyArray<string>
 }
 
 /**
@@ -770,8 +772,8 @@ export interface MigrationReport {
 }
 
 /**
- * Creates the ledger's tables, or adds the columns an earlier version's tables lack (`trilio-dms
- * migrate`). The only thing that runs DDL: a client start only checks the tables. Idempotent, and safe
+ * Creates the ledger's tables, or adds the columns and indexes an earlier version's tables lack
+ * (`trilio-dms migrate`). The only thing that runs DDL: a client start only checks the tables. Idempotent, and safe
  * from two processes at once. Needs CREATE, ALTER and INDEX on the database; the database must exist.
  *
  * @since 0.1.0

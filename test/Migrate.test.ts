@@ -25,6 +25,8 @@ import { guideNfs } from "./support/requests.js"
 const LEDGER = "backup_target_mount_ledger"
 const LOCK = "backup_target_mount_lock"
 const ADDED = ["pending_owner", "pending_path", "pending_type", "last_write"]
+const ADDED_LEDGER_INDEXES = ["idx_active", "idx_target_mounted", "idx_target_created"]
+const ADDED_LOCK_INDEXES = ["idx_lock_host_target"]
 
 const build = <E>(layer: Layer.Layer<Ledger.Ledger, E>) => Layer.build(layer).pipe(Effect.map(Context.get(Ledger.Ledger)))
 const database = (layer: typeof TestDatabaseLive) => Effect.map(Layer.build(layer), Context.get(TestDatabase))
@@ -62,6 +64,7 @@ const oldLockTable = (db: Db) =>
   })
 
 const actions = (report: Ledger.MigrationReport) => report.tables.map((t) => [t.table, t.action, [...t.addedColumns]])
+const indexActions = (report: Ledger.MigrationReport) => report.tables.map((t) => [t.table, t.action, [...t.addedIndexes]])
 
 /** A migrate that finds nothing to do, then a client that starts and writes. */
 const currentAndUsable = (db: Db) =>
@@ -116,6 +119,25 @@ describe("Ledger.migrate and the client's schema check (MySQL)", () => {
       const [old] = yield* db.query<Array<{ mount_path: string }>>(`SELECT mount_path FROM ${LOCK} WHERE backup_target_id = 'old'`)
       assert.strictEqual(old?.mount_path, "/m/old")
       yield* currentAndUsable(db)
+    }))
+
+  it.scoped("tables without the indexes added since: a client starts on them, and migrate adds the indexes, keeping the rows", () =>
+    Effect.gen(function*() {
+      const db = yield* database(TestDatabaseLive)
+      const fresh = yield* database(TestDatabaseLive)
+      for (const index of ADDED_LEDGER_INDEXES) yield* db.query(`DROP INDEX ${index} ON ${LEDGER}`)
+      for (const index of ADDED_LOCK_INDEXES) yield* db.query(`DROP INDEX ${index} ON ${LOCK}`)
+      yield* db.query(`INSERT INTO ${LEDGER} (backup_target_id, jobid, host, mounted) VALUES ('old', 9, 'h', 0)`)
+      // Slower on a large ledger, not wrong: a client does not check indexes.
+      const ledger = yield* build(Ledger.layerMysql({ url: db.url }))
+      assert.lengthOf(yield* ledger.getLedgerHistory("old"), 1)
+
+      const report = yield* Ledger.migrate({ url: db.url })
+      assert.deepStrictEqual(indexActions(report), [[LEDGER, "upgraded", ADDED_LEDGER_INDEXES], [LOCK, "upgraded", ADDED_LOCK_INDEXES]])
+      assert.deepStrictEqual(actions(report), [[LEDGER, "upgraded", []], [LOCK, "upgraded", []]])
+      assert.deepStrictEqual(yield* shape(db), yield* shape(db, fresh.name))
+      assert.lengthOf(yield* ledger.getLedgerHistory("old"), 1)
+      assert.deepStrictEqual(indexActions(yield* Ledger.migrate({ url: db.url })), [[LEDGER, "current", []], [LOCK, "current", []]])
     }))
 
   it.scoped("two concurrent migrates of an empty database both succeed, each table created once", () =>
@@ -228,6 +250,18 @@ describe("Ledger.migrate and the client's schema check (MySQL)", () => {
     }).pipe(Effect.runPromise))
 })
 
+/** An SQLite ledger file whose tables, once made, were changed by `statements`: as an older version left them. */
+const olderSqlite = (name: string, statements: ReadonlyArray<string>) =>
+  Effect.gen(function*() {
+    const filename = path.join(yield* tempDir, name)
+    yield* build(Ledger.layerSqlite({ filename }))
+    const { default: Database } = yield* Effect.promise(() => import("better-sqlite3"))
+    const sqlite = new Database(filename)
+    for (const statement of statements) sqlite.exec(statement)
+    sqlite.close()
+    return filename
+  })
+
 describe("SQLite: the embedded ledger migrates on open unless told not to", () => {
   it.scoped("creates its tables by default; with migrate: false a client start only checks", () =>
     Effect.gen(function*() {
@@ -244,15 +278,17 @@ describe("SQLite: the embedded ledger migrates on open unless told not to", () =
       assert.deepStrictEqual(actions(yield* Ledger.migrate({ url: `sqlite:${opened}` })), [[LEDGER, "current", []], [LOCK, "current", []]])
     }))
 
+  it.scoped("adds the new indexes to older tables", () =>
+    Effect.gen(function*() {
+      const filename = yield* olderSqlite("old-indexes.db", [...ADDED_LEDGER_INDEXES, ...ADDED_LOCK_INDEXES].map((i) => `DROP INDEX ${i}`))
+      const report = yield* Ledger.migrate({ url: `sqlite:${filename}` })
+      assert.deepStrictEqual(indexActions(report), [[LEDGER, "upgraded", ADDED_LEDGER_INDEXES], [LOCK, "upgraded", ADDED_LOCK_INDEXES]])
+      assert.deepStrictEqual(indexActions(yield* Ledger.migrate({ url: `sqlite:${filename}` })), [[LEDGER, "current", []], [LOCK, "current", []]])
+    }))
+
   it.scoped("adds the new columns to an older lock table", () =>
     Effect.gen(function*() {
-      const dir = yield* tempDir
-      const filename = path.join(dir, "old.db")
-      yield* build(Ledger.layerSqlite({ filename }))
-      const { default: Database } = yield* Effect.promise(() => import("better-sqlite3"))
-      const sqlite = new Database(filename)
-      for (const column of ADDED) sqlite.exec(`ALTER TABLE ${LOCK} DROP COLUMN ${column}`)
-      sqlite.close()
+      const filename = yield* olderSqlite("old.db", ADDED.map((column) => `ALTER TABLE ${LOCK} DROP COLUMN ${column}`))
       const error = yield* Effect.flip(build(Ledger.layerSqlite({ filename, migrate: false })))
       assert.include(error.message, `lacks the column(s) ${ADDED.join(", ")}`)
       const report = yield* Ledger.migrate({ url: `sqlite:${filename}` })

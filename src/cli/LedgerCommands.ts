@@ -229,7 +229,12 @@ const tableLine = (t: Ledger.TableMigration) =>
   t.action === "created"
     ? `  ${t.table}: created`
     : t.action === "upgraded"
-    ? `  ${t.table}: added column(s) ${t.addedColumns.join(", ")}`
+    ? `  ${t.table}: ${
+      [
+        ...(t.addedColumns.length > 0 ? [`added column(s) ${t.addedColumns.join(", ")}`] : []),
+        ...(t.addedIndexes.length > 0 ? [`added index(es) ${t.addedIndexes.join(", ")}`] : [])
+      ].join("; ")
+    }`
     : `  ${t.table}: already current`
 
 /**
@@ -273,13 +278,18 @@ export const migrate = Command.make(
           status: "success",
           db_url: report.location,
           changed: !current,
-          tables: report.tables.map((t) => ({ table: t.table, action: t.action, added_columns: t.addedColumns }))
+          tables: report.tables.map((t) => ({
+            table: t.table,
+            action: t.action,
+            added_columns: t.addedColumns,
+            added_indexes: t.addedIndexes
+          }))
         })
       }
       if (report.tables.length === 0) return yield* Output.line(`${report.location}: an in-process ledger has no tables to migrate`)
       if (current) {
         return yield* Output.line(
-          `ledger on ${report.location} already current: ${report.tables.map((t) => t.table).join(", ")} have every column`
+          `ledger on ${report.location} already current: ${report.tables.map((t) => t.table).join(", ")} have every column and index`
         )
       }
       return yield* Output.lines([`migrated the ledger on ${report.location}:`, ...report.tables.map(tableLine)])

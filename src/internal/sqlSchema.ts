@@ -16,7 +16,8 @@ export const LOCK_TABLE = "backup_target_mount_lock"
 
 /**
  * The MySQL DDL: the statements of schema.sql (shipped with the package, two levels above this module
- * in src/ and in dist/): the guide's ledger table exactly as written there, and our lock table. Without
+ * in src/ and in dist/): the guide's ledger table exactly as written there, our indexes on it, and our
+ * lock table. Without
  * `IF NOT EXISTS`: a migration that loses a race to create a table must know it did not create it.
  */
 export const mysqlDdl: ReadonlyArray<string> = fs
@@ -28,6 +29,31 @@ export const mysqlDdl: ReadonlyArray<string> = fs
   .map((statement) => statement.trim())
   .filter((statement) => statement !== "")
   .map((statement) => statement.replace(/^CREATE TABLE IF NOT EXISTS /i, "CREATE TABLE "))
+
+/**
+ * An index that came after 0.1.0's first tables (schema.sql has them too): migrate adds it to an older
+ * table. Each serves a query that otherwise reads a row per history row on a ledger of years.
+ */
+interface Index {
+  readonly name: string
+  readonly columns: string
+}
+
+const addedIndexes: Readonly<Record<string, ReadonlyArray<Index>>> = {
+  [LEDGER_TABLE]: [
+    // getActiveMounts' pages in id order (the primary key completes every secondary index).
+    { name: "idx_active", columns: "mounted, deleted" },
+    // getActiveMounts({ backupTargetId }): the target's active rows, not its history.
+    { name: "idx_target_mounted", columns: "backup_target_id, mounted" },
+    // getLedgerHistory: a target's newest rows without sorting its history.
+    { name: "idx_target_created", columns: "backup_target_id, created_at" }
+  ],
+  // purge's check of a row's (target, host) lease: one lock row, not every lock row of the host.
+  [LOCK_TABLE]: [{ name: "idx_lock_host_target", columns: "host, backup_target_id" }]
+}
+
+const indexesOf = (table: string) =>
+  (addedIndexes[table] ?? []).map((i) => `CREATE INDEX IF NOT EXISTS ${i.name} ON ${table} (${i.columns})`)
 
 /** The SQLite DDL, equivalent to schema.sql. */
 export const sqliteDdl: ReadonlyArray<string> = [
@@ -49,6 +75,7 @@ export const sqliteDdl: ReadonlyArray<string> = [
   `CREATE INDEX IF NOT EXISTS idx_job_target ON backup_target_mount_ledger (jobid, backup_target_id)`,
   `CREATE INDEX IF NOT EXISTS idx_mounted_host ON backup_target_mount_ledger (mounted, host)`,
   `CREATE INDEX IF NOT EXISTS idx_deleted ON backup_target_mount_ledger (deleted)`,
+  ...indexesOf(LEDGER_TABLE),
   `CREATE TABLE backup_target_mount_lock (
     lock_key TEXT NOT NULL PRIMARY KEY,
     backup_target_id VARCHAR(255) NOT NULL,
@@ -67,7 +94,8 @@ export const sqliteDdl: ReadonlyArray<string> = [
     pending_type TEXT NULL,
     last_write TEXT NULL
   )`,
-  `CREATE INDEX IF NOT EXISTS idx_lock_host ON backup_target_mount_lock (host)`
+  `CREATE INDEX IF NOT EXISTS idx_lock_host ON backup_target_mount_lock (host)`,
+  ...indexesOf(LOCK_TABLE)
 ]
 
 
@@ -205,6 +233,44 @@ const isTableExists = (dialect: Dialect) => (e: unknown): boolean =>
     : /already exists/.test(messageOf(e))
 const isDuplicateColumn = (dialect: Dialect) => (e: unknown): boolean =>
   dialect.name === "mysql" ? errorCodeOf(e) === "ER_DUP_FIELDNAME" : /duplicate column name/.test(messageOf(e))
+const isDuplicateIndex = (e: unknown): boolean => errorCodeOf(e) === "ER_DUP_KEYNAME"
+
+/** The names of a table's indexes (lower case). */
+const indexNames = (sql: Statements, dialect: Dialect, table: string) =>
+  Effect.map(
+    sql.query(
+      dialect.name === "mysql"
+        ? `SELECT DISTINCT INDEX_NAME AS name FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?`
+        : `SELECT name FROM pragma_index_list(?)`,
+      [table]
+    ),
+    (rows) => new Set(rows.map((r) => String(r.name).toLowerCase()))
+  )
+
+/**
+ * Adds the indexes an older table lacks; the names of those it added. On MySQL an online ALTER: on a
+ * ledger of millions of rows it takes a while (about half a minute per index for 10 M rows), without
+ * blocking writes; on Galera it is a cluster-wide schema change for that time.
+ */
+const addIndexes = (sql: Statements, dialect: Dialect, table: string) =>
+  Effect.gen(function*() {
+    const present = yield* indexNames(sql, dialect, table)
+    const added: Array<string> = []
+    for (const index of addedIndexes[table] ?? []) {
+      if (present.has(index.name)) continue
+      const made = yield* sql.run(
+        dialect.name === "mysql"
+          ? `ALTER TABLE ${table} ADD INDEX ${index.name} (${index.columns})`
+          : `CREATE INDEX ${index.name} ON ${table} (${index.columns})`,
+        []
+      ).pipe(
+        Effect.as(true),
+        Effect.catchIf((e) => isDuplicateIndex(e) || /already exists/.test(messageOf(e)), () => Effect.succeed(false))
+      )
+      if (made) added.push(index.name)
+    }
+    return added
+  })
 const errorCodeOf = (e: unknown) => (isSqlError(e) ? errorCode(e) : undefined)
 const messageOf = (e: unknown) => String((isSqlError(e) ? (e.cause as { message?: unknown } | undefined)?.message : undefined) ?? "")
 const isSqlError = (e: unknown): e is SqlError => (e as { _tag?: unknown } | null)?._tag === "SqlError"
@@ -232,14 +298,14 @@ export const migrate = (
       let found = yield* inspect(sql, dialect, table.name)
       if (!found.exists) {
         // SQLite's DDL is transactional: the table and its indexes appear together. (MySQL commits
-        // each DDL statement; its CREATE TABLE carries the indexes.)
+        // each DDL statement: a table whose CREATE INDEX did not run gets the index from the next migrate.)
         const statements = Effect.forEach(ddlOf(dialect, table.name), (s) => sql.run(s, []), { discard: true })
         const created = yield* (dialect.name === "sqlite" ? sql.transaction(statements) : statements).pipe(
           Effect.as(true),
           Effect.catchIf(isTableExists(dialect), () => Effect.succeed(false))
         )
         if (created) {
-          reports.push({ table: table.name, action: "created", addedColumns: [] })
+          reports.push({ table: table.name, action: "created", addedColumns: [], addedIndexes: [] })
           continue
         }
         found = yield* inspect(sql, dialect, table.name)
@@ -253,7 +319,13 @@ export const migrate = (
         ).pipe(Effect.as(true), Effect.catchIf(isDuplicateColumn(dialect), () => Effect.succeed(false)))
         if (added) addedColumns.push(column.name)
       }
-      reports.push({ table: table.name, action: addedColumns.length > 0 ? "upgraded" : "current", addedColumns })
+      const addedIndexes = yield* addIndexes(sql, dialect, table.name)
+      reports.push({
+        table: table.name,
+        action: addedColumns.length > 0 || addedIndexes.length > 0 ? "upgraded" : "current",
+        addedColumns,
+        addedIndexes
+      })
     }
     yield* check(sql, dialect)
     return reports

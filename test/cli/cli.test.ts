@@ -223,7 +223,7 @@ describe.concurrent("trilio-dms (packed, installed)", () => {
         expectCode(migrated, 0)
         assert.strictEqual(
           migrated.stdout,
-          `ledger on ${db.url} already current: backup_target_mount_ledger, backup_target_mount_lock have every column\n`
+          `ledger on ${db.url} already current: backup_target_mount_ledger, backup_target_mount_lock have every column and index\n`
         )
         const tables = yield* db.query<Array<Record<string, string>>>("SHOW TABLES")
         assert.sameMembers(tables.map((t) => Object.values(t)[0]!), ["backup_target_mount_ledger", "backup_target_mount_lock"])
@@ -339,8 +339,8 @@ describe.concurrent("trilio-dms (packed, installed)", () => {
           db_url: db.url,
           changed: false,
           tables: [
-            { table: "backup_target_mount_ledger", action: "current", added_columns: [] },
-            { table: "backup_target_mount_lock", action: "current", added_columns: [] }
+            { table: "backup_target_mount_ledger", action: "current", added_columns: [], added_indexes: [] },
+            { table: "backup_target_mount_lock", action: "current", added_columns: [], added_indexes: [] }
           ]
         })
 
@@ -355,7 +355,8 @@ describe.concurrent("trilio-dms (packed, installed)", () => {
         assert.deepStrictEqual(parseJson(upgraded).tables[1], {
           table: "backup_target_mount_lock",
           action: "upgraded",
-          added_columns: ["pending_owner", "last_write"]
+          added_columns: ["pending_owner", "last_write"],
+          added_indexes: []
         })
         const text = yield* cli(["migrate", "--db-url", db.url], cleanEnv(home))
         assert.include(text.stdout, "already current")
