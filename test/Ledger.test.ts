@@ -664,6 +664,51 @@ for (const [name, backendLayer] of backends) {
           assert.include(bad.message, "limit")
         }))
 
+      it.scoped("getActiveMounts on a host with thousands of active rows: a page holds at most its limit, the cursor reaches each row once", () =>
+        Effect.gen(function*() {
+          const backend = yield* Backend
+          const ledger = yield* backend.build()
+          const host = `host-${randomBytes(4).toString("hex")}`
+          const rows = 3000
+          // Rows 1…3000 of the host over 50 targets, one in three released: 2,000 active; and one active row elsewhere.
+          if (backend.query === undefined) {
+            for (let seq = 1; seq <= rows; seq++) {
+              yield* ledger.withTargetLock(`page-t${seq % 50}`, host, (lease) => lease.write({ job: { jobId: seq, mounted: seq % 3 !== 0 } }))
+            }
+          } else {
+            const select = `SELECT 'x', ${backend.name === "mysql" ? "CONCAT('page-t', seq % 50)" : "'page-t' || (seq % 50)"}, seq, ?, seq % 3 <> 0`
+            const columns = `INSERT INTO backup_target_mount_ledger (version, backup_target_id, jobid, host, mounted)`
+            yield* backend.query(
+              backend.name === "mysql"
+                ? `${columns} ${select} FROM seq_1_to_${rows}`
+                : `WITH RECURSIVE s(seq) AS (SELECT 1 UNION ALL SELECT seq + 1 FROM s WHERE seq < ${rows}) ${columns} ${select} FROM s`,
+              [host]
+            )
+          }
+          yield* ledger.withTargetLock("page-elsewhere", `${host}-other`, (lease) => lease.write({ job: { jobId: 1, mounted: true } }))
+
+          const first = yield* ledger.getActiveMounts({ host, limit: 100 })
+          assert.lengthOf(first, 100)
+          assert.deepStrictEqual(first.map((e) => e.jobId), Array.from({ length: 150 }, (_, i) => i + 1).filter((j) => j % 3 !== 0).slice(0, 100))
+          const seen: Array<number> = []
+          let pages = 0
+          for (let afterId = 0;;) {
+            const page = yield* ledger.getActiveMounts({ host, limit: 500, afterId })
+            if (page.length === 0) break
+            assert.isAtMost(page.length, 500)
+            assert.isTrue(page.every((e) => e.host === host && e.mounted && e.id > afterId), "the host's active rows after the cursor")
+            seen.push(...page.map((e) => e.id))
+            afterId = page[page.length - 1]!.id
+            pages++
+          }
+          assert.strictEqual(pages, 4)
+          assert.strictEqual(new Set(seen).size, 2000, "each active row once")
+          assert.deepStrictEqual(seen, [...seen].sort((a, b) => a - b), "in id order")
+          assert.deepStrictEqual(seen, (yield* ledger.getActiveMounts({ host })).map((e) => e.id), "the rows an unpaged call returns")
+          assert.lengthOf(yield* ledger.getActiveMounts({ host, afterId: 0 }), 2000, "a cursor alone: pages of 10,000")
+          assert.lengthOf(yield* ledger.getActiveMounts({ limit: 100 }), 100, "every host's, a page too")
+        }))
+
       it.scoped("history is newest first by creation time, whatever the ids (Galera hands them out per node)", () =>
         Effect.gen(function*() {
           const backend = yield* Backend
