@@ -4,11 +4,12 @@
  * Needs MariaDB (127.0.0.1:3306, root) and RabbitMQ (127.0.0.1:5672, guest); a responder process
  * answers every request at once (no real mount). Writes bench/results.json and bench/results.md.
  *
- *   npm run bench [-- --quick] [-- --only=floor,cycle,shared,fanout,paced,two,procs,queries,memory,embedded,cluster,storm]
+ *   npm run bench [-- --quick] [-- --only=floor,cycle,shared,fanout,paced,two,procs,queries,memory,embedded,cluster,storm,years]
  *
  * `cluster` (bench/cluster.ts) also needs the 3-node Galera and RabbitMQ clusters of scripts/cluster,
  * which it starts if they are down (and then stops at the end). `storm` (bench/storm.ts) fires 10,000
- * mounts on 1,000 hosts at once from 4 client processes (200 hosts with --quick).
+ * mounts on 1,000 hosts at once from 4 client processes (200 hosts with --quick). `years` (bench/years.ts)
+ * loads a ledger of 10 M rows (1 M with --quick) into databases of its own; it is not part of the whole run.
  *
  * It runs compiled (tsconfig.bench.json into .bench-build/), as a user's program would: under tsx the
  * client costs more CPU than it does in production.
@@ -25,6 +26,7 @@ import { cluster, clusterMarkdown } from "./cluster.js"
 import { openFloor } from "./floorClient.js"
 import { procs, procsMarkdown } from "./procs.js"
 import { storm, stormMarkdown } from "./storm.js"
+import { years, yearsMarkdown } from "./years.js"
 import {
   cpuOf,
   createDatabase,
@@ -52,7 +54,8 @@ import { RABBIT_URL } from "../test/support/rabbit.js"
 const quick = process.argv.includes("--quick")
 const onlyAt = process.argv.indexOf("--only")
 const only = (onlyAt >= 0 ? process.argv[onlyAt + 1] : process.argv.find((a) => a.startsWith("--only="))?.slice("--only=".length))?.split(",")
-const runs = (scenario: string) => only === undefined || only.includes(scenario)
+// `years` takes a quarter of an hour and a few GB of disk: only when named.
+const runs = (scenario: string) => only === undefined ? scenario !== "years" : only.includes(scenario)
 const HOST_PREFIX = `bench-${process.pid}`
 
 // ---------------------------------------------------------------------------------------------------
@@ -226,6 +229,9 @@ const main = async () => {
     await scenario("storm", async () => {
       results.storm = await storm({ hosts: quick ? 200 : 1000, processes: 4, hostPrefix: HOST_PREFIX })
     })
+    await scenario("years", async () => {
+      results.years = await years({ quick, hostPrefix: HOST_PREFIX })
+    })
   } finally {
     await mysqlRt.dispose()
     responder.stop()
@@ -294,6 +300,7 @@ const markdown = (r: Record<string, any>): string => {
     ...clusterMarkdown(r.cluster),
     ...procsMarkdown(r.procs),
     ...stormMarkdown(r.storm),
+    ...yearsMarkdown(r.years),
     "",
     `CPU ms per cycle in the 64 × 8 fan-out: ${JSON.stringify(fan.cpuMsPerCycle ?? {})}`,
     `RSS: ${r.memory?.rssMiBAfter1k} MiB after 1k cycles, ${r.memory?.rssMiBAfter20k} MiB after 20k (growth ${round((r.memory?.growth ?? 0) * 100, 1)} %)`,
