@@ -16,6 +16,7 @@ import * as DmsConfig from "../src/DmsConfig.js"
 import type * as Ledger from "../src/Ledger.js"
 import * as LedgerModule from "../src/Ledger.js"
 import * as Layer from "effect/Layer"
+import mysql from "mysql2/promise"
 import { VERSION } from "../src/internal/version.js"
 import * as fs from "node:fs"
 import * as os from "node:os"
@@ -642,6 +643,31 @@ for (const [name, backendLayer] of backends) {
           assert.instanceOf(bad, ValidationError)
           assert.include(bad.message, "olderThan")
           assert.instanceOf(yield* Effect.flip(ledger.purge({ olderThan: "1 day", batchSize: 0 })), ValidationError)
+        }))
+
+      it.scoped("purge locks only the ledger rows it deletes: another transaction holding the pair's lock row does not stall it", () =>
+        Effect.gen(function*() {
+          const backend = yield* Backend
+          if (backend.name !== "mysql") return
+          const ledger = yield* backend.build()
+          const t = target()
+          const host = `host-${randomBytes(4).toString("hex")}`
+          yield* ledger.withTargetLock(t, host, (lease) => lease.write({ job: { jobId: 1, mounted: true } }))
+          yield* ledger.withTargetLock(t, host, (lease) => lease.write({ job: { jobId: 1, mounted: false } }))
+          yield* backend.query!("UPDATE backup_target_mount_ledger SET updated_at = updated_at - INTERVAL 100 DAY WHERE host = ?", [host])
+          // As a lease take's UPDATE holds it while it runs: a DELETE that read the lock table under a
+          // shared lock would wait for it (and every take of a batch's pairs waited for the DELETE).
+          const other = yield* Effect.acquireRelease(
+            Effect.promise(() => mysql.createConnection(backend.url!)),
+            (c) => Effect.promise(() => c.end().catch(() => undefined))
+          )
+          yield* Effect.promise(() =>
+            other.query("BEGIN").then(() => other.query("SELECT lock_key FROM backup_target_mount_lock WHERE host = ? FOR UPDATE", [host]))
+          )
+          const purged = yield* ledger.purge({ olderThan: "30 days" }).pipe(Effect.timeout("10 seconds"))
+          yield* Effect.promise(() => other.query("ROLLBACK"))
+          assert.isAtLeast(purged.deleted, 1)
+          assert.deepStrictEqual(yield* ledger.getLedgerHistory(t), [])
         }))
 
       it.scoped("getActiveMounts pages through a host's active rows by id", () =>

@@ -339,10 +339,13 @@ const make = (d: Dialect, sql: Statements, options: StoreOptions): Effect.Effect
         OR waiter_at < ${d.nowMinus(RESERVATION_MS)})`
     const hostLockColumns = `backup_target_id, mount_path, target_type, pending_op, pending_deadline,
       ${d.msUntil("pending_deadline")} AS pending_left, pending_path, pending_type`
-    // A row a purge may delete: it holds nothing, was last written before the cutoff, and its (target,
-    // host) is neither leased (an operation may be about to write it) nor marked pending.
+    // A row a purge may delete: it holds nothing and was last written before the cutoff (an operation
+    // that writes it makes it recent), and its (target, host) is neither leased (an operation may be about
+    // to write it) nor marked pending.
+    const idle = (row: string, olderThanMs: number) =>
+      `(${row}.mounted = 0 OR ${row}.deleted = 1) AND ${row}.updated_at < ${d.nowMinus(olderThanMs)}`
     const purgeable = (row: string, olderThanMs: number) =>
-      `((${row}.mounted = 0 OR ${row}.deleted = 1) AND ${row}.updated_at < ${d.nowMinus(olderThanMs)} AND NOT EXISTS (
+      `(${idle(row, olderThanMs)} AND NOT EXISTS (
         SELECT 1 FROM ${LOCK_TABLE} l WHERE l.backup_target_id = ${x}${row}.backup_target_id AND l.host = ${x}${row}.host
           AND (l.pending_op IS NOT NULL OR (l.owner IS NOT NULL AND l.expires_at >= ${d.now}))))`
     // A shared release: the job's row of the pair (parameters: job id, target, host), the pair's holders
@@ -550,8 +553,12 @@ const make = (d: Dialect, sql: Statements, options: StoreOptions): Effect.Effect
         ).pipe(Effect.mapError(toDatabaseError("getActiveMounts"))),
       purgeBatch: (olderThanMs, afterId, batchSize, dryRun) =>
         Effect.gen(function*() {
-          // Candidates by primary key, a plain (non-locking) read; then deleted by id with every condition
-          // checked again, so only those rows are locked, briefly, and a mount meanwhile keeps its row.
+          // Candidates by primary key, a plain (non-locking) read; then deleted by id with the row's own
+          // conditions checked again, so only those rows are locked, briefly, and a mount meanwhile keeps
+          // its row. Not the lease: inside a DELETE, MySQL reads the lock table with shared locks held to
+          // its end, and every lease take of the batch's pairs (up to one per row) waited for the batch.
+          // A lease taken in between may find its pair's old idle row gone, as a write under a lease
+          // already may (it then inserts a row for a mount, and an unmount has nothing to clear).
           const candidates = yield* query(
             `SELECT id, ${purgeable("e", olderThanMs)} AS ok FROM ${LEDGER_TABLE} e WHERE e.id > ? ORDER BY e.id LIMIT ${Math.trunc(batchSize)}`,
             [afterId]
@@ -560,7 +567,7 @@ const make = (d: Dialect, sql: Statements, options: StoreOptions): Effect.Effect
           const ids = candidates.filter((r) => truthy(r.ok)).map((r) => Number(r.id))
           if (ids.length === 0 || dryRun) return { deleted: ids.length, lastId }
           const raw = yield* run(
-            `DELETE FROM ${LEDGER_TABLE} WHERE id IN (${ids.map(() => "?").join(", ")}) AND ${purgeable(LEDGER_TABLE, olderThanMs)}`,
+            `DELETE FROM ${LEDGER_TABLE} WHERE id IN (${ids.map(() => "?").join(", ")}) AND ${idle(LEDGER_TABLE, olderThanMs)}`,
             ids
           )
           return { deleted: d.affected(raw), lastId }
