@@ -14,7 +14,8 @@
  *   cycle's latency is compared between them.
  *
  * `DMS_BENCH_YEARS_ROWS` and `DMS_BENCH_YEARS_PURGE_SECONDS` (the purge's running time at most) override
- * the defaults.
+ * the defaults; `DMS_BENCH_YEARS_PURGE_DUTY=0.25` paces the purge (it runs a quarter of every 200 ms), to
+ * see what a pause between batches would do.
  */
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
@@ -173,6 +174,7 @@ export const years = async (options: { readonly quick: boolean; readonly hostPre
   const calls = options.quick ? 50 : 200
   const purgeCapSeconds = Number(process.env.DMS_BENCH_YEARS_PURGE_SECONDS ?? (options.quick ? 90 : 300))
   const phaseMs = options.quick ? 3000 : 5000
+  const purgeDuty = Math.min(1, Math.max(0.05, Number(process.env.DMS_BENCH_YEARS_PURGE_DUTY ?? 1)))
   const host = hostName(options.hostPrefix, 7)
   const target = `yt${targetIndexOf(7)}`
   const empty = `dms_bench_years0_${process.pid}`
@@ -325,13 +327,31 @@ export const years = async (options: { readonly quick: boolean; readonly hostPre
       }
       return performance.now() - started
     }
+    // A paced purge, as a pause between batches would make it: in a running phase, the purge runs for
+    // this fraction of every 200 ms and is stopped for the rest.
+    const paced = async <A>(f: () => Promise<A>): Promise<A> => {
+      if (purgeDuty >= 1) return f()
+      let running = true
+      let timer: NodeJS.Timeout | undefined
+      const toggle = () => {
+        running = !running
+        child.kill(running ? "SIGCONT" : "SIGSTOP")
+        timer = setTimeout(toggle, (running ? purgeDuty : 1 - purgeDuty) * 200)
+      }
+      timer = setTimeout(toggle, purgeDuty * 200)
+      try {
+        return await f()
+      } finally {
+        clearTimeout(timer)
+      }
+    }
     // The CLI's start (module loading, the table check) is not a purge's steady state.
     let runningMs = await phase(2000, undefined)
     while (exitCode === undefined && runningMs < purgeCapSeconds * 1000) {
       child.kill("SIGSTOP")
       await phase(phaseMs, without)
       child.kill("SIGCONT")
-      runningMs += await phase(phaseMs, withPurge)
+      runningMs += purgeDuty * (await paced(() => phase(phaseMs, withPurge)))
     }
     const completed = exitCode !== undefined
     if (!completed) {
@@ -374,11 +394,15 @@ export const years = async (options: { readonly quick: boolean; readonly hostPre
         runningSeconds: round(runningMs / 1000, 1),
         rowsPerSecond: Math.round(purged / (runningMs / 1000)),
         phaseMs,
+        duty: purgeDuty,
         plan: purgePlan,
         without: purgeWithout,
         with: purgeWith,
         p99Ratio: round(purgeWith.p99 / purgeWithout.p99, 2),
-        p50Ratio: round(purgeWith.p50 / purgeWithout.p50, 2)
+        p50Ratio: round(purgeWith.p50 / purgeWithout.p50, 2),
+        // Against the loaded cycle of step 4, just before the purge: InnoDB's own purge of the deleted
+        // rows and its page flushing go on in the paused phases too.
+        p99RatioBefore: round(purgeWith.p99 / cycleN.p99, 2)
       }
     }
   } finally {
@@ -421,7 +445,9 @@ export const yearsMarkdown = (y: Awaited<ReturnType<typeof years>> | undefined):
     `| cycle, empty ledger (alternating with the next) | ${ms(y.cycle.empty)} | | | |`,
     `| cycle, ledger of ${rows} rows (alternating) | ${ms(y.cycle.loaded)} | | p50 ${y.cycle.p50Ratio} ×, mean ${y.cycle.meanRatio} × empty | p50 ≤ ${CYCLE_RATIO_GOAL} ×: ${met(y.cycle.p50Ratio <= CYCLE_RATIO_GOAL)} |`,
     `| cycle, purge paused (alternating ${p.phaseMs / 1000} s phases) | ${ms(p.without)} | ${p.without.n} cycles | | |`,
-    `| cycle during \`trilio-dms purge --older-than 90d --batch 1000\` | ${ms(p.with)} | ${p.with.n} cycles | p99 ${p.p99Ratio} ×, p50 ${p.p50Ratio} × paused | p99 ≤ ${PURGE_P99_RATIO_GOAL} ×: ${met(p.p99Ratio <= PURGE_P99_RATIO_GOAL)} |`,
+    `| cycle during \`trilio-dms purge --older-than 90d --batch 1000\`${p.duty < 1 ? `, paced to ${p.duty * 100} % of the time` : ""} | ${ms(p.with)} | ${p.with.n} cycles | p99 ${p.p99Ratio} ×, p50 ${p.p50Ratio} × paused; p99 ${p.p99RatioBefore} × the cycle before the purge | p99 ≤ ${PURGE_P99_RATIO_GOAL} × both: ${
+      met(Math.max(p.p99Ratio, p.p99RatioBefore) <= PURGE_P99_RATIO_GOAL)
+    } |`,
     `| purge: ${p.purged.toLocaleString("en")} of ${p.purgeable.toLocaleString("en")} old rows deleted in ${p.runningSeconds} s running, ${p.rowsPerSecond.toLocaleString("en")} rows/s | | | ${p.plan.steps}${p.plan.fullScan ? " **(full scan)**" : ""} | ${
       p.completed ? (p.exitCode === 0 ? `completed${p.cli ? ` (${p.cli.batches} batches)` : ""}` : `**failed** (exit ${p.exitCode}): ${p.errors}`) : `stopped after ${p.runningSeconds} s (the cap); the rate holds`
     } |`
