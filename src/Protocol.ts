@@ -312,15 +312,22 @@ export const decodeMountRequestEither = (input: unknown): Either.Either<MountReq
       ))
 
 // Requests this module decoded, frozen so they stay valid: a request validated once (by the Promise
-// client before it connects, say) is not decoded again by the operation it is handed to.
+// client before it connects, say) is not decoded again by the operation it is handed to. Only the
+// objects the decoder built are frozen: unknown fields and `Schema.Unknown` values are the caller's own
+// objects (kept by reference), which the caller may go on changing.
 const decoded = new WeakSet<object>()
-const deepFreeze = (value: unknown): void => {
-  if (typeof value !== "object" || value === null || Object.isFrozen(value) || Redacted.isRedacted(value)) return
-  Object.freeze(value)
-  for (const v of Object.values(value)) deepFreeze(v)
+const freezeBuilt = (request: MountRequest): void => {
+  Object.freeze(request)
+  Object.freeze(request.backup_target)
+  Object.freeze(request.job)
+  if (request.context != null) Object.freeze(request.context)
+  if (request.job.job_details != null) {
+    for (const detail of request.job.job_details) Object.freeze(detail)
+    Object.freeze(request.job.job_details)
+  }
 }
 const remember = (request: MountRequest): MountRequest => {
-  deepFreeze(request)
+  freezeBuilt(request)
   decoded.add(request)
   return request
 }

@@ -175,6 +175,24 @@ describe("Protocol.MountRequest", () => {
     assert.notStrictEqual(Either.getOrThrow(decode(input)), decoded)
   })
 
+  it("freezes only what decoding built: the caller's objects in unknown fields and job details stay its own", () => {
+    const shared = { counter: 0 }
+    const bytes = Buffer.from("not frozen")
+    const details = { anything: { nested: true } }
+    const input = {
+      ...guideRequest(),
+      vm_info: shared,
+      blob: bytes,
+      job: { jobid: 7, job_details: [{ id: "d1", data: details }] }
+    }
+    const decoded = Either.getOrThrow(decode(input))
+    assert.isTrue(Object.isFrozen(decoded.job.job_details![0]))
+    for (const own of [shared, bytes, details, input.job, input.backup_target]) assert.isFalse(Object.isFrozen(own))
+    shared.counter++
+    details.anything.nested = false
+    assert.strictEqual((decoded as unknown as { vm_info: typeof shared }).vm_info.counter, 1)
+  })
+
   it("round-trips any valid request (property)", () => {
     const text = FastCheck.string({ minLength: 1, maxLength: 40 }).filter((s) => !/\s/.test(s) && !s.includes("\0"))
     const request = FastCheck.record({

@@ -67,7 +67,7 @@ export const command = Command.make(
 ).pipe(
   Command.withDescription(
     "Hard-delete ledger rows that hold nothing (unmounted or soft-deleted) and were last written before --older-than, " +
-      "in small batches that never block mounts; never an active holder's row, nor a row of a target whose lock is held or " +
-      "marked pending. --dry-run counts them."
+      "in small batches that never block mounts; never an active holder's row, and a batch skips the rows of a target whose " +
+      "lock is held or marked pending. --dry-run counts them."
   )
 )
