@@ -1240,12 +1240,13 @@ export const run = (options: RunOptions): Effect.Effect<Summary, Error, TestData
     const injector = Effect.gen(function*() {
       // Every kind in turn; which connection, server, worker and variant is drawn. Until every kind has
       // been injected once (a stall can find no request in time and be skipped), the kinds still
-      // missing go first, at short gaps: a quick run must not end before each kind had its turn.
+      // missing go first, in turn among themselves (a kind skipped again and again must not keep the
+      // others from their turn), at short gaps: a quick run must not end before each kind had its turn.
       const injected = (kind: string) => Object.keys(faults).some((k) => k.startsWith(kind))
       const attempts = wiring.faultCount === undefined ? faultPlan.length : Math.min(faultPlan.length, wiring.faultCount)
       for (const [i, [gap, r]] of faultPlan.slice(0, attempts).entries()) {
         const missing = kinds.filter((k) => !injected(k))
-        const kind = missing[0] ?? kinds[i % kinds.length]!
+        const kind = missing.length > 0 ? missing[i % missing.length]! : kinds[i % kinds.length]!
         yield* Effect.sleep(Duration.millis(missing.length > 0 ? Math.min(gap, 300) : gap))
         if (stop) return
         yield* inject(kind, r)
